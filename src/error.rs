@@ -1,0 +1,98 @@
+//! The error a handler sees from [`Session`](crate::Session) methods.
+
+use std::fmt;
+
+use crate::store::StoreError;
+
+/// Why a session operation failed.
+///
+/// With the `axum` feature it is an `IntoResponse`, so handlers can return
+/// `Result<_, SessionError>`: store failures answer `503 Service
+/// Unavailable`, anything else `500 Internal Server Error` (details go to
+/// the log, not to the client).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// A value could not be turned into JSON for storing under `key`.
+    Serialize {
+        /// The session key.
+        key: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// The value stored under `key` does not have the type asked for.
+    Deserialize {
+        /// The session key.
+        key: String,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+    /// The session store failed; nothing was changed.
+    Store(StoreError),
+    /// `login` was given a user id that cannot be used.
+    InvalidUserId(&'static str),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Serialize { key, source } => {
+                write!(
+                    f,
+                    "the value for session key {key:?} could not be serialized: {source}"
+                )
+            }
+            Self::Deserialize { key, source } => write!(
+                f,
+                "the value stored under session key {key:?} is not of the requested type: {source}"
+            ),
+            Self::Store(err) => write!(f, "{err}"),
+            Self::InvalidUserId(why) => write!(f, "invalid user id: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Serialize { source, .. } | Self::Deserialize { source, .. } => Some(source),
+            Self::Store(err) => Some(err),
+            Self::InvalidUserId(_) => None,
+        }
+    }
+}
+
+impl From<StoreError> for SessionError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(err)
+    }
+}
+
+impl SessionError {
+    /// The HTTP status this error answers with.
+    #[must_use]
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for SessionError {
+    fn into_response(self) -> axum_core::response::Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(target: "tower_session_guard", error = %self, "session operation failed");
+        }
+        let body = match status {
+            http::StatusCode::SERVICE_UNAVAILABLE => {
+                "session store unavailable, try again shortly".to_owned()
+            }
+            // Key names and serde messages are for the log, not for clients.
+            _ => "session error".to_owned(),
+        };
+        (status, body).into_response()
+    }
+}

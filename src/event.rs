@@ -1,0 +1,113 @@
+//! Lifecycle events: what happened to which session, for audit logs and metrics.
+//!
+//! Events name sessions by [`Fingerprint`] only, never by id. The layer sends
+//! each event to the handler set with
+//! [`SessionLayer::with_event_handler`](crate::SessionLayer::with_event_handler)
+//! and to `tracing` (target `tower_session_guard::event`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::id::Fingerprint;
+use crate::policy::ExpiryReason;
+
+/// Something that happened to a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// A session was stored for the first time.
+    Created {
+        /// The new session.
+        session: Fingerprint,
+    },
+    /// A user signed in; the session got a new id.
+    LoggedIn {
+        /// The session under its new id.
+        session: Fingerprint,
+        /// The session before the login, if there was a stored one.
+        previous: Option<Fingerprint>,
+        /// The user who signed in.
+        user_id: String,
+    },
+    /// The session got a new id on request (`Session::regenerate`).
+    Regenerated {
+        /// The session under its new id.
+        session: Fingerprint,
+        /// The session under its old id.
+        previous: Fingerprint,
+    },
+    /// The session was destroyed by `Session::logout`.
+    LoggedOut {
+        /// The destroyed session.
+        session: Fingerprint,
+        /// Its user, if one was signed in.
+        user_id: Option<String>,
+    },
+    /// The session timed out and was destroyed.
+    Expired {
+        /// The expired session.
+        session: Fingerprint,
+        /// Which timeout ended it.
+        reason: ExpiryReason,
+    },
+    /// A request carried a token that was not accepted.
+    Rejected {
+        /// The session the token named, when the token was authentic.
+        session: Option<Fingerprint>,
+        /// Why it was not accepted.
+        reason: RejectReason,
+    },
+}
+
+impl SessionEvent {
+    /// A short name of the event's kind, for metrics labels.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "created",
+            Self::LoggedIn { .. } => "logged_in",
+            Self::Regenerated { .. } => "regenerated",
+            Self::LoggedOut { .. } => "logged_out",
+            Self::Expired { .. } => "expired",
+            Self::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// Why a token was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The token was malformed or its signature did not verify.
+    InvalidToken,
+    /// The token was authentic but no live session has that id (strict mode).
+    UnknownSession,
+    /// The request carried several different session tokens.
+    AmbiguousToken,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidToken => "invalid token",
+            Self::UnknownSession => "unknown session",
+            Self::AmbiguousToken => "several different session tokens",
+        })
+    }
+}
+
+/// Where the layer sends events.
+pub(crate) type EventHandler = Arc<dyn Fn(&SessionEvent) + Send + Sync>;
+
+/// Sends `event` to `tracing` and to the user's handler.
+pub(crate) fn emit(handler: Option<&EventHandler>, event: &SessionEvent) {
+    match event {
+        SessionEvent::Rejected { .. } => {
+            tracing::warn!(target: "tower_session_guard::event", event = ?event, "session event");
+        }
+        _ => tracing::debug!(target: "tower_session_guard::event", event = ?event, "session event"),
+    }
+    if let Some(handler) = handler {
+        handler(event);
+    }
+}

@@ -1,0 +1,258 @@
+//! Signing keys and the keyring that signs and verifies session tokens.
+//!
+//! The token a client holds is `base64url(id ‖ tag)`, where `tag` is the
+//! first 128 bits of `HMAC-SHA256(key, "tsg1" ‖ id)`. Verification recomputes
+//! the tag in constant time; a token that fails it never reaches the store,
+//! so guessing ids costs an attacker one HMAC of our time and no store lookup.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use rand::rngs::OsRng;
+use rand::TryRngCore;
+use sha2::Sha256;
+
+use crate::id::{SessionId, ID_LEN};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes of the HMAC tag kept in a token (128 bits).
+const TAG_LEN: usize = 16;
+/// Bytes in a decoded token.
+const TOKEN_BYTES: usize = ID_LEN + TAG_LEN;
+/// Characters in an encoded token (unpadded base64 of 32 bytes).
+pub(crate) const TOKEN_LEN: usize = 43;
+/// Domain separation for the MAC input, so these keys sign nothing else by accident.
+const TOKEN_CONTEXT: &[u8] = b"tsg1";
+
+/// The minimum length of key material accepted by [`Key::from_bytes`].
+pub const MIN_KEY_LEN: usize = 32;
+
+/// A secret key that signs session tokens.
+///
+/// Make one with [`Key::generate`] (sessions then last only as long as the
+/// process) or load 32 or more random bytes from your secret store with
+/// [`Key::from_bytes`]. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct Key {
+    // A keyed HMAC state: cloning it skips re-hashing the key on every request.
+    mac: HmacSha256,
+}
+
+impl Key {
+    /// A new random 256-bit key from the operating system's CSPRNG.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot supply random bytes.
+    #[must_use]
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        OsRng
+            .try_fill_bytes(&mut bytes)
+            .expect("the operating system's random number generator failed; cannot make a key");
+        Self::from_secret(&bytes)
+    }
+
+    /// A key from secret bytes, which must be at least 32 bytes of random data.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::TooShort`] when fewer than 32 bytes are given.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort { len: bytes.len() });
+        }
+        Ok(Self::from_secret(bytes))
+    }
+
+    fn from_secret(bytes: &[u8]) -> Self {
+        Self {
+            mac: HmacSha256::new_from_slice(bytes).expect("HMAC accepts keys of any length"),
+        }
+    }
+
+    fn tag(&self, id: &[u8; ID_LEN]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(TOKEN_CONTEXT);
+        mac.update(id);
+        mac
+    }
+
+    /// The token for `id`, signed with this key.
+    pub(crate) fn sign(&self, id: &SessionId) -> String {
+        let tag = self.tag(id.as_bytes()).finalize().into_bytes();
+        let mut raw = [0u8; TOKEN_BYTES];
+        raw[..ID_LEN].copy_from_slice(id.as_bytes());
+        raw[ID_LEN..].copy_from_slice(&tag[..TAG_LEN]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Checks the tag of a decoded token in constant time.
+    fn verifies(&self, raw: &[u8; TOKEN_BYTES]) -> bool {
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&raw[..ID_LEN]);
+        self.tag(&id).verify_truncated_left(&raw[ID_LEN..]).is_ok()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// Why key material was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key material is shorter than 32 bytes.
+    TooShort {
+        /// How many bytes were given.
+        len: usize,
+    },
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort { len } => write!(
+                f,
+                "a session key needs at least {MIN_KEY_LEN} bytes of random data, but {len} were given; \
+                 generate one with `Key::generate()` or 32+ bytes from a CSPRNG"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// A verified token.
+#[derive(Debug)]
+pub(crate) struct Verified {
+    pub(crate) id: SessionId,
+    /// Signed with a fallback key: the response should re-issue it with the primary.
+    pub(crate) needs_resign: bool,
+}
+
+/// The primary key (signs and verifies) and fallback keys (verify only).
+#[derive(Clone, Debug)]
+pub(crate) struct Keyring {
+    primary: Key,
+    fallbacks: Vec<Key>,
+}
+
+impl Keyring {
+    pub(crate) fn new(primary: Key) -> Self {
+        Self {
+            primary,
+            fallbacks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn set_fallbacks(&mut self, fallbacks: Vec<Key>) {
+        self.fallbacks = fallbacks;
+    }
+
+    pub(crate) fn sign(&self, id: &SessionId) -> String {
+        self.primary.sign(id)
+    }
+
+    /// Decodes and verifies a token. Anything malformed or forged is `None`.
+    pub(crate) fn verify(&self, token: &str) -> Option<Verified> {
+        // Length first: nothing oversized is ever decoded.
+        if token.len() != TOKEN_LEN {
+            return None;
+        }
+        let mut raw = [0u8; TOKEN_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(token.as_bytes(), &mut raw) {
+            Ok(TOKEN_BYTES) => {}
+            _ => return None,
+        }
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&raw[..ID_LEN]);
+        if self.primary.verifies(&raw) {
+            return Some(Verified {
+                id: SessionId::from_bytes(id),
+                needs_resign: false,
+            });
+        }
+        if self.fallbacks.iter().any(|key| key.verifies(&raw)) {
+            return Some(Verified {
+                id: SessionId::from_bytes(id),
+                needs_resign: true,
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_tokens_verify_with_the_same_key_only() {
+        let ring = Keyring::new(Key::generate());
+        let other = Keyring::new(Key::generate());
+        let id = SessionId::generate();
+        let token = ring.sign(&id);
+        assert_eq!(token.len(), TOKEN_LEN);
+        assert_eq!(ring.verify(&token).map(|v| v.id), Some(id));
+        assert!(other.verify(&token).is_none());
+    }
+
+    #[test]
+    fn every_single_character_change_fails() {
+        let ring = Keyring::new(Key::generate());
+        let token = ring.sign(&SessionId::generate());
+        for i in 0..token.len() {
+            let mut bytes = token.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(bytes).unwrap();
+            assert!(ring.verify(&changed).is_none(), "position {i}");
+        }
+    }
+
+    #[test]
+    fn fallback_keys_verify_and_ask_for_resigning() {
+        let old = Key::generate();
+        let id = SessionId::generate();
+        let token = Keyring::new(old.clone()).sign(&id);
+        let mut ring = Keyring::new(Key::generate());
+        assert!(ring.verify(&token).is_none());
+        ring.set_fallbacks(vec![old]);
+        let verified = ring.verify(&token).unwrap();
+        assert_eq!(verified.id, id);
+        assert!(verified.needs_resign);
+    }
+
+    #[test]
+    fn short_keys_are_refused_with_a_sentence() {
+        let err = Key::from_bytes(&[1; 31]).unwrap_err();
+        assert_eq!(err, KeyError::TooShort { len: 31 });
+        assert!(err.to_string().contains("at least 32 bytes"));
+        assert!(Key::from_bytes(&[1; 32]).is_ok());
+    }
+
+    #[test]
+    fn key_debug_hides_the_secret() {
+        assert_eq!(format!("{:?}", Key::generate()), "Key(..)");
+    }
+
+    #[test]
+    fn malformed_tokens_are_none() {
+        let ring = Keyring::new(Key::generate());
+        for bad in [
+            "",
+            "a",
+            "!!!!",
+            &"A".repeat(TOKEN_LEN + 1),
+            &"*".repeat(TOKEN_LEN),
+        ] {
+            assert!(ring.verify(bad).is_none(), "{bad}");
+        }
+    }
+}

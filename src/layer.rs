@@ -1,0 +1,570 @@
+//! [`SessionLayer`], [`SessionService`] and the response future.
+//!
+//! The service walks each request through the steps in the crate docs:
+//! read the token, verify it, load the record, ask the policy, hand the
+//! handler a [`Session`], then commit what changed and answer with the
+//! token. It holds no rules of its own: it asks `policy` and tells `store`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::clock::{Clock, SystemClock, UnixMillis};
+use crate::event::{self, EventHandler, RejectReason, SessionEvent};
+use crate::id::SessionId;
+use crate::key::{Key, Keyring};
+use crate::policy::{self, Timeouts, Verdict};
+use crate::record::{Deadlines, SessionRecord, Touch};
+use crate::session::{create_session, Happening, Session, State};
+use crate::store::{Regeneration, SessionStore, StoreError};
+use crate::transport::{self, CookieConfig, TokenRead};
+
+/// Adds validated sessions to every request of the service it wraps.
+///
+/// A small `Clone` configuration: every service it makes shares one store,
+/// keyring and settings. Builders are consuming; invalid settings panic
+/// with a sentence saying what to change, at start-up, never per request.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use tower_session_guard::{Key, MokaStore, Session, SessionError, SessionLayer};
+///
+/// async fn handler(session: Session) -> Result<String, SessionError> {
+///     let n: u64 = session.get("n")?.unwrap_or(0);
+///     session.insert("n", n + 1)?;
+///     Ok(n.to_string())
+/// }
+///
+/// let layer = SessionLayer::new(MokaStore::new(100_000), Key::generate())
+///     .with_idle_timeout(Duration::from_secs(30 * 60))
+///     .with_absolute_timeout(Duration::from_secs(8 * 3600));
+/// let app: Router = Router::new().route("/", get(handler)).layer(layer);
+/// ```
+#[derive(Clone)]
+pub struct SessionLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    store: Arc<dyn SessionStore>,
+    keyring: Keyring,
+    cookie: CookieConfig,
+    timeouts: Timeouts,
+    clock: Arc<dyn Clock>,
+    events: Option<EventHandler>,
+}
+
+impl SessionLayer {
+    /// A layer keeping sessions in `store`, signing tokens with `key`.
+    ///
+    /// Defaults: idle timeout 30 minutes, absolute timeout 12 hours, the
+    /// cookie of [`CookieConfig::default`] (`__Host-id; Path=/; Secure;
+    /// HttpOnly; SameSite=Lax`), the system clock, no event handler.
+    #[must_use]
+    pub fn new(store: impl SessionStore, key: Key) -> Self {
+        Self {
+            config: Arc::new(Config {
+                store: Arc::new(store),
+                keyring: Keyring::new(key),
+                cookie: CookieConfig::default(),
+                timeouts: Timeouts::default(),
+                clock: Arc::new(SystemClock),
+                events: None,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Sessions with no activity for `timeout` expire. Default: 30 minutes.
+    ///
+    /// Enforced on the server from the stored record. To spare the store a
+    /// write on every request, activity is recorded only once a quarter of
+    /// the window has passed since it was last recorded: a session idle for
+    /// the full `timeout` always expires, and one idle for at least three
+    /// quarters of it may expire, depending on when it was last touched.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "the idle timeout must be longer than zero; pass e.g. `Duration::from_secs(30 * 60)`"
+        );
+        let absolute = self.config.timeouts.absolute;
+        self.config_mut().timeouts = Timeouts::new(timeout, Duration::from_millis(absolute));
+        self
+    }
+
+    /// Sessions end `timeout` after creation, active or not. Default: 12 hours.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero.
+    #[must_use]
+    pub fn with_absolute_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "the absolute timeout must be longer than zero; pass e.g. `Duration::from_secs(12 * 3600)`"
+        );
+        let idle = self.config.timeouts.idle;
+        self.config_mut().timeouts = Timeouts::new(Duration::from_millis(idle), timeout);
+        self
+    }
+
+    /// The session cookie's name and flags. Default: [`CookieConfig::default`].
+    ///
+    /// # Panics
+    ///
+    /// If browsers would refuse the cookie, e.g. a `__Host-` name with
+    /// `with_secure(false)`, a domain or a path other than `/`; the message
+    /// says what to change.
+    #[must_use]
+    pub fn with_cookie(mut self, cookie: CookieConfig) -> Self {
+        if let Err(problem) = cookie.validate() {
+            panic!("invalid session cookie configuration: {problem}");
+        }
+        self.config_mut().cookie = cookie;
+        self
+    }
+
+    /// Keys that still verify tokens but no longer sign them. Default: none.
+    ///
+    /// A token signed with a fallback key is accepted and re-issued, signed
+    /// with the primary key, on the same response.
+    #[must_use]
+    pub fn with_fallback_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
+        self.config_mut()
+            .keyring
+            .set_fallbacks(keys.into_iter().collect());
+        self
+    }
+
+    /// Where the layer reads the time. Default: [`SystemClock`].
+    ///
+    /// Tests pass a [`ManualClock`](crate::clock::ManualClock) to control
+    /// expiry without sleeping.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.config_mut().clock = Arc::new(clock);
+        self
+    }
+
+    /// Calls `handler` with every [`SessionEvent`]. Default: events go to
+    /// `tracing` only.
+    ///
+    /// The handler runs on the request's task: keep it quick (send to a
+    /// channel for anything slow).
+    #[must_use]
+    pub fn with_event_handler<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&SessionEvent) + Send + Sync + 'static,
+    {
+        self.config_mut().events = Some(Arc::new(handler));
+        self
+    }
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("cookie", &self.config.cookie)
+            .field("timeouts", &self.config.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service made by [`SessionLayer`].
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> SessionService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service that was driven to readiness is the one that must be
+        // called; keep a fresh clone for the next request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            future: Box::pin(handle(Arc::clone(&self.config), inner, request)),
+        }
+    }
+}
+
+/// The response future of [`SessionService`].
+///
+/// It is boxed: the request awaits the store twice around the inner
+/// service, and the store futures are already boxed trait-object futures,
+/// so a hand-written state machine would save one allocation at the cost
+/// of a great deal of `unsafe`-adjacent pinning code.
+pub struct ResponseFuture<ResBody, E> {
+    future: Pin<Box<dyn Future<Output = Result<Response<ResBody>, E>> + Send>>,
+}
+
+impl<ResBody, E> Future for ResponseFuture<ResBody, E> {
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl<ResBody, E> fmt::Debug for ResponseFuture<ResBody, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// The session a request arrived with, once validated.
+struct Loaded {
+    id: SessionId,
+    record: Arc<SessionRecord>,
+    touch: Option<Touch>,
+    resign: bool,
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    let now = config.clock.now();
+    let mut events = Vec::new();
+
+    // Steps 1–2: the token and its signature.
+    let token = transport::read_cookie(request.headers(), config.cookie.name());
+    let had_token = !token.is_absent();
+    let verified = match token {
+        TokenRead::Absent => None,
+        TokenRead::Ambiguous => {
+            events.push(rejected(None, RejectReason::AmbiguousToken));
+            None
+        }
+        TokenRead::Present(text) => {
+            let verified = config.keyring.verify(text);
+            if verified.is_none() {
+                events.push(rejected(None, RejectReason::InvalidToken));
+            }
+            verified
+        }
+    };
+
+    // Steps 4–5: the record and the policy's verdict.
+    let loaded = match verified {
+        None => None,
+        Some(verified) => match load(
+            &config,
+            verified.id,
+            verified.needs_resign,
+            now,
+            &mut events,
+        )
+        .await
+        {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                tracing::error!(
+                    target: "tower_session_guard",
+                    error = %err,
+                    "session store failed while loading a session; answering 503"
+                );
+                emit_all(&config, &events);
+                return Ok(unavailable());
+            }
+        },
+    };
+
+    // Step 6: the handler's session.
+    let deadlines = policy::fresh_deadlines(now, &config.timeouts);
+    let (touch, resign) = loaded
+        .as_ref()
+        .map_or((None, false), |l| (l.touch, l.resign));
+    let session = Session::new(
+        Arc::clone(&config.store),
+        deadlines,
+        loaded.map(|l| (l.id, l.record)),
+    );
+    request.extensions_mut().insert(session.clone());
+    let mut response = inner.call(request).await?;
+
+    // Steps 7–8: commit and answer with the token.
+    let state = session.take_state();
+    let logged_out = state.logged_out;
+    match commit(&config, state, touch, resign, now, deadlines, &mut events).await {
+        Ok(Outcome::Issue {
+            id,
+            absolute_deadline,
+        }) => {
+            let token = config.keyring.sign(&id);
+            let max_age = absolute_deadline.saturating_sub(now).div_ceil(1000);
+            transport::write_cookie(
+                response.headers_mut(),
+                config.cookie.set_cookie(token, max_age),
+            );
+        }
+        Ok(Outcome::Keep) => {}
+        Ok(Outcome::NoSession) => {
+            if had_token || logged_out {
+                transport::write_cookie(response.headers_mut(), config.cookie.removal_cookie());
+            }
+        }
+        Err(err) => {
+            tracing::error!(
+                target: "tower_session_guard",
+                error = %err,
+                "session store failed while saving a session; answering 503 instead of the handler's response"
+            );
+            response = unavailable();
+        }
+    }
+
+    // Step 9: events.
+    emit_all(&config, &events);
+    Ok(response)
+}
+
+/// Loads the record for a verified id and applies the policy.
+async fn load(
+    config: &Config,
+    id: SessionId,
+    resign: bool,
+    now: UnixMillis,
+    events: &mut Vec<SessionEvent>,
+) -> Result<Option<Loaded>, StoreError> {
+    let hash = id.hash();
+    let Some(record) = config.store.load(&hash).await? else {
+        events.push(rejected(Some(&id), RejectReason::UnknownSession));
+        return Ok(None);
+    };
+    match policy::evaluate(&record, now, &config.timeouts) {
+        Verdict::Valid { touch } => Ok(Some(Loaded {
+            id,
+            record,
+            touch,
+            resign,
+        })),
+        Verdict::Expired(reason) => {
+            // The policy already refuses the record; deleting it only frees
+            // the space early, so a failure here is logged, not fatal.
+            if let Err(err) = config.store.delete(&hash).await {
+                tracing::error!(
+                    target: "tower_session_guard",
+                    session = %id.fingerprint(),
+                    error = %err,
+                    "could not delete an expired session"
+                );
+            }
+            events.push(SessionEvent::Expired {
+                session: id.fingerprint(),
+                reason,
+            });
+            Ok(None)
+        }
+    }
+}
+
+/// What the response must tell the client.
+enum Outcome {
+    /// Hand the client this id's token.
+    Issue {
+        id: SessionId,
+        absolute_deadline: UnixMillis,
+    },
+    /// The client's token is still right.
+    Keep,
+    /// No session is stored for the client.
+    NoSession,
+}
+
+/// Step 7: applies what the request changed to the store.
+async fn commit(
+    config: &Config,
+    state: State,
+    touch: Option<Touch>,
+    resign: bool,
+    now: UnixMillis,
+    deadlines: Deadlines,
+    events: &mut Vec<SessionEvent>,
+) -> Result<Outcome, StoreError> {
+    for happening in state.happenings {
+        events.push(match happening {
+            Happening::Created { session } => SessionEvent::Created { session },
+            Happening::LoggedIn {
+                session,
+                previous,
+                user_id,
+            } => SessionEvent::LoggedIn {
+                session,
+                previous,
+                user_id,
+            },
+            Happening::LoggedOut { session, user_id } => {
+                SessionEvent::LoggedOut { session, user_id }
+            }
+        });
+    }
+
+    let Some(id) = state.id else {
+        if !state.pending.has_values() {
+            return Ok(Outcome::NoSession);
+        }
+        // Lazy creation: only a session that holds something is stored.
+        let (id, record) =
+            create_session(&*config.store, &deadlines, None, state.pending.to_data()).await?;
+        events.push(SessionEvent::Created {
+            session: id.fingerprint(),
+        });
+        return Ok(Outcome::Issue {
+            id,
+            absolute_deadline: record.absolute_deadline,
+        });
+    };
+
+    let absolute_deadline = state
+        .record
+        .as_ref()
+        .map_or(deadlines.absolute_deadline, |r| r.absolute_deadline);
+    let mut change = state.pending.into_change();
+    change.touch = touch;
+
+    if state.regenerate {
+        let new_id = SessionId::generate();
+        let regeneration = Regeneration {
+            change,
+            user_id: None,
+            issued_at: now,
+        };
+        return match config
+            .store
+            .regenerate(&id.hash(), &new_id.hash(), &regeneration)
+            .await?
+        {
+            Some(record) => {
+                events.push(SessionEvent::Regenerated {
+                    session: new_id.fingerprint(),
+                    previous: id.fingerprint(),
+                });
+                Ok(Outcome::Issue {
+                    id: new_id,
+                    absolute_deadline: record.absolute_deadline,
+                })
+            }
+            None => Ok(session_vanished(&id)),
+        };
+    }
+
+    if !change.is_empty() && !config.store.update(&id.hash(), &change).await? {
+        return Ok(session_vanished(&id));
+    }
+    if state.id_issued || resign {
+        Ok(Outcome::Issue {
+            id,
+            absolute_deadline,
+        })
+    } else {
+        Ok(Outcome::Keep)
+    }
+}
+
+/// The session was destroyed by another request (logout, revocation,
+/// expiry) while this one ran: its writes belong to a dead session.
+fn session_vanished(id: &SessionId) -> Outcome {
+    tracing::debug!(
+        target: "tower_session_guard",
+        session = %id.fingerprint(),
+        "session was destroyed while the request ran; its changes were dropped"
+    );
+    Outcome::NoSession
+}
+
+fn rejected(id: Option<&SessionId>, reason: RejectReason) -> SessionEvent {
+    SessionEvent::Rejected {
+        session: id.map(SessionId::fingerprint),
+        reason,
+    }
+}
+
+fn emit_all(config: &Config, events: &[SessionEvent]) {
+    for event in events {
+        event::emit(config.events.as_ref(), event);
+    }
+}
+
+fn unavailable<B: Default>() -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
+}

@@ -1,0 +1,82 @@
+//! User sessions for any tower service (axum, tonic, hyper), secure by default.
+//!
+//! Add one layer and every request has a validated [`Session`]:
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use tower_session_guard::{Key, MokaStore, Session, SessionError, SessionLayer};
+//!
+//! async fn handler(session: Session) -> Result<String, SessionError> {
+//!     let visits: u64 = session.get("visits")?.unwrap_or(0);
+//!     session.insert("visits", visits + 1)?;
+//!     Ok(format!("visit number {}", visits + 1))
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(handler))
+//!     .layer(SessionLayer::new(MokaStore::default(), Key::generate()));
+//! ```
+//!
+//! # What the layer does for every request
+//!
+//! 1. **transport** reads the token from the `__Host-id` cookie;
+//! 2. **key** verifies its HMAC-SHA256 tag in constant time (a forged or
+//!    damaged token is simply *no session* and never reaches the store);
+//! 3. **client** notes the peer address and whether the request is HTTPS;
+//! 4. **store** loads the record by the id's SHA-256 at-rest hash;
+//! 5. **policy** checks the idle and absolute deadlines stored in the record;
+//! 6. the handler gets a [`Session`] (synchronous `get`/`insert`/`remove`);
+//! 7. on the way out, what changed is committed to the store as a delta;
+//! 8. a new or changed id goes back in `Set-Cookie`, with `Cache-Control: no-store`;
+//! 9. lifecycle [`SessionEvent`]s go to your handler and to `tracing`.
+//!
+//! # Security properties
+//!
+//! - Ids are 128 bits from the operating system's CSPRNG; tokens carry a
+//!   128-bit HMAC tag; stores see only a hash of the id.
+//! - **Strict mode**: an id the server did not issue, or one that expired or
+//!   was destroyed, is never adopted; the request gets a fresh, empty
+//!   session and the stale cookie is cleared.
+//! - **Lazy creation**: a visitor whose session stays empty is never stored
+//!   and gets no cookie.
+//! - [`Session::login`] changes the id at once; the user id can change in no
+//!   other way, so session fixation is impossible.
+//! - Raw ids never appear in logs, events, errors or `Debug` output: they
+//!   show a [`Fingerprint`](id::Fingerprint).
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `axum` | yes | [`Session`] as an axum extractor; `IntoResponse` for [`SessionError`] |
+//! | `test-util` | no | [`store::conformance`], the contract suite for stores |
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod client;
+pub mod clock;
+mod error;
+pub mod event;
+pub mod id;
+mod key;
+mod layer;
+pub mod policy;
+pub mod record;
+mod session;
+pub mod store;
+mod transport;
+
+pub use cookie::SameSite;
+
+pub use crate::client::ClientContext;
+pub use crate::error::SessionError;
+pub use crate::event::{RejectReason, SessionEvent};
+pub use crate::key::{Key, KeyError};
+pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
+pub use crate::policy::ExpiryReason;
+#[cfg(feature = "axum")]
+pub use crate::session::SessionLayerMissing;
+pub use crate::session::{Session, MAX_USER_ID_LEN};
+pub use crate::store::{MokaStore, SessionStore, StoreError};
+pub use crate::transport::CookieConfig;

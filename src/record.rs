@@ -1,0 +1,269 @@
+//! What a store keeps ([`SessionRecord`]) and what a commit sends ([`Change`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::UnixMillis;
+use crate::id::IdHash;
+
+/// One stored session.
+///
+/// The record is the single source of truth for expiry: the deadlines are
+/// written when the session is created or touched, and the layer's policy
+/// compares them with the clock on every request. A store's own TTL is only
+/// a backstop that frees memory some time after the policy has stopped
+/// accepting the session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The at-rest hash of the session id (the store key).
+    pub id_hash: IdHash,
+    /// The signed-in user, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The session's key/value data.
+    #[serde(default)]
+    pub data: SessionData,
+    /// When the session was created.
+    pub created_at: UnixMillis,
+    /// When the session was last touched (see the idle timeout docs on the layer).
+    pub last_seen: UnixMillis,
+    /// After this instant the session is expired for inactivity.
+    pub idle_deadline: UnixMillis,
+    /// After this instant the session is expired whatever its activity.
+    pub absolute_deadline: UnixMillis,
+    /// When the current id was issued (creation, login, regeneration, renewal).
+    pub id_issued_at: UnixMillis,
+    /// Bumped by every applied change.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl SessionRecord {
+    /// The earliest deadline: the instant after which no policy accepts this record.
+    #[must_use]
+    pub fn expires_at(&self) -> UnixMillis {
+        self.idle_deadline.min(self.absolute_deadline)
+    }
+
+    /// Applies a delta in place (what every store does under its own atomicity).
+    pub fn apply(&mut self, change: &Change) {
+        for key in &change.removed {
+            self.data.remove(key);
+        }
+        for (key, value) in &change.set {
+            self.data.insert(key.clone(), value.clone());
+        }
+        if let Some(touch) = change.touch {
+            self.last_seen = self.last_seen.max(touch.last_seen);
+            self.idle_deadline = self
+                .idle_deadline
+                .max(touch.idle_deadline)
+                .min(self.absolute_deadline);
+        }
+        self.version = self.version.wrapping_add(1);
+    }
+}
+
+/// When a new session starts and ends, as decided by the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Creation time (also the first `last_seen` and id issue time).
+    pub created_at: UnixMillis,
+    /// The first idle deadline.
+    pub idle_deadline: UnixMillis,
+    /// The absolute deadline.
+    pub absolute_deadline: UnixMillis,
+}
+
+impl Deadlines {
+    /// A new record under `id_hash` with these deadlines.
+    #[must_use]
+    pub fn record(
+        &self,
+        id_hash: IdHash,
+        user_id: Option<String>,
+        data: SessionData,
+    ) -> SessionRecord {
+        SessionRecord {
+            id_hash,
+            user_id,
+            data,
+            created_at: self.created_at,
+            last_seen: self.created_at,
+            idle_deadline: self.idle_deadline,
+            absolute_deadline: self.absolute_deadline,
+            id_issued_at: self.created_at,
+            version: 0,
+        }
+    }
+}
+
+/// A session's key/value data: a small map kept in insertion order.
+///
+/// Sessions hold a handful of keys, so a flat vector is both smaller and
+/// faster than a hash map here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(
+    from = "serde_json::Map<String, Value>",
+    into = "serde_json::Map<String, Value>"
+)]
+pub struct SessionData(Vec<(String, Value)>);
+
+impl SessionData {
+    /// The value under `key`.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Sets `key` to `value`, returning the previous value.
+    pub fn insert(&mut self, key: String, value: Value) -> Option<Value> {
+        if let Some(slot) = self.0.iter_mut().find(|(k, _)| *k == key) {
+            return Some(std::mem::replace(&mut slot.1, value));
+        }
+        self.0.push((key, value));
+        None
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let index = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.remove(index).1)
+    }
+
+    /// Number of keys.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no keys.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The keys and values, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl From<serde_json::Map<String, Value>> for SessionData {
+    fn from(map: serde_json::Map<String, Value>) -> Self {
+        Self(map.into_iter().collect())
+    }
+}
+
+impl From<SessionData> for serde_json::Map<String, Value> {
+    fn from(data: SessionData) -> Self {
+        data.0.into_iter().collect()
+    }
+}
+
+impl FromIterator<(String, Value)> for SessionData {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
+        let mut data = Self::default();
+        for (k, v) in iter {
+            data.insert(k, v);
+        }
+        data
+    }
+}
+
+/// What one request changed in a session: sent to the store as a delta, not
+/// as the whole record, so that concurrent requests writing different keys
+/// do not overwrite each other.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Keys set, with their new values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, Value)>,
+    /// Keys removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Activity to record, if the idle window asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub touch: Option<Touch>,
+}
+
+impl Change {
+    /// Whether applying this change would do nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.removed.is_empty() && self.touch.is_none()
+    }
+}
+
+/// A record of activity: moves `last_seen` and the idle deadline forward.
+///
+/// Stores apply it monotonically (a late, older touch never moves a deadline back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touch {
+    /// The new `last_seen`.
+    pub last_seen: UnixMillis,
+    /// The new idle deadline (stores cap it at the absolute deadline).
+    pub idle_deadline: UnixMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::SessionId;
+    use serde_json::json;
+
+    fn record() -> SessionRecord {
+        SessionRecord {
+            id_hash: SessionId::generate().hash(),
+            user_id: None,
+            data: SessionData::default(),
+            created_at: 1_000,
+            last_seen: 1_000,
+            idle_deadline: 2_000,
+            absolute_deadline: 5_000,
+            id_issued_at: 1_000,
+            version: 0,
+        }
+    }
+
+    #[test]
+    fn apply_sets_removes_and_touches() {
+        let mut r = record();
+        r.data.insert("gone".into(), json!(1));
+        r.apply(&Change {
+            set: vec![("n".into(), json!(2))],
+            removed: vec!["gone".into()],
+            touch: Some(Touch {
+                last_seen: 1_500,
+                idle_deadline: 9_000,
+            }),
+        });
+        assert_eq!(r.data.get("n"), Some(&json!(2)));
+        assert_eq!(r.data.get("gone"), None);
+        assert_eq!(r.last_seen, 1_500);
+        assert_eq!(r.idle_deadline, 5_000, "capped at the absolute deadline");
+        assert_eq!(r.version, 1);
+    }
+
+    #[test]
+    fn older_touches_never_move_deadlines_back() {
+        let mut r = record();
+        r.apply(&Change {
+            touch: Some(Touch {
+                last_seen: 500,
+                idle_deadline: 1_500,
+            }),
+            ..Change::default()
+        });
+        assert_eq!((r.last_seen, r.idle_deadline), (1_000, 2_000));
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let mut r = record();
+        r.user_id = Some("u".into());
+        r.data.insert("a".into(), json!({"x": [1, 2]}));
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<SessionRecord>(&text).unwrap(), r);
+    }
+}

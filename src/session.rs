@@ -1,0 +1,507 @@
+//! The [`Session`] handle handlers use.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::SessionError;
+use crate::id::{Fingerprint, SessionId};
+use crate::record::{Change, Deadlines, SessionData, SessionRecord};
+use crate::store::{Regeneration, SessionStore, StoreError};
+
+/// The longest user id `login` accepts, in bytes.
+pub const MAX_USER_ID_LEN: usize = 1024;
+
+/// How many fresh ids to try when a store reports a collision (it never
+/// should: ids are 128 random bits).
+const CREATE_ATTEMPTS: usize = 3;
+
+/// The current request's session.
+///
+/// The layer loads and validates the session before the handler runs, so
+/// reads and writes are synchronous; writes are collected and committed to
+/// the store as one delta when the response goes out. Operations that must
+/// take effect at once (`login`, `logout`) are `async`.
+///
+/// `Session` is a cheap `Clone` handle; clones see the same state. Changes
+/// made after the response has been produced are not saved.
+///
+/// ```
+/// use tower_session_guard::{Session, SessionError};
+///
+/// async fn counter(session: Session) -> Result<String, SessionError> {
+///     let n: u64 = session.get("n")?.unwrap_or(0);
+///     session.insert("n", n + 1)?;
+///     Ok(format!("visit {}", n + 1))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    deadlines: Deadlines,
+    state: Mutex<State>,
+}
+
+/// Everything a request did to its session, read by the layer at commit.
+#[derive(Default)]
+pub(crate) struct State {
+    /// The id of the stored session this request is on, if any.
+    pub(crate) id: Option<SessionId>,
+    /// The stored record as last seen by this request.
+    pub(crate) record: Option<Arc<SessionRecord>>,
+    /// Writes not yet sent to the store.
+    pub(crate) pending: Pending,
+    /// `regenerate()` was called: move to a new id at commit.
+    pub(crate) regenerate: bool,
+    /// The session was not stored when the request arrived.
+    pub(crate) is_new: bool,
+    /// The current id was issued during this request (the client needs it).
+    pub(crate) id_issued: bool,
+    /// `logout()` destroyed the session this request arrived with.
+    pub(crate) logged_out: bool,
+    /// What happened, in order, for events.
+    pub(crate) happenings: Vec<Happening>,
+}
+
+/// Something the layer turns into an event.
+#[derive(Debug)]
+pub(crate) enum Happening {
+    Created {
+        session: Fingerprint,
+    },
+    LoggedIn {
+        session: Fingerprint,
+        previous: Option<Fingerprint>,
+        user_id: String,
+    },
+    LoggedOut {
+        session: Fingerprint,
+        user_id: Option<String>,
+    },
+}
+
+/// Writes collected during a request.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pending {
+    set: Vec<(String, Value)>,
+    removed: Vec<String>,
+}
+
+impl Pending {
+    fn insert(&mut self, key: String, value: Value) {
+        self.removed.retain(|k| *k != key);
+        if let Some(slot) = self.set.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else {
+            self.set.push((key, value));
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.set.retain(|(k, _)| k != key);
+        if !self.removed.iter().any(|k| k == key) {
+            self.removed.push(key.to_owned());
+        }
+    }
+
+    /// `Some(value)` if this request set the key, `Some(None)` if it removed it.
+    fn lookup(&self, key: &str) -> Option<Option<&Value>> {
+        if let Some((_, v)) = self.set.iter().find(|(k, _)| k == key) {
+            return Some(Some(v));
+        }
+        if self.removed.iter().any(|k| k == key) {
+            return Some(None);
+        }
+        None
+    }
+
+    /// Whether applying these writes to an empty session leaves data in it.
+    pub(crate) fn has_values(&self) -> bool {
+        !self.set.is_empty()
+    }
+
+    pub(crate) fn to_change(&self) -> Change {
+        Change {
+            set: self.set.clone(),
+            removed: self.removed.clone(),
+            touch: None,
+        }
+    }
+
+    pub(crate) fn into_change(self) -> Change {
+        Change {
+            set: self.set,
+            removed: self.removed,
+            touch: None,
+        }
+    }
+
+    /// The data of a brand-new session holding these writes.
+    pub(crate) fn to_data(&self) -> SessionData {
+        self.set.iter().cloned().collect()
+    }
+
+    /// Drops the writes that `sent` already delivered (unless overwritten since).
+    fn forget(&mut self, sent: &Change) {
+        for (key, value) in &sent.set {
+            if let Some(pos) = self.set.iter().position(|(k, v)| k == key && v == value) {
+                self.set.remove(pos);
+            }
+        }
+        self.removed.retain(|k| !sent.removed.contains(k));
+    }
+}
+
+impl Session {
+    /// A handle for one request. `loaded` is the validated stored session, if any.
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        deadlines: Deadlines,
+        loaded: Option<(SessionId, Arc<SessionRecord>)>,
+    ) -> Self {
+        let is_new = loaded.is_none();
+        let (id, record) = match loaded {
+            Some((id, record)) => (Some(id), Some(record)),
+            None => (None, None),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                deadlines,
+                state: Mutex::new(State {
+                    id,
+                    record,
+                    is_new,
+                    ..State::default()
+                }),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A handler that panicked mid-update leaves consistent data behind
+        // (every update is a single assignment), so poisoning is ignored.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the request's state for committing.
+    pub(crate) fn take_state(&self) -> State {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// The value stored under `key`, deserialized.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Deserialize`] when the stored value is not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let state = self.lock();
+        let value = match state.pending.lookup(key) {
+            Some(value) => value,
+            None => state.record.as_ref().and_then(|r| r.data.get(key)),
+        };
+        value
+            .map(|v| {
+                T::deserialize(v).map_err(|source| SessionError::Deserialize {
+                    key: key.to_owned(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// Stores `value` under `key`; saved when the response goes out.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Serialize`] when `value` cannot be turned into JSON.
+    pub fn insert<T: Serialize>(
+        &self,
+        key: impl Into<String>,
+        value: T,
+    ) -> Result<(), SessionError> {
+        let key = key.into();
+        let value = serde_json::to_value(value).map_err(|source| SessionError::Serialize {
+            key: key.clone(),
+            source,
+        })?;
+        self.lock().pending.insert(key, value);
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it held a value.
+    pub fn remove(&self, key: &str) -> bool {
+        let mut state = self.lock();
+        let existed = match state.pending.lookup(key) {
+            Some(value) => value.is_some(),
+            None => state
+                .record
+                .as_ref()
+                .is_some_and(|r| r.data.get(key).is_some()),
+        };
+        state.pending.remove(key);
+        existed
+    }
+
+    /// Reads and removes `key` in one step (for flash messages).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Deserialize`] when the stored value is not a `T`; the
+    /// key is then left in place.
+    pub fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let value = self.get(key)?;
+        if value.is_some() {
+            self.remove(key);
+        }
+        Ok(value)
+    }
+
+    /// The signed-in user, if any.
+    #[must_use]
+    pub fn user_id(&self) -> Option<String> {
+        self.lock().record.as_ref().and_then(|r| r.user_id.clone())
+    }
+
+    /// Whether this session was not stored when the request arrived.
+    #[must_use]
+    pub fn is_new(&self) -> bool {
+        self.lock().is_new
+    }
+
+    /// A log-safe name of the stored session, if there is one.
+    #[must_use]
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.lock().id.as_ref().map(SessionId::fingerprint)
+    }
+
+    /// Issues a new id when the response goes out, keeping the data.
+    ///
+    /// Call it on any privilege change short of a login (which regenerates
+    /// by itself). A session that is not stored gets its first id anyway.
+    pub fn regenerate(&self) {
+        self.lock().regenerate = true;
+    }
+
+    /// Signs `user_id` in: the session gets a new id now and the old id is
+    /// dead at once; the data (including writes made earlier in this
+    /// request) is kept.
+    ///
+    /// Because the user id can only change through `login`, and `login`
+    /// always changes the id, session fixation is impossible: an id an
+    /// attacker planted before the login is worthless after it.
+    ///
+    /// # Errors
+    ///
+    /// - [`SessionError::InvalidUserId`] for an empty user id or one longer
+    ///   than [`MAX_USER_ID_LEN`] bytes.
+    /// - [`SessionError::Store`] when the store fails; the session is then
+    ///   unchanged and the old id still valid.
+    pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
+        let user_id = user_id.into();
+        validate_user_id(&user_id)?;
+        let (old_id, change) = {
+            let state = self.lock();
+            (state.id.clone(), state.pending.to_change())
+        };
+        if let Some(old_id) = old_id {
+            let new_id = SessionId::generate();
+            let regeneration = Regeneration {
+                change,
+                user_id: Some(user_id.clone()),
+                issued_at: self.inner.deadlines.created_at,
+            };
+            let moved = self
+                .inner
+                .store
+                .regenerate(&old_id.hash(), &new_id.hash(), &regeneration)
+                .await?;
+            if let Some(record) = moved {
+                let mut state = self.lock();
+                state.pending.forget(&regeneration.change);
+                state.happenings.push(Happening::LoggedIn {
+                    session: new_id.fingerprint(),
+                    previous: Some(old_id.fingerprint()),
+                    user_id,
+                });
+                state.id = Some(new_id);
+                state.record = Some(record);
+                state.id_issued = true;
+                state.regenerate = false;
+                return Ok(());
+            }
+            // The session was destroyed meanwhile (expired, revoked): start
+            // a fresh one for the user rather than reviving the old.
+        }
+        self.create_for(user_id).await
+    }
+
+    /// Stores a brand-new session for `user_id` holding the pending writes.
+    async fn create_for(&self, user_id: String) -> Result<(), SessionError> {
+        let change = self.lock().pending.to_change();
+        let data: SessionData = change.set.iter().cloned().collect();
+        let (id, record) = create_session(
+            &*self.inner.store,
+            &self.inner.deadlines,
+            Some(user_id.clone()),
+            data,
+        )
+        .await?;
+        let mut state = self.lock();
+        state.pending.forget(&change);
+        state.happenings.push(Happening::Created {
+            session: id.fingerprint(),
+        });
+        state.happenings.push(Happening::LoggedIn {
+            session: id.fingerprint(),
+            previous: None,
+            user_id,
+        });
+        state.id = Some(id);
+        state.record = Some(Arc::new(record));
+        state.id_issued = true;
+        state.regenerate = false;
+        Ok(())
+    }
+
+    /// Signs out: destroys the stored session now and removes the cookie.
+    ///
+    /// The handle is empty afterwards; anything inserted after the logout
+    /// starts a new anonymous session with a new id.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails; the session is then unchanged.
+    pub async fn logout(&self) -> Result<(), SessionError> {
+        let id = self.lock().id.clone();
+        if let Some(id) = &id {
+            self.inner.store.delete(&id.hash()).await?;
+        }
+        let mut state = self.lock();
+        if let Some(id) = id {
+            let user_id = state.record.as_ref().and_then(|r| r.user_id.clone());
+            state.happenings.push(Happening::LoggedOut {
+                session: id.fingerprint(),
+                user_id,
+            });
+        }
+        state.id = None;
+        state.record = None;
+        state.pending = Pending::default();
+        state.regenerate = false;
+        state.id_issued = false;
+        state.logged_out = true;
+        Ok(())
+    }
+}
+
+/// Stores a new session with a fresh id, drawing another id on the (never
+/// expected) collision.
+pub(crate) async fn create_session(
+    store: &dyn SessionStore,
+    deadlines: &Deadlines,
+    user_id: Option<String>,
+    data: SessionData,
+) -> Result<(SessionId, SessionRecord), StoreError> {
+    for _ in 0..CREATE_ATTEMPTS {
+        let id = SessionId::generate();
+        let record = deadlines.record(id.hash(), user_id.clone(), data.clone());
+        if store.create(&record).await? {
+            return Ok((id, record));
+        }
+    }
+    Err(StoreError::Unavailable(
+        "the store reported a collision for every new session id".into(),
+    ))
+}
+
+fn validate_user_id(user_id: &str) -> Result<(), SessionError> {
+    if user_id.is_empty() {
+        return Err(SessionError::InvalidUserId("the user id is empty"));
+    }
+    if user_id.len() > MAX_USER_ID_LEN {
+        return Err(SessionError::InvalidUserId(
+            "the user id is longer than 1024 bytes; use a short stable key such as a database id",
+        ));
+    }
+    Ok(())
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Session")
+            .field(
+                "fingerprint",
+                &state.id.as_ref().map(SessionId::fingerprint),
+            )
+            .field(
+                "user_id",
+                &state.record.as_ref().and_then(|r| r.user_id.as_deref()),
+            )
+            .field("is_new", &state.is_new)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "axum")]
+mod extract {
+    use axum_core::extract::FromRequestParts;
+    use axum_core::response::{IntoResponse, Response};
+    use http::request::Parts;
+    use http::StatusCode;
+
+    use super::Session;
+
+    /// The rejection when a handler asks for a [`Session`] but no
+    /// `SessionLayer` ran for the request.
+    #[derive(Debug, Clone, Copy, Default)]
+    #[non_exhaustive]
+    pub struct SessionLayerMissing;
+
+    impl std::fmt::Display for SessionLayerMissing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(
+                "Missing request extension: `tower_session_guard::Session`. \
+                 Is `SessionLayer` installed around this route (`.layer(SessionLayer::new(store, key))`)?",
+            )
+        }
+    }
+
+    impl std::error::Error for SessionLayerMissing {}
+
+    impl IntoResponse for SessionLayerMissing {
+        fn into_response(self) -> Response {
+            tracing::error!(target: "tower_session_guard", "{self}");
+            (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+        }
+    }
+
+    impl<S: Send + Sync> FromRequestParts<S> for Session {
+        type Rejection = SessionLayerMissing;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<Session>()
+                .cloned()
+                .ok_or(SessionLayerMissing)
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+pub use extract::SessionLayerMissing;
