@@ -1,0 +1,243 @@
+//! Shared helpers for the integration tests: a small app, request helpers,
+//! a store that fails on demand, and a tracing capture.
+#![allow(dead_code)]
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::{get, post};
+use axum::Router;
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_session_guard::id::IdHash;
+use tower_session_guard::record::{Change, SessionRecord};
+use tower_session_guard::store::Regeneration;
+use tower_session_guard::{MokaStore, Session, SessionError, SessionLayer, SessionStore, StoreError};
+
+pub const COOKIE: &str = "__Host-id";
+
+/// The test app: a counter, reads, login/logout and per-key writes.
+pub fn app(layer: SessionLayer) -> Router {
+    Router::new()
+        .route("/count", get(count))
+        .route("/read", get(read))
+        .route("/whoami", get(whoami))
+        .route("/login/{user}", post(login))
+        .route("/logout", post(logout))
+        .route("/regenerate", post(regenerate))
+        .route("/set/{key}/{value}", post(set))
+        .route("/get/{key}", get(get_key))
+        .route("/noop", get(|| async { "noop" }))
+        .layer(layer)
+}
+
+async fn count(session: Session) -> Result<String, SessionError> {
+    let n: u64 = session.get("n")?.unwrap_or(0);
+    session.insert("n", n + 1)?;
+    Ok((n + 1).to_string())
+}
+
+async fn read(session: Session) -> Result<String, SessionError> {
+    let n: Option<u64> = session.get("n")?;
+    Ok(n.map_or_else(|| "none".to_owned(), |n| n.to_string()))
+}
+
+async fn whoami(session: Session) -> String {
+    session.user_id().unwrap_or_else(|| "anonymous".to_owned())
+}
+
+async fn login(session: Session, Path(user): Path<String>) -> Result<&'static str, SessionError> {
+    session.login(user).await?;
+    Ok("ok")
+}
+
+async fn logout(session: Session) -> Result<&'static str, SessionError> {
+    session.logout().await?;
+    Ok("bye")
+}
+
+async fn regenerate(session: Session) -> &'static str {
+    session.regenerate();
+    "ok"
+}
+
+async fn set(session: Session, Path((key, value)): Path<(String, String)>) -> Result<&'static str, SessionError> {
+    session.insert(key, value)?;
+    Ok("ok")
+}
+
+async fn get_key(session: Session, Path(key): Path<String>) -> Result<String, SessionError> {
+    let value: Option<String> = session.get(&key)?;
+    Ok(value.unwrap_or_else(|| "none".to_owned()))
+}
+
+/// A response, read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The `Set-Cookie` values for the session cookie.
+    pub fn session_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| v.starts_with(&format!("{COOKIE}=")))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The token handed out, if the response set a non-empty session cookie.
+    pub fn token(&self) -> Option<String> {
+        self.session_cookies().iter().find_map(|c| {
+            let value = c.split(';').next()?.split_once('=')?.1;
+            (!value.is_empty()).then(|| value.to_owned())
+        })
+    }
+
+    /// Whether the response removed the session cookie.
+    pub fn clears_cookie(&self) -> bool {
+        self.session_cookies()
+            .iter()
+            .any(|c| c.starts_with(&format!("{COOKIE}=;")) && c.contains("Max-Age=0"))
+    }
+
+    /// Whether the response said anything about the session cookie.
+    pub fn touches_cookie(&self) -> bool {
+        !self.session_cookies().is_empty()
+    }
+}
+
+/// Sends one request through the app.
+pub async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(http::header::COOKIE, format!("{COOKIE}={token}"));
+    }
+    send_request(app, request.body(Body::empty()).unwrap()).await
+}
+
+/// Sends a request with raw `Cookie` header values.
+pub async fn send_cookies(app: &Router, uri: &str, cookies: &[HeaderValue]) -> Reply {
+    let mut request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+    for value in cookies {
+        request.headers_mut().append(http::header::COOKIE, value.clone());
+    }
+    send_request(app, request).await
+}
+
+pub async fn send_request(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A store around `MokaStore` that fails on demand and counts writes.
+#[derive(Clone, Default)]
+pub struct FlakyStore {
+    pub inner: MokaStore,
+    pub fail_reads: Arc<AtomicBool>,
+    pub fail_writes: Arc<AtomicBool>,
+    pub creates: Arc<AtomicUsize>,
+    pub updates: Arc<AtomicUsize>,
+    pub loads: Arc<AtomicUsize>,
+}
+
+impl FlakyStore {
+    fn check(&self, flag: &AtomicBool) -> Result<(), StoreError> {
+        if flag.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("the test switched the store off".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn writes(&self) -> usize {
+        self.creates.load(Ordering::SeqCst) + self.updates.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl SessionStore for FlakyStore {
+    async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        self.inner.create(record).await
+    }
+
+    async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(id).await
+    }
+
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        self.inner.update(id, change).await
+    }
+
+    async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.delete(id).await
+    }
+
+    async fn regenerate(
+        &self,
+        old: &IdHash,
+        new: &IdHash,
+        regeneration: &Regeneration,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.regenerate(old, new, regeneration).await
+    }
+}
+
+/// Everything `tracing` printed while the guard was alive, at every level.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Installs a capturing subscriber for the current thread.
+    pub fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+        let capture = Self::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (capture, guard)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
