@@ -11,7 +11,9 @@ use axum::Router;
 use common::{app, send, send_request, FlakyStore, COOKIE};
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_session_guard::{CookieConfig, Key, MokaStore, SameSite, Session, SessionEvent, SessionLayer};
+use tower_session_guard::{
+    CookieConfig, Key, MokaStore, SameSite, Session, SessionEvent, SessionLayer,
+};
 
 fn layer() -> SessionLayer {
     SessionLayer::new(MokaStore::new(1_000), Key::generate())
@@ -22,7 +24,9 @@ async fn counter_persists_across_requests() {
     let app = app(layer());
     let first = send(&app, "GET", "/count", None).await;
     assert_eq!(first.body, "1");
-    let token = first.token().expect("a session that holds data gets a cookie");
+    let token = first
+        .token()
+        .expect("a session that holds data gets a cookie");
     for expected in 2..=5 {
         let reply = send(&app, "GET", "/count", Some(&token)).await;
         assert_eq!(reply.body, expected.to_string());
@@ -72,7 +76,10 @@ async fn login_changes_the_token_and_the_old_token_no_longer_works() {
     let login = send(&app, "POST", "/login/alice", Some(&anonymous)).await;
     let logged_in = login.token().expect("login hands out a new token");
     assert_ne!(logged_in, anonymous);
-    assert_eq!(send(&app, "GET", "/whoami", Some(&logged_in)).await.body, "alice");
+    assert_eq!(
+        send(&app, "GET", "/whoami", Some(&logged_in)).await.body,
+        "alice"
+    );
 
     let replay = send(&app, "GET", "/whoami", Some(&anonymous)).await;
     assert_eq!(replay.body, "anonymous");
@@ -84,7 +91,10 @@ async fn data_survives_login() {
     let app = app(layer());
     let token = send(&app, "GET", "/count", None).await.token().unwrap();
     send(&app, "GET", "/count", Some(&token)).await;
-    let token = send(&app, "POST", "/login/bob", Some(&token)).await.token().unwrap();
+    let token = send(&app, "POST", "/login/bob", Some(&token))
+        .await
+        .token()
+        .unwrap();
     assert_eq!(send(&app, "GET", "/read", Some(&token)).await.body, "2");
 }
 
@@ -93,7 +103,10 @@ async fn login_without_a_session_creates_one_for_the_user() {
     let app = app(layer());
     let reply = send(&app, "POST", "/login/carol", None).await;
     let token = reply.token().unwrap();
-    assert_eq!(send(&app, "GET", "/whoami", Some(&token)).await.body, "carol");
+    assert_eq!(
+        send(&app, "GET", "/whoami", Some(&token)).await.body,
+        "carol"
+    );
 }
 
 #[tokio::test]
@@ -127,7 +140,10 @@ async fn writes_made_before_login_in_the_same_request_are_kept() {
 #[tokio::test]
 async fn logout_kills_the_token_and_clears_the_cookie() {
     let app = app(layer());
-    let token = send(&app, "POST", "/login/erin", None).await.token().unwrap();
+    let token = send(&app, "POST", "/login/erin", None)
+        .await
+        .token()
+        .unwrap();
     let logout = send(&app, "POST", "/logout", Some(&token)).await;
     assert!(logout.clears_cookie());
     assert_eq!(logout.token(), None);
@@ -139,7 +155,10 @@ async fn logout_kills_the_token_and_clears_the_cookie() {
 async fn regenerate_issues_a_new_id_and_keeps_the_data() {
     let app = app(layer());
     let old = send(&app, "GET", "/count", None).await.token().unwrap();
-    let new = send(&app, "POST", "/regenerate", Some(&old)).await.token().unwrap();
+    let new = send(&app, "POST", "/regenerate", Some(&old))
+        .await
+        .token()
+        .unwrap();
     assert_ne!(old, new);
     assert_eq!(send(&app, "GET", "/read", Some(&new)).await.body, "1");
     assert_eq!(send(&app, "GET", "/read", Some(&old)).await.body, "none");
@@ -169,7 +188,14 @@ async fn removal_cookie_keeps_name_path_and_flags() {
     attributes.sort_unstable();
     assert_eq!(
         attributes,
-        ["HttpOnly", "Max-Age=0", "Path=/", "SameSite=Lax", "Secure", &format!("{COOKIE}=") as &str]
+        [
+            "HttpOnly",
+            "Max-Age=0",
+            "Path=/",
+            "SameSite=Lax",
+            "Secure",
+            &format!("{COOKIE}=") as &str
+        ]
     );
     assert_eq!(reply.headers[http::header::CACHE_CONTROL], "no-store");
 }
@@ -194,9 +220,20 @@ async fn a_custom_cookie_is_used_for_reading_and_writing() {
     );
     let app = app(layer);
     let reply = send(&app, "GET", "/count", None).await;
-    let set = reply.headers[http::header::SET_COOKIE].to_str().unwrap().to_owned();
-    assert!(set.starts_with("sid=") && set.contains("SameSite=Strict") && !set.contains("Secure"), "{set}");
-    let token = set.split(';').next().unwrap().trim_start_matches("sid=").to_owned();
+    let set = reply.headers[http::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set.starts_with("sid=") && set.contains("SameSite=Strict") && !set.contains("Secure"),
+        "{set}"
+    );
+    let token = set
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("sid=")
+        .to_owned();
     let request = Request::get("/count")
         .header(http::header::COOKIE, format!("sid={token}"))
         .body(Body::empty())
@@ -227,17 +264,25 @@ async fn the_extractor_without_the_layer_answers_500_saying_so() {
     let app: Router = Router::new().route("/", get(|_session: Session| async { "unreachable" }));
     let reply = send(&app, "GET", "/", None).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(reply.body.contains("Is `SessionLayer` installed"), "{}", reply.body);
+    assert!(
+        reply.body.contains("Is `SessionLayer` installed"),
+        "{}",
+        reply.body
+    );
 }
 
 #[tokio::test]
 async fn events_name_sessions_by_fingerprint() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&events);
-    let layer = layer().with_event_handler(move |e: &SessionEvent| sink.lock().unwrap().push(e.clone()));
+    let layer =
+        layer().with_event_handler(move |e: &SessionEvent| sink.lock().unwrap().push(e.clone()));
     let app = app(layer);
     let token = send(&app, "GET", "/count", None).await.token().unwrap();
-    let token = send(&app, "POST", "/login/frank", Some(&token)).await.token().unwrap();
+    let token = send(&app, "POST", "/login/frank", Some(&token))
+        .await
+        .token()
+        .unwrap();
     send(&app, "POST", "/logout", Some(&token)).await;
     let events = events.lock().unwrap().clone();
     let kinds: Vec<&str> = events.iter().map(SessionEvent::kind).collect();
@@ -256,20 +301,29 @@ async fn events_name_sessions_by_fingerprint() {
 #[tokio::test]
 async fn works_inside_service_builder_around_any_body_type() {
     // A plain tower service (no axum routing) with its own body type.
-    let service = ServiceBuilder::new()
-        .layer(layer())
-        .service_fn(|request: Request<String>| async move {
-            let session = request.extensions().get::<Session>().cloned().unwrap();
-            let n: u64 = session.get("n").unwrap().unwrap_or(0);
-            session.insert("n", n + 1).unwrap();
-            Ok::<_, Infallible>(Response::new(format!("{}", n + 1)))
-        });
-    let response = service.clone().oneshot(Request::new(String::new())).await.unwrap();
+    let service =
+        ServiceBuilder::new()
+            .layer(layer())
+            .service_fn(|request: Request<String>| async move {
+                let session = request.extensions().get::<Session>().cloned().unwrap();
+                let n: u64 = session.get("n").unwrap().unwrap_or(0);
+                session.insert("n", n + 1).unwrap();
+                Ok::<_, Infallible>(Response::new(format!("{}", n + 1)))
+            });
+    let response = service
+        .clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
     assert_eq!(response.body(), "1");
-    let set_cookie = response.headers()[http::header::SET_COOKIE].to_str().unwrap();
+    let set_cookie = response.headers()[http::header::SET_COOKIE]
+        .to_str()
+        .unwrap();
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let mut request = Request::new(String::new());
-    request.headers_mut().insert(http::header::COOKIE, cookie.parse().unwrap());
+    request
+        .headers_mut()
+        .insert(http::header::COOKIE, cookie.parse().unwrap());
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.body(), "2");
 }

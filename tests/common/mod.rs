@@ -17,7 +17,9 @@ use tower::ServiceExt;
 use tower_session_guard::id::IdHash;
 use tower_session_guard::record::{Change, SessionRecord};
 use tower_session_guard::store::Regeneration;
-use tower_session_guard::{MokaStore, Session, SessionError, SessionLayer, SessionStore, StoreError};
+use tower_session_guard::{
+    MokaStore, Session, SessionError, SessionLayer, SessionStore, StoreError,
+};
 
 pub const COOKIE: &str = "__Host-id";
 
@@ -66,7 +68,10 @@ async fn regenerate(session: Session) -> &'static str {
     "ok"
 }
 
-async fn set(session: Session, Path((key, value)): Path<(String, String)>) -> Result<&'static str, SessionError> {
+async fn set(
+    session: Session,
+    Path((key, value)): Path<(String, String)>,
+) -> Result<&'static str, SessionError> {
     session.insert(key, value)?;
     Ok("ok")
 }
@@ -130,7 +135,9 @@ pub async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>) ->
 pub async fn send_cookies(app: &Router, uri: &str, cookies: &[HeaderValue]) -> Reply {
     let mut request = Request::builder().uri(uri).body(Body::empty()).unwrap();
     for value in cookies {
-        request.headers_mut().append(http::header::COOKIE, value.clone());
+        request
+            .headers_mut()
+            .append(http::header::COOKIE, value.clone());
     }
     send_request(app, request).await
 }
@@ -161,7 +168,9 @@ pub struct FlakyStore {
 impl FlakyStore {
     fn check(&self, flag: &AtomicBool) -> Result<(), StoreError> {
         if flag.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("the test switched the store off".into()))
+            Err(StoreError::Unavailable(
+                "the test switched the store off".into(),
+            ))
         } else {
             Ok(())
         }
