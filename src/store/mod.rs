@@ -26,7 +26,7 @@ mod moka;
 #[cfg(feature = "test-util")]
 pub mod conformance;
 
-pub use self::moka::MokaStore;
+pub use self::moka::{MokaStore, DEFAULT_MAX_SESSIONS};
 
 /// Storage for session records, keyed by the at-rest hash of the session id.
 ///
