@@ -20,7 +20,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
-use tower_session_guard::{CookieConfig, Key, MokaStore, Session, SessionError, SessionEvent, SessionLayer};
+use tower_session_guard::{
+    CookieConfig, Key, MokaStore, Session, SessionError, SessionEvent, SessionLayer,
+};
 
 #[tokio::main]
 async fn main() {
@@ -44,8 +46,13 @@ async fn main() {
 
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .unwrap_or_else(|err| panic!("cannot listen on {address}: {err}; set DEMO_ADDR to a free address"));
-    println!("demo listening on http://{}", listener.local_addr().unwrap());
+        .unwrap_or_else(|err| {
+            panic!("cannot listen on {address}: {err}; set DEMO_ADDR to a free address")
+        });
+    println!(
+        "demo listening on http://{}",
+        listener.local_addr().unwrap()
+    );
     axum::serve(listener, app).await.unwrap();
 }
 

@@ -80,3 +80,8 @@ pub use crate::session::SessionLayerMissing;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
 pub use crate::store::{MokaStore, SessionStore, StoreError};
 pub use crate::transport::CookieConfig;
+
+/// Compiles and runs the README's Rust examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
