@@ -8,8 +8,8 @@ use crate::store::StoreError;
 ///
 /// With the `axum` feature it is an `IntoResponse`, so handlers can return
 /// `Result<_, SessionError>`: store failures answer `503 Service
-/// Unavailable`, anything else `500 Internal Server Error` (details go to
-/// the log, not to the client).
+/// Unavailable`, a reached session limit `409 Conflict`, anything else
+/// `500 Internal Server Error` (details go to the log, not to the client).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -31,6 +31,12 @@ pub enum SessionError {
     Store(StoreError),
     /// `login` was given a user id that cannot be used.
     InvalidUserId(&'static str),
+    /// The user already has the most sessions allowed and the rule is
+    /// `OnLimit::RejectLogin`; nothing was changed.
+    LimitReached {
+        /// The user's limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for SessionError {
@@ -48,6 +54,10 @@ impl fmt::Display for SessionError {
             ),
             Self::Store(err) => write!(f, "{err}"),
             Self::InvalidUserId(why) => write!(f, "invalid user id: {why}"),
+            Self::LimitReached { max } => write!(
+                f,
+                "the user already has {max} active session(s), the most allowed; sign out elsewhere first"
+            ),
         }
     }
 }
@@ -57,7 +67,7 @@ impl std::error::Error for SessionError {
         match self {
             Self::Serialize { source, .. } | Self::Deserialize { source, .. } => Some(source),
             Self::Store(err) => Some(err),
-            Self::InvalidUserId(_) => None,
+            Self::InvalidUserId(_) | Self::LimitReached { .. } => None,
         }
     }
 }
@@ -74,6 +84,7 @@ impl SessionError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::LimitReached { .. } => http::StatusCode::CONFLICT,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

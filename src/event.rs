@@ -43,6 +43,27 @@ pub enum SessionEvent {
         /// Its user, if one was signed in.
         user_id: Option<String>,
     },
+    /// The session's id was renewed (`with_renewal_interval`).
+    Renewed {
+        /// The session under its new id.
+        session: Fingerprint,
+        /// The session under its old id (valid for the grace period).
+        previous: Fingerprint,
+    },
+    /// The session was destroyed to keep its user under the session limit.
+    Evicted {
+        /// The destroyed session.
+        session: Fingerprint,
+        /// Its user.
+        user_id: String,
+    },
+    /// The session was destroyed through [`SessionAdmin`](crate::admin::SessionAdmin).
+    Revoked {
+        /// The destroyed session.
+        session: Fingerprint,
+        /// Its user, if known.
+        user_id: Option<String>,
+    },
     /// The session timed out and was destroyed.
     Expired {
         /// The expired session.
@@ -68,6 +89,9 @@ impl SessionEvent {
             Self::LoggedIn { .. } => "logged_in",
             Self::Regenerated { .. } => "regenerated",
             Self::LoggedOut { .. } => "logged_out",
+            Self::Renewed { .. } => "renewed",
+            Self::Evicted { .. } => "evicted",
+            Self::Revoked { .. } => "revoked",
             Self::Expired { .. } => "expired",
             Self::Rejected { .. } => "rejected",
         }
@@ -102,7 +126,9 @@ pub(crate) type EventHandler = Arc<dyn Fn(&SessionEvent) + Send + Sync>;
 /// Sends `event` to `tracing` and to the user's handler.
 pub(crate) fn emit(handler: Option<&EventHandler>, event: &SessionEvent) {
     match event {
-        SessionEvent::Rejected { .. } => {
+        SessionEvent::Rejected { .. }
+        | SessionEvent::Evicted { .. }
+        | SessionEvent::Revoked { .. } => {
             tracing::warn!(target: "tower_session_guard::event", event = ?event, "session event");
         }
         _ => tracing::debug!(target: "tower_session_guard::event", event = ?event, "session event"),

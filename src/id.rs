@@ -71,6 +71,90 @@ impl SessionId {
     }
 }
 
+impl SessionId {
+    /// Hides `successor` so that only a holder of this id can recover it.
+    ///
+    /// When an id is renewed with a grace period, the store keeps a
+    /// forwarding entry under the old id's hash. It must not hold the new id
+    /// in clear, so it holds it masked with a pad derived from the old id,
+    /// which only clients holding the old token know.
+    pub(crate) fn seal(&self, successor: &SessionId) -> SealedId {
+        let pad = self.successor_pad();
+        let mut sealed = [0u8; ID_LEN];
+        for (out, (a, b)) in sealed.iter_mut().zip(successor.0.iter().zip(pad.iter())) {
+            *out = a ^ b;
+        }
+        SealedId(sealed)
+    }
+
+    /// Recovers the id hidden by [`seal`](Self::seal).
+    pub(crate) fn unseal(&self, sealed: &SealedId) -> SessionId {
+        let pad = self.successor_pad();
+        let mut id = [0u8; ID_LEN];
+        for (out, (a, b)) in id.iter_mut().zip(sealed.0.iter().zip(pad.iter())) {
+            *out = a ^ b;
+        }
+        SessionId(id)
+    }
+
+    fn successor_pad(&self) -> [u8; ID_LEN] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"tower-session-guard/successor/v1\0");
+        hasher.update(self.0);
+        let digest = hasher.finalize();
+        let mut pad = [0u8; ID_LEN];
+        pad.copy_from_slice(&digest[..ID_LEN]);
+        pad
+    }
+}
+
+/// A session id masked so that only the holder of the previous id can read
+/// it (see renewal with a grace period).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SealedId([u8; ID_LEN]);
+
+impl SealedId {
+    /// Lower-case hex, for stores with text fields.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses the form written by [`to_hex`](Self::to_hex).
+    #[must_use]
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != ID_LEN * 2 {
+            return None;
+        }
+        let mut out = [0u8; ID_LEN];
+        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *slot = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for SealedId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealedId(..)")
+    }
+}
+
+impl serde::Serialize for SealedId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SealedId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("a sealed id is 32 lower-case hex characters"))
+    }
+}
+
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("SessionId")
@@ -228,6 +312,21 @@ mod tests {
         assert_eq!(IdHash::from_hex(&hash.to_hex()), Some(hash));
         assert_eq!(IdHash::from_hex("zz"), None);
         assert_eq!(IdHash::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn only_the_previous_id_unseals_its_successor() {
+        let old = SessionId::generate();
+        let new = SessionId::generate();
+        let sealed = old.seal(&new);
+        assert_eq!(old.unseal(&sealed), new);
+        assert_ne!(SessionId::generate().unseal(&sealed), new);
+        assert_ne!(
+            sealed.to_hex(),
+            hex(&new.0),
+            "the successor is not stored in clear"
+        );
+        assert_eq!(SealedId::from_hex(&sealed.to_hex()), Some(sealed));
     }
 
     #[test]

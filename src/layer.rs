@@ -16,14 +16,19 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::clock::{Clock, SystemClock, UnixMillis};
+use crate::admin::SessionAdmin;
+use crate::client::ClientContext;
+use crate::clock::{duration_millis, Clock, SystemClock, UnixMillis};
 use crate::event::{self, EventHandler, RejectReason, SessionEvent};
+use crate::id::IdHash;
 use crate::id::SessionId;
 use crate::key::{Key, Keyring};
-use crate::policy::{self, Timeouts, Verdict};
-use crate::record::{Deadlines, SessionRecord, Touch};
-use crate::session::{create_session, Happening, Session, State};
-use crate::store::{Regeneration, SessionStore, StoreError};
+use crate::policy::{
+    self, ExpiryReason, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts, Verdict,
+};
+use crate::record::{Change, SessionData, SessionRecord, Touch};
+use crate::session::{self, create_session, Happening, Session, State};
+use crate::store::{Forward, Regeneration, SessionStore, StoreError};
 use crate::transport::{self, CookieConfig, TokenRead};
 
 /// Adds validated sessions to every request of the service it wraps.
@@ -61,6 +66,8 @@ struct Config {
     timeouts: Timeouts,
     clock: Arc<dyn Clock>,
     events: Option<EventHandler>,
+    limit: Option<LimitRule>,
+    renewal: Option<Renewal>,
 }
 
 impl SessionLayer {
@@ -79,6 +86,8 @@ impl SessionLayer {
                 timeouts: Timeouts::default(),
                 clock: Arc::new(SystemClock),
                 events: None,
+                limit: None,
+                renewal: None,
             }),
         }
     }
@@ -151,6 +160,78 @@ impl SessionLayer {
             .keyring
             .set_fallbacks(keys.into_iter().collect());
         self
+    }
+
+    /// Limits how many live sessions one user may have. Default: no limit.
+    ///
+    /// Checked on [`Session::login`], atomically per user in the store, so
+    /// concurrent logins cannot overshoot it. With
+    /// [`OnLimit::EvictLeastRecent`] the user's least recently used sessions
+    /// are destroyed to make room (their next request is anonymous and their
+    /// cookie is cleared); with [`OnLimit::RejectLogin`] the login fails with
+    /// [`SessionError::LimitReached`](crate::SessionError::LimitReached) and
+    /// nothing changes.
+    ///
+    /// # Panics
+    ///
+    /// If `max` is zero (no login could ever succeed).
+    #[must_use]
+    pub fn with_session_limit(mut self, max: usize, on_limit: OnLimit) -> Self {
+        assert!(
+            max > 0,
+            "a session limit of 0 would refuse every login; pass at least 1, or leave the limit out"
+        );
+        self.config_mut().limit = Some(LimitRule::Fixed(SessionLimit { max, on_limit }));
+        self
+    }
+
+    /// Like [`with_session_limit`](Self::with_session_limit), with the limit
+    /// computed per user id (say, from a role) at each login. A function
+    /// that returns 0 for a user makes that user's logins fail with
+    /// [`SessionError::LimitReached`](crate::SessionError::LimitReached).
+    #[must_use]
+    pub fn with_session_limit_fn<F>(mut self, max_for_user: F, on_limit: OnLimit) -> Self
+    where
+        F: Fn(&str) -> usize + Send + Sync + 'static,
+    {
+        self.config_mut().limit = Some(LimitRule::PerUser(Arc::new(max_for_user), on_limit));
+        self
+    }
+
+    /// Gives sessions a new id once their id is `every` old (the OWASP
+    /// "renewal timeout"). Default: off.
+    ///
+    /// Data, user and deadlines are kept. The previous id keeps working for
+    /// `grace` after the renewal, so requests already in flight with the old
+    /// cookie are not logged out: they are served the renewed session and
+    /// receive the new cookie too. After `grace` the old id is dead. A zero
+    /// `grace` kills the old id at once.
+    ///
+    /// # Panics
+    ///
+    /// If `every` is zero.
+    #[must_use]
+    pub fn with_renewal_interval(mut self, every: Duration, grace: Duration) -> Self {
+        assert!(
+            !every.is_zero(),
+            "the renewal interval must be longer than zero; pass e.g. `Duration::from_secs(15 * 60)`"
+        );
+        self.config_mut().renewal = Some(Renewal {
+            every: duration_millis(every),
+            grace: duration_millis(grace),
+        });
+        self
+    }
+
+    /// A handle to list and revoke sessions from outside a request (an
+    /// admin endpoint, a background task). See [`SessionAdmin`].
+    #[must_use]
+    pub fn sessions(&self) -> SessionAdmin {
+        SessionAdmin::new(
+            Arc::clone(&self.config.store),
+            Arc::clone(&self.config.clock),
+            self.config.events.clone(),
+        )
     }
 
     /// Where the layer reads the time. Default: [`SystemClock`].
@@ -285,7 +366,10 @@ struct Loaded {
     id: SessionId,
     record: Arc<SessionRecord>,
     touch: Option<Touch>,
+    /// Signed with a fallback key: re-issue with the primary.
     resign: bool,
+    /// The id was issued by this request (a renewal): send it.
+    issued: bool,
 }
 
 async fn handle<S, ReqBody, ResBody>(
@@ -299,6 +383,7 @@ where
 {
     let now = config.clock.now();
     let mut events = Vec::new();
+    let client = ClientContext::from_request(&request);
 
     // Steps 1–2: the token and its signature.
     let token = transport::read_cookie(request.headers(), config.cookie.name());
@@ -347,19 +432,26 @@ where
     let deadlines = policy::fresh_deadlines(now, &config.timeouts);
     let (touch, resign) = loaded
         .as_ref()
-        .map_or((None, false), |l| (l.touch, l.resign));
-    let session = Session::new(
-        Arc::clone(&config.store),
+        .map_or((None, false), |l| (l.touch, l.resign || l.issued));
+    // What a session created by this request starts as.
+    let mut fresh = deadlines.record(IdHash::from_bytes([0; 32]), None, SessionData::default());
+    fresh.ip = client.ip;
+    fresh.user_agent.clone_from(&client.user_agent);
+    let context = session::Context {
+        store: Arc::clone(&config.store),
         deadlines,
-        loaded.map(|l| (l.id, l.record)),
-    );
+        limit: config.limit.clone(),
+        ip: client.ip,
+        user_agent: client.user_agent,
+    };
+    let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
     request.extensions_mut().insert(session.clone());
     let mut response = inner.call(request).await?;
 
     // Steps 7–8: commit and answer with the token.
     let state = session.take_state();
     let logged_out = state.logged_out;
-    match commit(&config, state, touch, resign, now, deadlines, &mut events).await {
+    match commit(&config, state, touch, resign, now, &fresh, &mut events).await {
         Ok(Outcome::Issue {
             id,
             absolute_deadline,
@@ -392,7 +484,8 @@ where
     Ok(response)
 }
 
-/// Loads the record for a verified id and applies the policy.
+/// Loads the record for a verified id, follows a renewal's forwarding
+/// entry, applies the policy and renews the id when it is due.
 async fn load(
     config: &Config,
     id: SessionId,
@@ -400,36 +493,126 @@ async fn load(
     now: UnixMillis,
     events: &mut Vec<SessionEvent>,
 ) -> Result<Option<Loaded>, StoreError> {
-    let hash = id.hash();
-    let Some(record) = config.store.load(&hash).await? else {
-        events.push(rejected(Some(&id), RejectReason::UnknownSession));
-        return Ok(None);
-    };
-    match policy::evaluate(&record, now, &config.timeouts) {
-        Verdict::Valid { touch } => Ok(Some(Loaded {
-            id,
-            record,
-            touch,
-            resign,
-        })),
-        Verdict::Expired(reason) => {
-            // The policy already refuses the record; deleting it only frees
-            // the space early, so a failure here is logged, not fatal.
-            if let Err(err) = config.store.delete(&hash).await {
-                tracing::error!(
-                    target: "tower_session_guard",
-                    session = %id.fingerprint(),
-                    error = %err,
-                    "could not delete an expired session"
-                );
+    // Two rounds at most: a renewal lost to a concurrent request is retried
+    // once, through the forwarding entry the winner left.
+    for _ in 0..2 {
+        let hash = id.hash();
+        let Some(record) = config.store.load(&hash).await? else {
+            events.push(rejected(Some(&id), RejectReason::UnknownSession));
+            return Ok(None);
+        };
+        let (current, record, issued) = match record.successor {
+            None => (id.clone(), record, false),
+            Some(successor) => {
+                if !policy::forward_alive(&record, now) {
+                    events.push(rejected(Some(&id), RejectReason::UnknownSession));
+                    return Ok(None);
+                }
+                let next = id.unseal(&successor.sealed_id);
+                let followed = config.store.load(&successor.id_hash).await?;
+                match followed {
+                    Some(next_record)
+                        if next.hash() == successor.id_hash && !next_record.is_forward() =>
+                    {
+                        (next, next_record, true)
+                    }
+                    _ => {
+                        events.push(rejected(Some(&id), RejectReason::UnknownSession));
+                        return Ok(None);
+                    }
+                }
             }
-            events.push(SessionEvent::Expired {
-                session: id.fingerprint(),
-                reason,
-            });
-            Ok(None)
+        };
+        let touch = match policy::evaluate(&record, now, &config.timeouts) {
+            Verdict::Valid { touch } => touch,
+            Verdict::Expired(reason) => {
+                expire(config, &current, reason, events).await;
+                return Ok(None);
+            }
+        };
+        if issued || !policy::renewal_due(&record, now, config.renewal.as_ref()) {
+            return Ok(Some(Loaded {
+                id: current,
+                record,
+                touch,
+                resign,
+                issued,
+            }));
+        }
+        if let Some(renewed) = renew(config, &current, touch, now, events).await? {
+            return Ok(Some(renewed));
         }
     }
+    events.push(rejected(Some(&id), RejectReason::UnknownSession));
+    Ok(None)
+}
+
+/// Gives the session a new id, leaving a forwarding entry for the grace
+/// period. `None` when a concurrent request renewed it first.
+async fn renew(
+    config: &Config,
+    id: &SessionId,
+    touch: Option<Touch>,
+    now: UnixMillis,
+    events: &mut Vec<SessionEvent>,
+) -> Result<Option<Loaded>, StoreError> {
+    let Some(renewal) = config.renewal else {
+        return Ok(None);
+    };
+    let new_id = SessionId::generate();
+    let regeneration = Regeneration {
+        change: Change {
+            touch,
+            ..Change::default()
+        },
+        user_id: None,
+        issued_at: now,
+        forward: (renewal.grace > 0).then(|| Forward {
+            sealed_id: id.seal(&new_id),
+            until: now.saturating_add(renewal.grace),
+        }),
+    };
+    let Some(record) = config
+        .store
+        .regenerate(&id.hash(), &new_id.hash(), &regeneration)
+        .await?
+    else {
+        return Ok(None);
+    };
+    events.push(SessionEvent::Renewed {
+        session: new_id.fingerprint(),
+        previous: id.fingerprint(),
+    });
+    Ok(Some(Loaded {
+        id: new_id,
+        record,
+        touch: None,
+        resign: false,
+        issued: true,
+    }))
+}
+
+/// Destroys an expired session and reports it.
+async fn expire(
+    config: &Config,
+    id: &SessionId,
+    reason: ExpiryReason,
+    events: &mut Vec<SessionEvent>,
+) {
+    // The policy already refuses the record; deleting it only frees the
+    // space early, so a failure here is logged, not fatal.
+    if let Err(err) = config.store.delete(&id.hash()).await {
+        tracing::error!(
+            target: "tower_session_guard",
+            session = %id.fingerprint(),
+            error = %err,
+            "could not delete an expired session"
+        );
+    }
+    events.push(SessionEvent::Expired {
+        session: id.fingerprint(),
+        reason,
+    });
 }
 
 /// What the response must tell the client.
@@ -452,7 +635,7 @@ async fn commit(
     touch: Option<Touch>,
     resign: bool,
     now: UnixMillis,
-    deadlines: Deadlines,
+    fresh: &SessionRecord,
     events: &mut Vec<SessionEvent>,
 ) -> Result<Outcome, StoreError> {
     for happening in state.happenings {
@@ -470,6 +653,7 @@ async fn commit(
             Happening::LoggedOut { session, user_id } => {
                 SessionEvent::LoggedOut { session, user_id }
             }
+            Happening::Evicted { session, user_id } => SessionEvent::Evicted { session, user_id },
         });
     }
 
@@ -478,8 +662,7 @@ async fn commit(
             return Ok(Outcome::NoSession);
         }
         // Lazy creation: only a session that holds something is stored.
-        let (id, record) =
-            create_session(&*config.store, &deadlines, None, state.pending.to_data()).await?;
+        let (id, record) = create_session(&*config.store, fresh, state.pending.to_data()).await?;
         events.push(SessionEvent::Created {
             session: id.fingerprint(),
         });
@@ -492,7 +675,7 @@ async fn commit(
     let absolute_deadline = state
         .record
         .as_ref()
-        .map_or(deadlines.absolute_deadline, |r| r.absolute_deadline);
+        .map_or(fresh.absolute_deadline, |r| r.absolute_deadline);
     let mut change = state.pending.into_change();
     change.touch = touch;
 
@@ -502,6 +685,7 @@ async fn commit(
             change,
             user_id: None,
             issued_at: now,
+            forward: None,
         };
         return match config
             .store

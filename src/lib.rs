@@ -54,6 +54,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admin;
 pub mod client;
 pub mod clock;
 mod error;
@@ -69,12 +70,13 @@ mod transport;
 
 pub use cookie::SameSite;
 
+pub use crate::admin::{SessionAdmin, SessionHandle, SessionInfo};
 pub use crate::client::ClientContext;
 pub use crate::error::SessionError;
 pub use crate::event::{RejectReason, SessionEvent};
 pub use crate::key::{Key, KeyError};
 pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
-pub use crate::policy::ExpiryReason;
+pub use crate::policy::{ExpiryReason, OnLimit};
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
 pub use crate::session::{Session, MAX_USER_ID_LEN};

@@ -5,9 +5,11 @@
 //! instance that shares a store.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{duration_millis, UnixMillis};
+use crate::id::IdHash;
 use crate::record::{Deadlines, SessionRecord, Touch};
 
 /// Default idle timeout: 30 minutes.
@@ -104,6 +106,121 @@ pub(crate) fn touch_due(
     })
 }
 
+/// Id renewal settings, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Renewal {
+    /// Renew ids older than this.
+    pub(crate) every: u64,
+    /// How long the previous id keeps working.
+    pub(crate) grace: u64,
+}
+
+/// Whether the record's id is old enough to be renewed at `now`.
+pub(crate) fn renewal_due(
+    record: &SessionRecord,
+    now: UnixMillis,
+    renewal: Option<&Renewal>,
+) -> bool {
+    renewal.is_some_and(|r| now.saturating_sub(record.id_issued_at) >= r.every)
+}
+
+/// Whether a forwarding entry left by a renewal still forwards at `now`.
+pub(crate) fn forward_alive(forward: &SessionRecord, now: UnixMillis) -> bool {
+    now < forward.expires_at()
+}
+
+/// What `login` does when the user already has the maximum number of sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OnLimit {
+    /// Destroy the user's least recently used sessions to make room.
+    EvictLeastRecent,
+    /// Refuse the new login with [`SessionError::LimitReached`](crate::SessionError::LimitReached).
+    RejectLogin,
+}
+
+/// A per-user session limit, as applied to one login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimit {
+    /// The most live sessions the user may have, counting the new one.
+    pub max: usize,
+    /// What to do when the login would exceed `max`.
+    pub on_limit: OnLimit,
+}
+
+/// The limit would be exceeded and the rule says to refuse the login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitReached;
+
+/// Which of a user's live sessions must go so that one more fits under `limit`.
+///
+/// `live` are the user's other live sessions (not the one logging in).
+/// Stores call this inside the critical section of their login operation,
+/// so that concurrent logins cannot overshoot the limit.
+///
+/// # Errors
+///
+/// [`LimitReached`] when the limit is full and the rule is
+/// [`OnLimit::RejectLogin`].
+pub fn sessions_to_evict(
+    live: &[&SessionRecord],
+    limit: &SessionLimit,
+) -> Result<Vec<IdHash>, LimitReached> {
+    let max = limit.max;
+    if max == 0 {
+        // No session at all is allowed: nothing can be evicted to make room.
+        return Err(LimitReached);
+    }
+    if live.len() < max {
+        return Ok(Vec::new());
+    }
+    match limit.on_limit {
+        OnLimit::RejectLogin => Err(LimitReached),
+        OnLimit::EvictLeastRecent => {
+            let mut by_recency: Vec<&SessionRecord> = live.to_vec();
+            by_recency.sort_by_key(|r| (r.last_seen, r.created_at));
+            let excess = live.len() + 1 - max;
+            Ok(by_recency.iter().take(excess).map(|r| r.id_hash).collect())
+        }
+    }
+}
+
+/// How the layer finds a user's session limit.
+#[derive(Clone)]
+pub(crate) enum LimitRule {
+    /// The same limit for everyone.
+    Fixed(SessionLimit),
+    /// A limit computed per user id (say, from a role).
+    PerUser(Arc<dyn Fn(&str) -> usize + Send + Sync>, OnLimit),
+}
+
+impl LimitRule {
+    pub(crate) fn for_user(&self, user_id: &str) -> SessionLimit {
+        match self {
+            Self::Fixed(limit) => *limit,
+            Self::PerUser(max, on_limit) => SessionLimit {
+                max: max(user_id),
+                on_limit: *on_limit,
+            },
+        }
+    }
+}
+
+impl fmt::Debug for LimitRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fixed(limit) => f.debug_tuple("Fixed").field(limit).finish(),
+            Self::PerUser(_, on_limit) => f.debug_tuple("PerUser").field(on_limit).finish(),
+        }
+    }
+}
+
+/// Whether `record` counts as a live session of `user_id` at `now`.
+#[must_use]
+pub fn is_live_session_of(record: &SessionRecord, user_id: &str, now: UnixMillis) -> bool {
+    !record.is_forward() && record.user_id.as_deref() == Some(user_id) && now < record.expires_at()
+}
+
 /// The deadlines of a session created at `now`.
 pub(crate) fn fresh_deadlines(now: UnixMillis, timeouts: &Timeouts) -> Deadlines {
     let absolute_deadline = now.saturating_add(timeouts.absolute);
@@ -183,6 +300,50 @@ mod tests {
             evaluate(&r, ABSOLUTE, &timeouts()),
             Verdict::Expired(ExpiryReason::Absolute)
         );
+    }
+
+    #[test]
+    fn eviction_picks_the_least_recently_used() {
+        let mut a = record_at(0);
+        a.last_seen = 300;
+        let mut b = record_at(0);
+        b.last_seen = 100;
+        let mut c = record_at(0);
+        c.last_seen = 200;
+        let limit = SessionLimit {
+            max: 3,
+            on_limit: OnLimit::EvictLeastRecent,
+        };
+        assert_eq!(sessions_to_evict(&[&a, &b], &limit), Ok(vec![]));
+        assert_eq!(
+            sessions_to_evict(&[&a, &b, &c], &limit),
+            Ok(vec![b.id_hash])
+        );
+        let two = SessionLimit { max: 2, ..limit };
+        assert_eq!(
+            sessions_to_evict(&[&a, &b, &c], &two),
+            Ok(vec![b.id_hash, c.id_hash])
+        );
+        let reject = SessionLimit {
+            max: 3,
+            on_limit: OnLimit::RejectLogin,
+        };
+        assert_eq!(sessions_to_evict(&[&a, &b, &c], &reject), Err(LimitReached));
+        assert_eq!(sessions_to_evict(&[&a], &reject), Ok(vec![]));
+        let zero = SessionLimit { max: 0, ..limit };
+        assert_eq!(sessions_to_evict(&[], &zero), Err(LimitReached));
+    }
+
+    #[test]
+    fn renewal_is_due_after_the_interval() {
+        let r = record_at(0);
+        let renewal = Renewal {
+            every: 500,
+            grace: 50,
+        };
+        assert!(!renewal_due(&r, 499, Some(&renewal)));
+        assert!(renewal_due(&r, 500, Some(&renewal)));
+        assert!(!renewal_due(&r, 5_000, None));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::net::IpAddr;
+
 use crate::clock::UnixMillis;
-use crate::id::IdHash;
+use crate::id::{IdHash, SealedId};
 
 /// One stored session.
 ///
@@ -36,6 +38,26 @@ pub struct SessionRecord {
     /// Bumped by every applied change.
     #[serde(default)]
     pub version: u64,
+    /// The client address the session was created or signed in from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// The client's User-Agent family (browser and platform, no versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Set on a forwarding entry left under an old id after a renewal with
+    /// a grace period: requests holding the old id are sent here until the
+    /// entry's idle deadline (the end of the grace period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<Successor>,
+}
+
+/// Where a renewed session went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Successor {
+    /// The at-rest hash of the new id.
+    pub id_hash: IdHash,
+    /// The new id, readable only with the old id.
+    pub sealed_id: SealedId,
 }
 
 impl SessionRecord {
@@ -43,6 +65,32 @@ impl SessionRecord {
     #[must_use]
     pub fn expires_at(&self) -> UnixMillis {
         self.idle_deadline.min(self.absolute_deadline)
+    }
+
+    /// Whether this is a forwarding entry left by a renewal, not a session.
+    #[must_use]
+    pub fn is_forward(&self) -> bool {
+        self.successor.is_some()
+    }
+
+    /// The forwarding entry to leave under this record's old id for a
+    /// renewal: no data, just the successor, valid until `until`.
+    #[must_use]
+    pub fn forward_to(&self, successor: Successor, until: UnixMillis) -> SessionRecord {
+        SessionRecord {
+            id_hash: self.id_hash,
+            user_id: self.user_id.clone(),
+            data: SessionData::default(),
+            created_at: self.created_at,
+            last_seen: self.last_seen,
+            idle_deadline: until.min(self.absolute_deadline),
+            absolute_deadline: self.absolute_deadline,
+            id_issued_at: self.id_issued_at,
+            version: self.version,
+            ip: None,
+            user_agent: None,
+            successor: Some(successor),
+        }
     }
 
     /// Applies a delta in place (what every store does under its own atomicity).
@@ -94,6 +142,9 @@ impl Deadlines {
             absolute_deadline: self.absolute_deadline,
             id_issued_at: self.created_at,
             version: 0,
+            ip: None,
+            user_agent: None,
+            successor: None,
         }
     }
 }
@@ -223,6 +274,9 @@ mod tests {
             absolute_deadline: 5_000,
             id_issued_at: 1_000,
             version: 0,
+            ip: None,
+            user_agent: None,
+            successor: None,
         }
     }
 

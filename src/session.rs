@@ -1,6 +1,7 @@
 //! The [`Session`] handle handlers use.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::de::DeserializeOwned;
@@ -9,8 +10,9 @@ use serde_json::Value;
 
 use crate::error::SessionError;
 use crate::id::{Fingerprint, SessionId};
+use crate::policy::LimitRule;
 use crate::record::{Change, Deadlines, SessionData, SessionRecord};
-use crate::store::{Regeneration, SessionStore, StoreError};
+use crate::store::{Login, LoginOutcome, SessionStore, StoreError};
 
 /// The longest user id `login` accepts, in bytes.
 pub const MAX_USER_ID_LEN: usize = 1024;
@@ -44,9 +46,18 @@ pub struct Session {
 }
 
 struct Inner {
-    store: Arc<dyn SessionStore>,
-    deadlines: Deadlines,
+    context: Context,
     state: Mutex<State>,
+}
+
+/// What a session needs from the layer for one request.
+pub(crate) struct Context {
+    pub(crate) store: Arc<dyn SessionStore>,
+    /// Deadlines of a session created by this request (`created_at` is now).
+    pub(crate) deadlines: Deadlines,
+    pub(crate) limit: Option<LimitRule>,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) user_agent: Option<String>,
 }
 
 /// Everything a request did to its session, read by the layer at commit.
@@ -84,6 +95,10 @@ pub(crate) enum Happening {
     LoggedOut {
         session: Fingerprint,
         user_id: Option<String>,
+    },
+    Evicted {
+        session: Fingerprint,
+        user_id: String,
     },
 }
 
@@ -161,11 +176,7 @@ impl Pending {
 
 impl Session {
     /// A handle for one request. `loaded` is the validated stored session, if any.
-    pub(crate) fn new(
-        store: Arc<dyn SessionStore>,
-        deadlines: Deadlines,
-        loaded: Option<(SessionId, Arc<SessionRecord>)>,
-    ) -> Self {
+    pub(crate) fn new(context: Context, loaded: Option<(SessionId, Arc<SessionRecord>)>) -> Self {
         let is_new = loaded.is_none();
         let (id, record) = match loaded {
             Some((id, record)) => (Some(id), Some(record)),
@@ -173,8 +184,7 @@ impl Session {
         };
         Self {
             inner: Arc::new(Inner {
-                store,
-                deadlines,
+                context,
                 state: Mutex::new(State {
                     id,
                     record,
@@ -310,68 +320,130 @@ impl Session {
     pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
         let user_id = user_id.into();
         validate_user_id(&user_id)?;
-        let (old_id, change) = {
+        let (previous, change) = {
             let state = self.lock();
             (state.id.clone(), state.pending.to_change())
         };
-        if let Some(old_id) = old_id {
-            let new_id = SessionId::generate();
-            let regeneration = Regeneration {
-                change,
-                user_id: Some(user_id.clone()),
-                issued_at: self.inner.deadlines.created_at,
-            };
-            let moved = self
-                .inner
-                .store
-                .regenerate(&old_id.hash(), &new_id.hash(), &regeneration)
-                .await?;
-            if let Some(record) = moved {
-                let mut state = self.lock();
-                state.pending.forget(&regeneration.change);
-                state.happenings.push(Happening::LoggedIn {
-                    session: new_id.fingerprint(),
-                    previous: Some(old_id.fingerprint()),
-                    user_id,
-                });
-                state.id = Some(new_id);
-                state.record = Some(record);
-                state.id_issued = true;
-                state.regenerate = false;
-                return Ok(());
-            }
-            // The session was destroyed meanwhile (expired, revoked): start
-            // a fresh one for the user rather than reviving the old.
-        }
-        self.create_for(user_id).await
-    }
-
-    /// Stores a brand-new session for `user_id` holding the pending writes.
-    async fn create_for(&self, user_id: String) -> Result<(), SessionError> {
-        let change = self.lock().pending.to_change();
-        let data: SessionData = change.set.iter().cloned().collect();
-        let (id, record) = create_session(
-            &*self.inner.store,
-            &self.inner.deadlines,
+        let context = &self.inner.context;
+        let limit = context.limit.as_ref().map(|rule| rule.for_user(&user_id));
+        let new_id = SessionId::generate();
+        let mut record = context.deadlines.record(
+            new_id.hash(),
             Some(user_id.clone()),
-            data,
-        )
-        .await?;
+            change.set.iter().cloned().collect(),
+        );
+        record.ip = context.ip;
+        record.user_agent.clone_from(&context.user_agent);
+        let login = Login {
+            previous: previous.as_ref().map(SessionId::hash),
+            record,
+            change: change.clone(),
+            limit,
+            now: context.deadlines.created_at,
+        };
+        // A colliding new id (never expected: 128 random bits) is refused by
+        // the store without any change and surfaces as a store error.
+        let outcome = context.store.login(&login).await?;
+        let (record, moved, evicted) = match outcome {
+            LoginOutcome::LoggedIn {
+                record,
+                moved,
+                evicted,
+            } => (record, moved, evicted),
+            LoginOutcome::LimitReached => {
+                return Err(SessionError::LimitReached {
+                    max: limit.map_or(0, |l| l.max),
+                })
+            }
+        };
         let mut state = self.lock();
         state.pending.forget(&change);
-        state.happenings.push(Happening::Created {
-            session: id.fingerprint(),
-        });
+        if !moved {
+            state.happenings.push(Happening::Created {
+                session: new_id.fingerprint(),
+            });
+        }
+        for victim in evicted {
+            state.happenings.push(Happening::Evicted {
+                session: victim.fingerprint(),
+                user_id: user_id.clone(),
+            });
+        }
         state.happenings.push(Happening::LoggedIn {
-            session: id.fingerprint(),
-            previous: None,
+            session: new_id.fingerprint(),
+            previous: previous
+                .filter(|_| moved)
+                .as_ref()
+                .map(SessionId::fingerprint),
             user_id,
         });
-        state.id = Some(id);
-        state.record = Some(Arc::new(record));
+        state.id = Some(new_id);
+        state.record = Some(record);
         state.id_issued = true;
         state.regenerate = false;
         Ok(())
+    }
+
+    /// Signs the user out of every session, this one included, and returns
+    /// how many sessions were destroyed. Without a signed-in user it is the
+    /// same as [`logout`](Self::logout) and returns 0 or 1.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails; sessions deleted before
+    /// the failure stay deleted, this one is unchanged.
+    pub async fn logout_everywhere(&self) -> Result<usize, SessionError> {
+        let Some(user_id) = self.user_id() else {
+            let had_session = self.lock().id.is_some();
+            self.logout().await?;
+            return Ok(usize::from(had_session));
+        };
+        let deleted = self.inner.context.store.delete_user(&user_id, None).await?;
+        let current = self.lock().id.as_ref().map(SessionId::hash);
+        let count = deleted.len();
+        {
+            let mut state = self.lock();
+            for hash in &deleted {
+                if Some(*hash) != current {
+                    state.happenings.push(Happening::LoggedOut {
+                        session: hash.fingerprint(),
+                        user_id: Some(user_id.clone()),
+                    });
+                }
+            }
+        }
+        // Also covers a current session the index did not list.
+        self.logout().await?;
+        Ok(count.max(usize::from(current.is_some())))
+    }
+
+    /// Signs the user out of every other session ("sign out other devices",
+    /// say after a password change) and returns how many were destroyed.
+    /// This session stays signed in. Without a signed-in user it does
+    /// nothing and returns 0.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails.
+    pub async fn logout_others(&self) -> Result<usize, SessionError> {
+        let Some(user_id) = self.user_id() else {
+            return Ok(0);
+        };
+        let current = self.lock().id.as_ref().map(SessionId::hash);
+        let deleted = self
+            .inner
+            .context
+            .store
+            .delete_user(&user_id, current.as_ref())
+            .await?;
+        let mut state = self.lock();
+        for hash in &deleted {
+            state.happenings.push(Happening::LoggedOut {
+                session: hash.fingerprint(),
+                user_id: Some(user_id.clone()),
+            });
+        }
+        Ok(deleted.len())
     }
 
     /// Signs out: destroys the stored session now and removes the cookie.
@@ -385,7 +457,7 @@ impl Session {
     pub async fn logout(&self) -> Result<(), SessionError> {
         let id = self.lock().id.clone();
         if let Some(id) = &id {
-            self.inner.store.delete(&id.hash()).await?;
+            self.inner.context.store.delete(&id.hash()).await?;
         }
         let mut state = self.lock();
         if let Some(id) = id {
@@ -405,17 +477,19 @@ impl Session {
     }
 }
 
-/// Stores a new session with a fresh id, drawing another id on the (never
-/// expected) collision.
+/// Stores a new session like `template` (deadlines, client) holding
+/// `data`, under a fresh id; another id is drawn on the (never expected)
+/// collision.
 pub(crate) async fn create_session(
     store: &dyn SessionStore,
-    deadlines: &Deadlines,
-    user_id: Option<String>,
+    template: &SessionRecord,
     data: SessionData,
 ) -> Result<(SessionId, SessionRecord), StoreError> {
+    let mut record = template.clone();
+    record.data = data;
     for _ in 0..CREATE_ATTEMPTS {
         let id = SessionId::generate();
-        let record = deadlines.record(id.hash(), user_id.clone(), data.clone());
+        record.id_hash = id.hash();
         if store.create(&record).await? {
             return Ok((id, record));
         }

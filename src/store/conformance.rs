@@ -17,9 +17,12 @@
 
 use serde_json::json;
 
-use super::{Regeneration, SessionStore};
+use std::sync::Arc;
+
+use super::{Forward, Login, LoginOutcome, Regeneration, SessionStore};
 use crate::clock::{Clock, SystemClock};
-use crate::id::SessionId;
+use crate::id::{IdHash, SessionId};
+use crate::policy::{OnLimit, SessionLimit};
 use crate::record::{Change, Deadlines, SessionData, SessionRecord, Touch};
 
 /// Runs every check of the store contract against `store`.
@@ -38,6 +41,376 @@ pub async fn run<S: SessionStore + ?Sized>(store: &S) {
     delete_removes_and_reports(store).await;
     regenerate_moves_the_record(store).await;
     regenerate_of_unknown_id_writes_nothing(store).await;
+    renewal_leaves_a_forward_that_routes_updates(store).await;
+    only_one_of_concurrent_renewals_wins(store).await;
+    login_moves_the_previous_session_into_the_index(store).await;
+    login_without_a_previous_session_creates_one(store).await;
+    login_evicts_the_least_recently_used_at_the_limit(store).await;
+    login_rejected_at_the_limit_changes_nothing(store).await;
+    concurrent_logins_never_overshoot_the_limit(store).await;
+    list_user_skips_dead_and_foreign_sessions(store).await;
+    delete_user_keeps_the_one_asked_for(store).await;
+}
+
+/// A fresh, unique user id for one check.
+fn user() -> String {
+    format!("user-{}", SessionId::generate().fingerprint())
+}
+
+fn login_for(user_id: &str, previous: Option<IdHash>, limit: Option<SessionLimit>) -> Login {
+    let record = sample_record(Some(user_id));
+    Login {
+        previous,
+        now: record.created_at,
+        record,
+        change: Change::default(),
+        limit,
+    }
+}
+
+async fn logged_in<S: SessionStore + ?Sized>(
+    store: &S,
+    login: &Login,
+) -> (Arc<SessionRecord>, bool, Vec<IdHash>) {
+    match must("login", store.login(login).await) {
+        LoginOutcome::LoggedIn {
+            record,
+            moved,
+            evicted,
+        } => (record, moved, evicted),
+        other => panic!("store contract: login under the limit must succeed, got {other:?}"),
+    }
+}
+
+async fn renewal_leaves_a_forward_that_routes_updates<S: SessionStore + ?Sized>(store: &S) {
+    let record = sample_record(Some(&user()));
+    must("create", store.create(&record).await);
+    let old_id = SessionId::generate();
+    let new_id = SessionId::generate();
+    let new = new_id.hash();
+    let regeneration = Regeneration {
+        forward: Some(Forward {
+            sealed_id: old_id.seal(&new_id),
+            until: record.created_at + 10_000,
+        }),
+        issued_at: record.created_at + 1,
+        ..Regeneration::default()
+    };
+    must(
+        "regenerate",
+        store.regenerate(&record.id_hash, &new, &regeneration).await,
+    )
+    .expect("store contract: renewal of a stored id must move it");
+    let forward = must("load", store.load(&record.id_hash).await)
+        .expect("store contract: a renewal with grace must leave a forwarding entry");
+    let successor = forward
+        .successor
+        .expect("store contract: the forwarding entry must name its successor");
+    assert_eq!(
+        successor.id_hash, new,
+        "store contract: the forward must point at the new id"
+    );
+    assert_eq!(
+        old_id.unseal(&successor.sealed_id),
+        new_id,
+        "store contract: the sealed id must round trip"
+    );
+    assert!(
+        forward.data.is_empty(),
+        "store contract: a forwarding entry holds no data"
+    );
+    assert_eq!(
+        forward.idle_deadline,
+        record.created_at + 10_000,
+        "store contract: the forward ends with the grace period"
+    );
+
+    let change = Change {
+        set: vec![("late".into(), json!(true))],
+        ..Change::default()
+    };
+    assert!(
+        must("update", store.update(&record.id_hash, &change).await),
+        "store contract: an update through a forwarding entry must succeed"
+    );
+    let moved = must("load", store.load(&new).await).unwrap();
+    assert_eq!(
+        moved.data.get("late"),
+        Some(&json!(true)),
+        "store contract: updates via the old id must reach the successor"
+    );
+    assert!(
+        must(
+            "regenerate",
+            store
+                .regenerate(
+                    &record.id_hash,
+                    &SessionId::generate().hash(),
+                    &regeneration
+                )
+                .await
+        )
+        .is_none(),
+        "store contract: a forwarding entry must not be renewed again"
+    );
+    store.delete(&record.id_hash).await.ok();
+    store.delete(&new).await.ok();
+}
+
+async fn only_one_of_concurrent_renewals_wins<S: SessionStore + ?Sized>(store: &S) {
+    let record = sample_record(None);
+    must("create", store.create(&record).await);
+    let old_id = SessionId::generate();
+    let attempts: Vec<(IdHash, Regeneration)> = (0..16)
+        .map(|_| {
+            let new_id = SessionId::generate();
+            let regeneration = Regeneration {
+                forward: Some(Forward {
+                    sealed_id: old_id.seal(&new_id),
+                    until: record.created_at + 10_000,
+                }),
+                ..Regeneration::default()
+            };
+            (new_id.hash(), regeneration)
+        })
+        .collect();
+    let results = join_all(
+        attempts
+            .iter()
+            .map(|(new, r)| store.regenerate(&record.id_hash, new, r)),
+    )
+    .await;
+    let winners: Vec<_> = results
+        .into_iter()
+        .filter_map(|r| must("regenerate", r))
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "store contract: exactly one of concurrent renewals must win"
+    );
+    store.delete(&record.id_hash).await.ok();
+    store.delete(&winners[0].id_hash).await.ok();
+}
+
+async fn login_moves_the_previous_session_into_the_index<S: SessionStore + ?Sized>(store: &S) {
+    let user_id = user();
+    let anonymous = sample_record(None);
+    must("create", store.create(&anonymous).await);
+    let mut login = login_for(&user_id, Some(anonymous.id_hash), None);
+    login.change.set.push(("cart".into(), json!(3)));
+    let (record, moved, evicted) = logged_in(store, &login).await;
+    assert!(
+        moved,
+        "store contract: login must move an existing previous session"
+    );
+    assert!(evicted.is_empty());
+    assert_eq!(
+        record.id_hash, login.record.id_hash,
+        "store contract: the session moves to the new id"
+    );
+    assert_eq!(
+        record.user_id.as_deref(),
+        Some(&*user_id),
+        "store contract: login sets the user"
+    );
+    assert_eq!(
+        record.data.get("greeting"),
+        Some(&json!("hello")),
+        "store contract: login keeps data"
+    );
+    assert_eq!(
+        record.data.get("cart"),
+        Some(&json!(3)),
+        "store contract: login applies pending writes"
+    );
+    assert!(
+        must("load", store.load(&anonymous.id_hash).await).is_none(),
+        "store contract: after login the previous id must be dead"
+    );
+    let listed = must("list_user", store.list_user(&user_id, login.now).await);
+    assert_eq!(
+        listed.len(),
+        1,
+        "store contract: the new session must be in the user's index"
+    );
+    assert_eq!(listed[0].id_hash, record.id_hash);
+    must("delete_user", store.delete_user(&user_id, None).await);
+}
+
+async fn login_without_a_previous_session_creates_one<S: SessionStore + ?Sized>(store: &S) {
+    let user_id = user();
+    let gone = SessionId::generate().hash();
+    let login = login_for(&user_id, Some(gone), None);
+    let (record, moved, _) = logged_in(store, &login).await;
+    assert!(
+        !moved,
+        "store contract: login whose previous session is gone must create one"
+    );
+    assert_eq!(
+        *record, login.record,
+        "store contract: the created session is the login's record"
+    );
+    must("delete_user", store.delete_user(&user_id, None).await);
+}
+
+async fn login_evicts_the_least_recently_used_at_the_limit<S: SessionStore + ?Sized>(store: &S) {
+    let user_id = user();
+    let limit = SessionLimit {
+        max: 2,
+        on_limit: OnLimit::EvictLeastRecent,
+    };
+    let first = login_for(&user_id, None, Some(limit));
+    logged_in(store, &first).await;
+    let mut second = login_for(&user_id, None, Some(limit));
+    second.record.last_seen += 10;
+    logged_in(store, &second).await;
+    // The first session is used again later than the second.
+    let touch = Change {
+        touch: Some(Touch {
+            last_seen: first.record.last_seen + 20,
+            idle_deadline: first.record.idle_deadline + 20,
+        }),
+        ..Change::default()
+    };
+    must("update", store.update(&first.record.id_hash, &touch).await);
+    let third = login_for(&user_id, None, Some(limit));
+    let (_, _, evicted) = logged_in(store, &third).await;
+    assert_eq!(
+        evicted,
+        vec![second.record.id_hash],
+        "store contract: the least recently used session must be evicted"
+    );
+    assert!(
+        must("load", store.load(&second.record.id_hash).await).is_none(),
+        "store contract: an evicted session must be deleted"
+    );
+    let listed = must("list_user", store.list_user(&user_id, third.now).await);
+    assert_eq!(
+        listed.len(),
+        2,
+        "store contract: the user must be back at the limit"
+    );
+    must("delete_user", store.delete_user(&user_id, None).await);
+}
+
+async fn login_rejected_at_the_limit_changes_nothing<S: SessionStore + ?Sized>(store: &S) {
+    let user_id = user();
+    let limit = SessionLimit {
+        max: 1,
+        on_limit: OnLimit::RejectLogin,
+    };
+    logged_in(store, &login_for(&user_id, None, Some(limit))).await;
+    let anonymous = sample_record(None);
+    must("create", store.create(&anonymous).await);
+    let refused = login_for(&user_id, Some(anonymous.id_hash), Some(limit));
+    assert_eq!(
+        must("login", store.login(&refused).await),
+        LoginOutcome::LimitReached,
+        "store contract: a full limit with RejectLogin must refuse the login"
+    );
+    assert!(
+        must("load", store.load(&anonymous.id_hash).await).is_some(),
+        "store contract: a refused login must leave the previous session alone"
+    );
+    assert!(
+        must("load", store.load(&refused.record.id_hash).await).is_none(),
+        "store contract: a refused login must not create the new session"
+    );
+    store.delete(&anonymous.id_hash).await.ok();
+    must("delete_user", store.delete_user(&user_id, None).await);
+}
+
+async fn concurrent_logins_never_overshoot_the_limit<S: SessionStore + ?Sized>(store: &S) {
+    let user_id = user();
+    let limit = SessionLimit {
+        max: 3,
+        on_limit: OnLimit::EvictLeastRecent,
+    };
+    let logins: Vec<Login> = (0..24)
+        .map(|_| login_for(&user_id, None, Some(limit)))
+        .collect();
+    for result in join_all(logins.iter().map(|login| store.login(login))).await {
+        must("login", result);
+    }
+    let now = logins[0].now;
+    let live = must("list_user", store.list_user(&user_id, now).await);
+    assert_eq!(
+        live.len(),
+        3,
+        "store contract: concurrent logins must not overshoot the limit"
+    );
+    let mut loadable = 0;
+    for login in &logins {
+        if must("load", store.load(&login.record.id_hash).await).is_some() {
+            loadable += 1;
+        }
+    }
+    assert_eq!(
+        loadable, 3,
+        "store contract: evicted sessions must be gone from the store too"
+    );
+    must("delete_user", store.delete_user(&user_id, None).await);
+}
+
+async fn list_user_skips_dead_and_foreign_sessions<S: SessionStore + ?Sized>(store: &S) {
+    let user_id = user();
+    let live = login_for(&user_id, None, None);
+    logged_in(store, &live).await;
+    let mut expired = login_for(&user_id, None, None);
+    expired.record.idle_deadline = expired.now + 5;
+    logged_in(store, &expired).await;
+    let deleted = login_for(&user_id, None, None);
+    logged_in(store, &deleted).await;
+    must("delete", store.delete(&deleted.record.id_hash).await);
+    logged_in(store, &login_for(&user(), None, None)).await;
+
+    let listed = must("list_user", store.list_user(&user_id, live.now + 10).await);
+    let hashes: Vec<IdHash> = listed.iter().map(|r| r.id_hash).collect();
+    assert_eq!(
+        hashes,
+        vec![live.record.id_hash],
+        "store contract: list_user must return only live sessions of that user"
+    );
+    assert!(
+        must("list_user", store.list_user(&user(), live.now).await).is_empty(),
+        "store contract: an unknown user has no sessions"
+    );
+    must("delete_user", store.delete_user(&user_id, None).await);
+}
+
+async fn delete_user_keeps_the_one_asked_for<S: SessionStore + ?Sized>(store: &S) {
+    let user_id = user();
+    let logins: Vec<Login> = (0..3).map(|_| login_for(&user_id, None, None)).collect();
+    for login in &logins {
+        logged_in(store, login).await;
+    }
+    let keep = logins[1].record.id_hash;
+    let mut deleted = must(
+        "delete_user",
+        store.delete_user(&user_id, Some(&keep)).await,
+    );
+    deleted.sort();
+    let mut expected = vec![logins[0].record.id_hash, logins[2].record.id_hash];
+    expected.sort();
+    assert_eq!(
+        deleted, expected,
+        "store contract: delete_user must delete all but the kept session"
+    );
+    assert!(
+        must("load", store.load(&keep).await).is_some(),
+        "store contract: the kept session must survive"
+    );
+    let rest = must("delete_user", store.delete_user(&user_id, None).await);
+    assert_eq!(
+        rest,
+        vec![keep],
+        "store contract: a second delete_user removes the kept one"
+    );
+    assert!(
+        must("delete_user", store.delete_user(&user_id, None).await).is_empty(),
+        "store contract: a user with no sessions deletes nothing"
+    );
 }
 
 /// A fresh record for the suite: live for an hour from now.
@@ -240,6 +613,7 @@ async fn regenerate_moves_the_record<S: SessionStore + ?Sized>(store: &S) {
         },
         user_id: Some("user-9".into()),
         issued_at: record.created_at + 5,
+        forward: None,
     };
     let moved = must(
         "regenerate",

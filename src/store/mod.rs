@@ -18,8 +18,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::clock::UnixMillis;
-use crate::id::IdHash;
-use crate::record::{Change, SessionRecord};
+use crate::id::{IdHash, SealedId};
+use crate::policy::SessionLimit;
+use crate::record::{Change, SessionRecord, Successor};
 
 mod moka;
 
@@ -46,23 +47,104 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Applies `change` to the record under `id` atomically (see
     /// [`SessionRecord::apply`]). Concurrent updates that set different keys
-    /// must all be kept. Returns `Ok(false)` when there is no record.
+    /// must all be kept. When `id` holds a forwarding entry, the change goes
+    /// to its successor (requests that were in flight during a renewal keep
+    /// their writes). Returns `Ok(false)` when there is no record.
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError>;
 
     /// Deletes the record under `id`. Returns whether there was one.
     async fn delete(&self, id: &IdHash) -> Result<bool, StoreError>;
 
     /// Moves the record under `old` to `new` in one atomic step, applying
-    /// `regeneration` on the way; afterwards nothing is stored under `old`.
+    /// `regeneration` on the way; afterwards nothing is stored under `old`,
+    /// or, with `regeneration.forward`, only a forwarding entry
+    /// ([`SessionRecord::forward_to`]).
     ///
     /// Returns the record as stored under `new`, or `Ok(None)` when there was
-    /// no record under `old` (then nothing is written).
+    /// no session under `old` (nothing, or a forwarding entry: then nothing
+    /// is written, so of concurrent renewals exactly one wins).
     async fn regenerate(
         &self,
         old: &IdHash,
         new: &IdHash,
         regeneration: &Regeneration,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+
+    /// Signs a user in, as one atomic step per user: enforces the session
+    /// limit (with [`sessions_to_evict`](crate::policy::sessions_to_evict)), deletes the evicted
+    /// sessions, then moves `login.previous` to `login.record.id_hash`
+    /// (like [`regenerate`](Self::regenerate), applying `login.change`) or,
+    /// when there is no previous session or it is gone, creates
+    /// `login.record`. Finally the new session joins the user's index.
+    ///
+    /// Concurrent logins of one user must not overshoot the limit.
+    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError>;
+
+    /// The user's live sessions at `now` (not forwarding entries), read
+    /// from the per-user index without scanning the store. Dead index
+    /// entries found on the way are dropped.
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Arc<SessionRecord>>, StoreError>;
+
+    /// Deletes every session of the user except `keep`, atomically per user,
+    /// and returns the hashes deleted.
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        keep: Option<&IdHash>,
+    ) -> Result<Vec<IdHash>, StoreError>;
+}
+
+/// A login for [`SessionStore::login`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Login {
+    /// The session the request arrived with, if it was stored.
+    pub previous: Option<IdHash>,
+    /// The session to create when there is no previous one; its `id_hash`
+    /// is the new id's hash either way, and its `user_id`, `ip`,
+    /// `user_agent` and `id_issued_at` are applied to a moved session.
+    pub record: SessionRecord,
+    /// Pending writes, applied to a moved session (already in `record`'s data).
+    pub change: Change,
+    /// The user's session limit, if any.
+    pub limit: Option<SessionLimit>,
+    /// The current time, to tell live sessions from dead ones.
+    pub now: UnixMillis,
+}
+
+impl Login {
+    /// The record as stored after moving `previous` to the new id.
+    #[must_use]
+    pub fn moved(&self, previous: &SessionRecord) -> SessionRecord {
+        let mut moved = previous.clone();
+        moved.apply(&self.change);
+        moved.id_hash = self.record.id_hash;
+        moved.user_id.clone_from(&self.record.user_id);
+        moved.id_issued_at = self.record.id_issued_at;
+        moved.ip = self.record.ip;
+        moved.user_agent.clone_from(&self.record.user_agent);
+        moved
+    }
+}
+
+/// What [`SessionStore::login`] did.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum LoginOutcome {
+    /// The user is signed in under the new id.
+    LoggedIn {
+        /// The session as stored.
+        record: Arc<SessionRecord>,
+        /// Whether the previous session was moved (`false`: a new one was created).
+        moved: bool,
+        /// Sessions deleted to respect the limit.
+        evicted: Vec<IdHash>,
+    },
+    /// The limit is full and the rule refuses the login; nothing changed.
+    LimitReached,
 }
 
 /// What changes when a stored session gets a new id.
@@ -74,6 +156,18 @@ pub struct Regeneration {
     pub user_id: Option<String>,
     /// When the new id was issued.
     pub issued_at: UnixMillis,
+    /// Leave a forwarding entry under the old id (a renewal with a grace
+    /// period) instead of deleting it.
+    pub forward: Option<Forward>,
+}
+
+/// The forwarding entry a renewal leaves under the old id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// The new id, sealed with the old one.
+    pub sealed_id: SealedId,
+    /// When the old id stops working.
+    pub until: UnixMillis,
 }
 
 impl Regeneration {
@@ -88,6 +182,20 @@ impl Regeneration {
             moved.user_id = Some(user.clone());
         }
         moved
+    }
+
+    /// The forwarding entry to leave under the old id, if any.
+    #[must_use]
+    pub fn forward_entry(&self, record: &SessionRecord, new: &IdHash) -> Option<SessionRecord> {
+        self.forward.map(|forward| {
+            record.forward_to(
+                Successor {
+                    id_hash: *new,
+                    sealed_id: forward.sealed_id,
+                },
+                forward.until,
+            )
+        })
     }
 }
 
@@ -154,5 +262,25 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         regeneration: &Regeneration,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         (**self).regenerate(old, new, regeneration).await
+    }
+
+    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError> {
+        (**self).login(login).await
+    }
+
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
+        (**self).list_user(user_id, now).await
+    }
+
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        keep: Option<&IdHash>,
+    ) -> Result<Vec<IdHash>, StoreError> {
+        (**self).delete_user(user_id, keep).await
     }
 }

@@ -1,18 +1,26 @@
 //! The default store: a bounded in-memory cache on moka.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
 use moka::Expiry;
 
-use super::{Regeneration, SessionStore, StoreError};
+use super::{Login, LoginOutcome, Regeneration, SessionStore, StoreError};
+use crate::clock::UnixMillis;
 use crate::id::IdHash;
+use crate::policy::{is_live_session_of, sessions_to_evict};
 use crate::record::{Change, SessionRecord};
+
+/// Number of per-user login locks (users hash onto them).
+const USER_LOCKS: usize = 64;
 
 /// How long after its deadline a record may linger before the cache drops it.
 ///
@@ -45,18 +53,139 @@ pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 #[derive(Clone)]
 pub struct MokaStore {
     records: Cache<IdHash, Arc<SessionRecord>>,
+    users: Arc<UserIndex>,
+}
+
+/// The per-user index: user id → hashes of that user's sessions.
+///
+/// Entries leave it when the cache drops their record for any reason
+/// (deletion, expiry, eviction by size), through the cache's removal
+/// listener, so it never holds more entries than there are records.
+#[derive(Default)]
+struct UserIndex {
+    sessions: Mutex<HashMap<String, Vec<IdHash>>>,
+    /// Serialises logins and mass deletions per user (striped), so that the
+    /// limit check and the write it allows happen as one step.
+    locks: Vec<async_lock::Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl UserIndex {
+    fn new() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            locks: (0..USER_LOCKS)
+                .map(|_| async_lock::Mutex::new(()))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn lock_for(&self, user_id: &str) -> &async_lock::Mutex<()> {
+        // The modulo keeps the index in range; truncation is intended.
+        #[allow(clippy::cast_possible_truncation)]
+        let stripe = (self.hasher.hash_one(user_id) % USER_LOCKS as u64) as usize;
+        &self.locks[stripe]
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<IdHash>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, user_id: &str, id: IdHash) {
+        let mut map = self.map();
+        let entry = map.entry(user_id.to_owned()).or_default();
+        if !entry.contains(&id) {
+            entry.push(id);
+        }
+    }
+
+    fn remove(&self, user_id: &str, id: &IdHash) {
+        let mut map = self.map();
+        if let Some(entry) = map.get_mut(user_id) {
+            entry.retain(|h| h != id);
+            if entry.is_empty() {
+                map.remove(user_id);
+            }
+        }
+    }
+
+    fn hashes(&self, user_id: &str) -> Vec<IdHash> {
+        self.map().get(user_id).cloned().unwrap_or_default()
+    }
+
+    fn users(&self) -> usize {
+        self.map().len()
+    }
 }
 
 impl MokaStore {
     /// A store holding at most `max_sessions` sessions.
     #[must_use]
     pub fn new(max_sessions: u64) -> Self {
+        let users = Arc::new(UserIndex::new());
+        let listener_users = Arc::clone(&users);
         let records = Cache::builder()
             .max_capacity(max_sessions)
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(Backstop)
+            .eviction_listener(move |key: Arc<IdHash>, record: Arc<SessionRecord>, cause| {
+                // A replaced record keeps its key (and its user: ids change
+                // users only by moving to a new key).
+                if cause != RemovalCause::Replaced {
+                    if let Some(user) = &record.user_id {
+                        listener_users.remove(user, &key);
+                    }
+                }
+            })
             .build();
-        Self { records }
+        Self { records, users }
+    }
+
+    /// The number of users with at least one indexed session, approximately.
+    #[must_use]
+    pub fn indexed_users(&self) -> usize {
+        self.users.users()
+    }
+
+    /// The user's live sessions; dead index entries are dropped on the way.
+    async fn live_sessions(&self, user_id: &str, now: UnixMillis) -> Vec<Arc<SessionRecord>> {
+        let mut live = Vec::new();
+        for hash in self.users.hashes(user_id) {
+            match self.records.get(&hash).await {
+                Some(record) if is_live_session_of(&record, user_id, now) => live.push(record),
+                // A forwarding entry leaves the index with its own removal.
+                Some(record) if record.is_forward() => {}
+                Some(record) if record.user_id.as_deref() == Some(user_id) => {
+                    // Expired: the policy would refuse it anyway.
+                    self.records.invalidate(&hash).await;
+                }
+                _ => self.users.remove(user_id, &hash),
+            }
+        }
+        live
+    }
+
+    /// Inserts `record` unless its key is taken; returns whether it was inserted.
+    async fn insert_new(&self, record: Arc<SessionRecord>) -> bool {
+        let result = self
+            .records
+            .entry(record.id_hash)
+            .and_compute_with(|existing| {
+                let op = match existing {
+                    Some(_) => Op::Nop,
+                    None => Op::Put(Arc::clone(&record)),
+                };
+                std::future::ready(op)
+            })
+            .await;
+        let inserted = matches!(result, CompResult::Inserted(_));
+        if inserted {
+            if let Some(user) = &record.user_id {
+                self.users.add(user, record.id_hash);
+            }
+        }
+        inserted
     }
 
     /// The number of sessions held, approximately (moka counts lazily).
@@ -97,18 +226,7 @@ impl fmt::Debug for MokaStore {
 #[async_trait]
 impl SessionStore for MokaStore {
     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
-        let result = self
-            .records
-            .entry(record.id_hash)
-            .and_compute_with(|existing| {
-                let op = match existing {
-                    Some(_) => Op::Nop,
-                    None => Op::Put(Arc::new(record.clone())),
-                };
-                std::future::ready(op)
-            })
-            .await;
-        Ok(matches!(result, CompResult::Inserted(_)))
+        Ok(self.insert_new(Arc::new(record.clone())).await)
     }
 
     async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
@@ -116,22 +234,36 @@ impl SessionStore for MokaStore {
     }
 
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
-        let result = self
-            .records
-            .entry(*id)
-            .and_compute_with(|existing| {
-                let op = match existing {
-                    Some(entry) => {
-                        let mut record = SessionRecord::clone(entry.value());
-                        record.apply(change);
-                        Op::Put(Arc::new(record))
-                    }
-                    None => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        Ok(matches!(result, CompResult::ReplacedWith(_)))
+        let mut target = *id;
+        // At most one hop: a forwarding entry points at a real session.
+        for _ in 0..2 {
+            let mut successor = None;
+            let result = self
+                .records
+                .entry(target)
+                .and_compute_with(|existing| {
+                    let op = match existing {
+                        Some(entry) if entry.value().is_forward() => {
+                            successor = entry.value().successor.map(|s| s.id_hash);
+                            Op::Nop
+                        }
+                        Some(entry) => {
+                            let mut record = SessionRecord::clone(entry.value());
+                            record.apply(change);
+                            Op::Put(Arc::new(record))
+                        }
+                        None => Op::Nop,
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            match (result, successor) {
+                (CompResult::ReplacedWith(_), _) => return Ok(true),
+                (_, Some(next)) if target == *id => target = next,
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
     }
 
     async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
@@ -144,22 +276,32 @@ impl SessionStore for MokaStore {
         new: &IdHash,
         regeneration: &Regeneration,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        let Some(previous) = self.records.remove(old).await else {
-            return Ok(None);
-        };
-        let moved = Arc::new(regeneration.apply_to(&previous, new));
-        let result = self
-            .records
-            .entry(*new)
+        // Take the old session out (or swap in its forwarding entry) in one
+        // atomic step, so that of concurrent renewals exactly one wins.
+        let mut taken = None;
+        self.records
+            .entry(*old)
             .and_compute_with(|existing| {
                 let op = match existing {
-                    Some(_) => Op::Nop,
-                    None => Op::Put(Arc::clone(&moved)),
+                    Some(entry) if !entry.value().is_forward() => {
+                        let record = Arc::clone(entry.value());
+                        let op = match regeneration.forward_entry(&record, new) {
+                            Some(forward) => Op::Put(Arc::new(forward)),
+                            None => Op::Remove,
+                        };
+                        taken = Some(record);
+                        op
+                    }
+                    _ => Op::Nop,
                 };
                 std::future::ready(op)
             })
             .await;
-        if matches!(result, CompResult::Inserted(_)) {
+        let Some(previous) = taken else {
+            return Ok(None);
+        };
+        let moved = Arc::new(regeneration.apply_to(&previous, new));
+        if self.insert_new(Arc::clone(&moved)).await {
             Ok(Some(moved))
         } else {
             // A 128-bit collision: put the old session back untouched.
@@ -167,6 +309,114 @@ impl SessionStore for MokaStore {
             Err(StoreError::Unavailable(
                 "the new session id was already taken; nothing was changed".into(),
             ))
+        }
+    }
+
+    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError> {
+        let user_id = login.record.user_id.as_deref().unwrap_or_default();
+        let _serialised = self.users.lock_for(user_id).lock().await;
+
+        let live = self.live_sessions(user_id, login.now).await;
+        let others: Vec<&SessionRecord> = live
+            .iter()
+            .map(|r| &**r)
+            .filter(|r| Some(r.id_hash) != login.previous)
+            .collect();
+        let evicted = match login.limit {
+            Some(limit) => match sessions_to_evict(&others, &limit) {
+                Ok(evicted) => evicted,
+                Err(_) => return Ok(LoginOutcome::LimitReached),
+            },
+            None => Vec::new(),
+        };
+
+        // Move the previous session, if it is still a session.
+        if let Some(previous_id) = &login.previous {
+            let mut taken = None;
+            self.records
+                .entry(*previous_id)
+                .and_compute_with(|existing| {
+                    let op = match existing {
+                        Some(entry) if !entry.value().is_forward() => {
+                            taken = Some(Arc::clone(entry.value()));
+                            Op::Remove
+                        }
+                        _ => Op::Nop,
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            if let Some(previous) = taken {
+                let moved = Arc::new(login.moved(&previous));
+                if !self.insert_new(Arc::clone(&moved)).await {
+                    self.records.insert(*previous_id, previous).await;
+                    return Err(StoreError::Unavailable(
+                        "the new session id was already taken; nothing was changed".into(),
+                    ));
+                }
+                self.evict(&evicted).await;
+                return Ok(LoginOutcome::LoggedIn {
+                    record: moved,
+                    moved: true,
+                    evicted,
+                });
+            }
+        }
+        let record = Arc::new(login.record.clone());
+        if !self.insert_new(Arc::clone(&record)).await {
+            return Err(StoreError::Unavailable(
+                "the new session id was already taken; nothing was changed".into(),
+            ));
+        }
+        self.evict(&evicted).await;
+        Ok(LoginOutcome::LoggedIn {
+            record,
+            moved: false,
+            evicted,
+        })
+    }
+
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
+        Ok(self.live_sessions(user_id, now).await)
+    }
+
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        keep: Option<&IdHash>,
+    ) -> Result<Vec<IdHash>, StoreError> {
+        let _serialised = self.users.lock_for(user_id).lock().await;
+        let mut deleted = Vec::new();
+        for hash in self.users.hashes(user_id) {
+            if Some(&hash) == keep {
+                continue;
+            }
+            match self.records.remove(&hash).await {
+                Some(record) if record.user_id.as_deref() == Some(user_id) => {
+                    if !record.is_forward() {
+                        deleted.push(hash);
+                    }
+                }
+                Some(record) => {
+                    // Not this user's after all: put it back as it was.
+                    self.records.insert(hash, record).await;
+                    self.users.remove(user_id, &hash);
+                }
+                None => self.users.remove(user_id, &hash),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+impl MokaStore {
+    async fn evict(&self, victims: &[IdHash]) {
+        for victim in victims {
+            self.records.invalidate(victim).await;
         }
     }
 }

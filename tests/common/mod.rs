@@ -14,9 +14,10 @@ use axum::Router;
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+use tower_session_guard::clock::UnixMillis;
 use tower_session_guard::id::IdHash;
 use tower_session_guard::record::{Change, SessionRecord};
-use tower_session_guard::store::Regeneration;
+use tower_session_guard::store::{Login, LoginOutcome, Regeneration};
 use tower_session_guard::{
     MokaStore, Session, SessionError, SessionLayer, SessionStore, StoreError,
 };
@@ -214,6 +215,29 @@ impl SessionStore for FlakyStore {
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.regenerate(old, new, regeneration).await
+    }
+
+    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.login(login).await
+    }
+
+    async fn list_user(
+        &self,
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
+        self.check(&self.fail_reads)?;
+        self.inner.list_user(user_id, now).await
+    }
+
+    async fn delete_user(
+        &self,
+        user_id: &str,
+        keep: Option<&IdHash>,
+    ) -> Result<Vec<IdHash>, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.delete_user(user_id, keep).await
     }
 }
 

@@ -1,0 +1,229 @@
+//! Listing and revoking sessions from outside a request.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::clock::{Clock, UnixMillis};
+use crate::event::{self, EventHandler, SessionEvent};
+use crate::id::{Fingerprint, IdHash};
+use crate::record::SessionRecord;
+use crate::store::{SessionStore, StoreError};
+
+/// An admin handle on a layer's sessions, from
+/// [`SessionLayer::sessions`](crate::SessionLayer::sessions).
+///
+/// Cheap to clone; usable from any task, inside or outside a request. It
+/// reads the per-user index, so no operation scans the store.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_session_guard::StoreError> {
+/// use tower_session_guard::{Key, MokaStore, SessionLayer};
+///
+/// let layer = SessionLayer::new(MokaStore::default(), Key::generate());
+/// let admin = layer.sessions();
+///
+/// // An admin page: what is "alice" signed in on?
+/// for info in admin.list("alice").await? {
+///     println!("{} from {:?} using {:?}", info.handle, info.ip, info.user_agent);
+/// }
+/// // Sign out one device, by the handle shown on that page...
+/// # let handle = "00".repeat(32).parse().unwrap();
+/// admin.revoke(&handle).await?;
+/// // ...or all of them (say, after a password reset).
+/// let count = admin.revoke_user("alice").await?;
+/// # assert_eq!(count, 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SessionAdmin {
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+    events: Option<EventHandler>,
+}
+
+impl SessionAdmin {
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        clock: Arc<dyn Clock>,
+        events: Option<EventHandler>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            events,
+        }
+    }
+
+    /// The user's live sessions, least recently used first. Never the ids:
+    /// each entry carries a [`SessionHandle`] to revoke it with.
+    ///
+    /// An unknown user, or an empty user id, has no sessions.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    pub async fn list(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        if user_id.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sessions: Vec<SessionInfo> = self
+            .store
+            .list_user(user_id, self.clock.now())
+            .await?
+            .iter()
+            .map(|record| SessionInfo::from_record(record))
+            .collect();
+        sessions.sort_by_key(|info| info.last_seen);
+        Ok(sessions)
+    }
+
+    /// Destroys one session; its next request is anonymous and its cookie
+    /// is cleared. Returns `false` (and does nothing) for a handle that
+    /// names no session, such as one already revoked.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool, StoreError> {
+        let record = self.store.load(&handle.0).await?;
+        let deleted = self.store.delete(&handle.0).await?;
+        if deleted {
+            let user_id = record.and_then(|r| r.user_id.clone());
+            event::emit(
+                self.events.as_ref(),
+                &SessionEvent::Revoked {
+                    session: handle.fingerprint(),
+                    user_id,
+                },
+            );
+        }
+        Ok(deleted)
+    }
+
+    /// Destroys every session of the user and returns how many there were.
+    /// A user with no sessions (or an empty user id) gives 0.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    pub async fn revoke_user(&self, user_id: &str) -> Result<usize, StoreError> {
+        if user_id.is_empty() {
+            return Ok(0);
+        }
+        let deleted = self.store.delete_user(user_id, None).await?;
+        for hash in &deleted {
+            event::emit(
+                self.events.as_ref(),
+                &SessionEvent::Revoked {
+                    session: hash.fingerprint(),
+                    user_id: Some(user_id.to_owned()),
+                },
+            );
+        }
+        Ok(deleted.len())
+    }
+}
+
+impl fmt::Debug for SessionAdmin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionAdmin").finish_non_exhaustive()
+    }
+}
+
+/// What an admin may see of a session: never its id or its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// Names the session for [`SessionAdmin::revoke`]; not a credential.
+    pub handle: SessionHandle,
+    /// The log-safe fingerprint, as in events.
+    pub fingerprint: Fingerprint,
+    /// The signed-in user.
+    pub user_id: Option<String>,
+    /// When the session was created.
+    pub created: SystemTime,
+    /// When activity was last recorded.
+    pub last_seen: SystemTime,
+    /// When it expires unless used (the earlier of its deadlines).
+    pub expires: SystemTime,
+    /// The client address at sign-in.
+    pub ip: Option<IpAddr>,
+    /// The client's User-Agent family at sign-in.
+    pub user_agent: Option<String>,
+}
+
+impl SessionInfo {
+    fn from_record(record: &SessionRecord) -> Self {
+        Self {
+            handle: SessionHandle(record.id_hash),
+            fingerprint: record.id_hash.fingerprint(),
+            user_id: record.user_id.clone(),
+            created: system_time(record.created_at),
+            last_seen: system_time(record.last_seen),
+            expires: system_time(record.expires_at()),
+            ip: record.ip,
+            user_agent: record.user_agent.clone(),
+        }
+    }
+}
+
+fn system_time(millis: UnixMillis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+/// A non-secret name of a stored session, for revoking it.
+///
+/// It is the at-rest hash of the session id: it identifies the record but
+/// cannot be turned back into the id, so it cannot be used as a cookie.
+/// Displayed and parsed as 64 hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionHandle(IdHash);
+
+impl SessionHandle {
+    /// The fingerprint of the session this handle names.
+    #[must_use]
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.0.fingerprint()
+    }
+}
+
+impl fmt::Display for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_hex())
+    }
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionHandle")
+            .field(&self.fingerprint())
+            .finish()
+    }
+}
+
+impl FromStr for SessionHandle {
+    type Err = InvalidHandle;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        IdHash::from_hex(text).map(Self).ok_or(InvalidHandle)
+    }
+}
+
+/// A string that is not a [`SessionHandle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidHandle;
+
+impl fmt::Display for InvalidHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "a session handle is 64 lower-case hex characters, as shown by `SessionAdmin::list`",
+        )
+    }
+}
+
+impl std::error::Error for InvalidHandle {}
