@@ -101,6 +101,7 @@ impl axum_core::response::IntoResponse for SessionError {
             http::StatusCode::SERVICE_UNAVAILABLE => {
                 "session store unavailable, try again shortly".to_owned()
             }
+            http::StatusCode::CONFLICT => self.to_string(),
             // Key names and serde messages are for the log, not for clients.
             _ => "session error".to_owned(),
         };
