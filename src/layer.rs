@@ -106,12 +106,13 @@ impl SessionLayer {
     ///
     /// # Panics
     ///
-    /// If `timeout` is zero.
+    /// If `timeout` is shorter than one millisecond.
     #[must_use]
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         assert!(
-            !timeout.is_zero(),
-            "the idle timeout must be longer than zero; pass e.g. `Duration::from_secs(30 * 60)`"
+            timeout >= Duration::from_millis(1),
+            "the idle timeout must be at least one millisecond (times are kept in whole milliseconds); \
+             pass e.g. `Duration::from_secs(30 * 60)`"
         );
         let absolute = self.config.timeouts.absolute;
         self.config_mut().timeouts = Timeouts::new(timeout, Duration::from_millis(absolute));
@@ -122,12 +123,13 @@ impl SessionLayer {
     ///
     /// # Panics
     ///
-    /// If `timeout` is zero.
+    /// If `timeout` is shorter than one millisecond.
     #[must_use]
     pub fn with_absolute_timeout(mut self, timeout: Duration) -> Self {
         assert!(
-            !timeout.is_zero(),
-            "the absolute timeout must be longer than zero; pass e.g. `Duration::from_secs(12 * 3600)`"
+            timeout >= Duration::from_millis(1),
+            "the absolute timeout must be at least one millisecond (times are kept in whole milliseconds); \
+             pass e.g. `Duration::from_secs(12 * 3600)`"
         );
         let idle = self.config.timeouts.idle;
         self.config_mut().timeouts = Timeouts::new(Duration::from_millis(idle), timeout);
@@ -209,12 +211,12 @@ impl SessionLayer {
     ///
     /// # Panics
     ///
-    /// If `every` is zero.
+    /// If `every` is shorter than one millisecond.
     #[must_use]
     pub fn with_renewal_interval(mut self, every: Duration, grace: Duration) -> Self {
         assert!(
-            !every.is_zero(),
-            "the renewal interval must be longer than zero; pass e.g. `Duration::from_secs(15 * 60)`"
+            every >= Duration::from_millis(1),
+            "the renewal interval must be at least one millisecond; pass e.g. `Duration::from_secs(15 * 60)`"
         );
         self.config_mut().renewal = Some(Renewal {
             every: duration_millis(every),
@@ -404,6 +406,7 @@ where
     };
 
     // Steps 4–5: the record and the policy's verdict.
+    let mut superseded = false;
     let loaded = match verified {
         None => None,
         Some(verified) => match load(
@@ -411,6 +414,7 @@ where
             verified.id,
             verified.needs_resign,
             now,
+            &mut superseded,
             &mut events,
         )
         .await
@@ -451,7 +455,18 @@ where
     // Steps 7–8: commit and answer with the token.
     let state = session.take_state();
     let logged_out = state.logged_out;
-    match commit(&config, state, touch, resign, now, &fresh, &mut events).await {
+    match commit(
+        &config,
+        state,
+        touch,
+        resign,
+        superseded,
+        now,
+        &fresh,
+        &mut events,
+    )
+    .await
+    {
         Ok(Outcome::Issue {
             id,
             absolute_deadline,
@@ -464,6 +479,14 @@ where
             );
         }
         Ok(Outcome::Keep) => {}
+        Ok(Outcome::Unsaved) => {
+            tracing::warn!(
+                target: "tower_session_guard",
+                "the session was destroyed or replaced while the request ran; answering 409 instead of \
+                 the handler's response because its writes could not be saved"
+            );
+            response = conflict();
+        }
         Ok(Outcome::NoSession) => {
             if had_token || logged_out {
                 transport::write_cookie(response.headers_mut(), config.cookie.removal_cookie());
@@ -491,6 +514,7 @@ async fn load(
     id: SessionId,
     resign: bool,
     now: UnixMillis,
+    superseded: &mut bool,
     events: &mut Vec<SessionEvent>,
 ) -> Result<Option<Loaded>, StoreError> {
     // Two rounds at most: a renewal lost to a concurrent request is retried
@@ -501,6 +525,14 @@ async fn load(
             events.push(rejected(Some(&id), RejectReason::UnknownSession));
             return Ok(None);
         };
+        if record.superseded {
+            // Replaced by a login or regeneration moments ago: this request
+            // was in flight. No session, but the client's cookie (by now
+            // probably the new one) is left alone while the marker lasts.
+            *superseded = policy::forward_alive(&record, now);
+            events.push(rejected(Some(&id), RejectReason::UnknownSession));
+            return Ok(None);
+        }
         let (current, record, issued) = match record.successor {
             None => (id.clone(), record, false),
             Some(successor) => {
@@ -512,7 +544,7 @@ async fn load(
                 let followed = config.store.load(&successor.id_hash).await?;
                 match followed {
                     Some(next_record)
-                        if next.hash() == successor.id_hash && !next_record.is_forward() =>
+                        if next.hash() == successor.id_hash && !next_record.is_placeholder() =>
                     {
                         (next, next_record, true)
                     }
@@ -626,6 +658,9 @@ enum Outcome {
     Keep,
     /// No session is stored for the client.
     NoSession,
+    /// The request wrote to a session that another request destroyed or
+    /// replaced meanwhile: the writes were not saved.
+    Unsaved,
 }
 
 /// Step 7: applies what the request changed to the store.
@@ -634,6 +669,7 @@ async fn commit(
     state: State,
     touch: Option<Touch>,
     resign: bool,
+    superseded: bool,
     now: UnixMillis,
     fresh: &SessionRecord,
     events: &mut Vec<SessionEvent>,
@@ -658,6 +694,15 @@ async fn commit(
     }
 
     let Some(id) = state.id else {
+        if superseded && !state.logged_out {
+            // In flight across a login: starting a new session here would
+            // replace the client's new cookie.
+            return Ok(if state.pending.has_values() {
+                Outcome::Unsaved
+            } else {
+                Outcome::Keep
+            });
+        }
         if !state.pending.has_values() {
             return Ok(Outcome::NoSession);
         }
@@ -677,6 +722,7 @@ async fn commit(
         .as_ref()
         .map_or(fresh.absolute_deadline, |r| r.absolute_deadline);
     let mut change = state.pending.into_change();
+    let has_writes = !change.is_empty();
     change.touch = touch;
 
     if state.regenerate {
@@ -702,12 +748,12 @@ async fn commit(
                     absolute_deadline: record.absolute_deadline,
                 })
             }
-            None => Ok(session_vanished(&id)),
+            None => Ok(session_vanished(&id, has_writes)),
         };
     }
 
     if !change.is_empty() && !config.store.update(&id.hash(), &change).await? {
-        return Ok(session_vanished(&id));
+        return Ok(session_vanished(&id, has_writes));
     }
     if state.id_issued || resign {
         Ok(Outcome::Issue {
@@ -719,15 +765,21 @@ async fn commit(
     }
 }
 
-/// The session was destroyed by another request (logout, revocation,
-/// expiry) while this one ran: its writes belong to a dead session.
-fn session_vanished(id: &SessionId) -> Outcome {
+/// The session was destroyed or replaced by another request (logout,
+/// login, revocation, expiry) while this one ran. Writes cannot be saved
+/// and must not pass as saved; a mere touch is moot. Either way the cookie
+/// is left alone: the client may already hold a newer one.
+fn session_vanished(id: &SessionId, has_writes: bool) -> Outcome {
     tracing::debug!(
         target: "tower_session_guard",
         session = %id.fingerprint(),
-        "session was destroyed while the request ran; its changes were dropped"
+        "session was destroyed or replaced while the request ran"
     );
-    Outcome::NoSession
+    if has_writes {
+        Outcome::Unsaved
+    } else {
+        Outcome::Keep
+    }
 }
 
 fn rejected(id: Option<&SessionId>, reason: RejectReason) -> SessionEvent {
@@ -744,8 +796,16 @@ fn emit_all(config: &Config, events: &[SessionEvent]) {
 }
 
 fn unavailable<B: Default>() -> Response<B> {
+    status_only(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+fn conflict<B: Default>() -> Response<B> {
+    status_only(StatusCode::CONFLICT)
+}
+
+fn status_only<B: Default>(status: StatusCode) -> Response<B> {
     let mut response = Response::new(B::default());
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),

@@ -218,7 +218,9 @@ impl fmt::Debug for LimitRule {
 /// Whether `record` counts as a live session of `user_id` at `now`.
 #[must_use]
 pub fn is_live_session_of(record: &SessionRecord, user_id: &str, now: UnixMillis) -> bool {
-    !record.is_forward() && record.user_id.as_deref() == Some(user_id) && now < record.expires_at()
+    !record.is_placeholder()
+        && record.user_id.as_deref() == Some(user_id)
+        && now < record.expires_at()
 }
 
 /// The deadlines of a session created at `now`.

@@ -49,6 +49,12 @@ pub struct SessionRecord {
     /// entry's idle deadline (the end of the grace period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successor: Option<Successor>,
+    /// Set on the entry left under an id replaced by a login or a
+    /// regeneration: requests still carrying that id get no session, but
+    /// keep their cookie untouched until the entry's idle deadline, so a
+    /// request that was in flight cannot clear the new cookie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 /// Where a renewed session went.
@@ -67,16 +73,23 @@ impl SessionRecord {
         self.idle_deadline.min(self.absolute_deadline)
     }
 
-    /// Whether this is a forwarding entry left by a renewal, not a session.
+    /// Whether this is an entry left under a replaced id (a renewal's
+    /// forwarding entry or a superseded marker), not a session.
     #[must_use]
-    pub fn is_forward(&self) -> bool {
-        self.successor.is_some()
+    pub fn is_placeholder(&self) -> bool {
+        self.successor.is_some() || self.superseded
     }
 
-    /// The forwarding entry to leave under this record's old id for a
-    /// renewal: no data, just the successor, valid until `until`.
+    /// The entry to leave under this record's id when a login or a
+    /// regeneration replaces it: no data, no successor, valid until `until`.
     #[must_use]
-    pub fn forward_to(&self, successor: Successor, until: UnixMillis) -> SessionRecord {
+    pub fn superseded_marker(&self, until: UnixMillis) -> SessionRecord {
+        let mut marker = self.placeholder(until);
+        marker.superseded = true;
+        marker
+    }
+
+    fn placeholder(&self, until: UnixMillis) -> SessionRecord {
         SessionRecord {
             id_hash: self.id_hash,
             user_id: self.user_id.clone(),
@@ -89,8 +102,18 @@ impl SessionRecord {
             version: self.version,
             ip: None,
             user_agent: None,
-            successor: Some(successor),
+            successor: None,
+            superseded: false,
         }
+    }
+
+    /// The forwarding entry to leave under this record's old id for a
+    /// renewal: no data, just the successor, valid until `until`.
+    #[must_use]
+    pub fn forward_to(&self, successor: Successor, until: UnixMillis) -> SessionRecord {
+        let mut forward = self.placeholder(until);
+        forward.successor = Some(successor);
+        forward
     }
 
     /// Applies a delta in place (what every store does under its own atomicity).
@@ -145,6 +168,7 @@ impl Deadlines {
             ip: None,
             user_agent: None,
             successor: None,
+            superseded: false,
         }
     }
 }
@@ -277,6 +301,7 @@ mod tests {
             ip: None,
             user_agent: None,
             successor: None,
+            superseded: false,
         }
     }
 

@@ -298,7 +298,8 @@ impl Session {
     /// Issues a new id when the response goes out, keeping the data.
     ///
     /// Call it on any privilege change short of a login (which regenerates
-    /// by itself). A session that is not stored gets its first id anyway.
+    /// by itself). A session that is not stored yet has no id to replace:
+    /// it gets its first id only if it holds data (lazy creation).
     pub fn regenerate(&self) {
         self.lock().regenerate = true;
     }

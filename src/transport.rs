@@ -141,7 +141,7 @@ impl CookieConfig {
                 ));
             }
         }
-        if self.name.starts_with("__Host-") {
+        if has_prefix(&self.name, "__Host-") {
             if !self.secure {
                 return Err(format!(
                     "the session cookie is named {:?} but `with_secure(false)` was set: browsers drop `__Host-` cookies \
@@ -164,7 +164,7 @@ impl CookieConfig {
                 ));
             }
         }
-        if self.name.starts_with("__Secure-") && !self.secure {
+        if has_prefix(&self.name, "__Secure-") && !self.secure {
             return Err(format!(
                 "the session cookie is named {:?} but `with_secure(false)` was set: browsers drop `__Secure-` cookies \
                  that are not Secure; keep `with_secure(true)` or rename the cookie",
@@ -219,6 +219,12 @@ fn header_value(cookie: &Cookie<'_>) -> HeaderValue {
     // Names, paths and domains were validated at start-up and tokens are
     // base64url, so the text is always a valid header value.
     HeaderValue::try_from(cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Browsers match the `__Host-` and `__Secure-` prefixes case-insensitively.
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// RFC 6265 `token` characters (a cookie name).
@@ -380,6 +386,22 @@ mod tests {
         let err = base.clone().with_path("/app").validate().unwrap_err();
         assert!(err.contains("Path=/"), "{err}");
         assert!(base.clone().with_name("bad name").validate().is_err());
+        let err = base
+            .clone()
+            .with_name("__host-id")
+            .with_secure(false)
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.contains("with_secure(true)"),
+            "prefixes match in any case: {err}"
+        );
+        assert!(base
+            .clone()
+            .with_name("__SECURE-id")
+            .with_secure(false)
+            .validate()
+            .is_err());
         assert!(base
             .clone()
             .with_name("id")

@@ -52,10 +52,17 @@ async fn a_tampered_token_is_no_session_and_costs_no_store_lookup() {
 
 #[tokio::test]
 async fn a_token_signed_with_another_key_is_no_session() {
-    let (app, _, _) = setup().await;
-    let other = common::app(SessionLayer::new(MokaStore::new(10), Key::generate()));
+    // Same store, another key: only the signature check can refuse it.
+    let (app, store, _) = setup().await;
+    let other = common::app(SessionLayer::new(store.clone(), Key::generate()));
     let foreign = send(&other, "GET", "/count", None).await.token().unwrap();
+    let loads_before = store.loads.load(std::sync::atomic::Ordering::SeqCst);
     assert_no_session(&app, &[cookie(&foreign)]).await;
+    assert_eq!(
+        store.loads.load(std::sync::atomic::Ordering::SeqCst),
+        loads_before,
+        "a forged token never reaches the store"
+    );
 }
 
 #[tokio::test]

@@ -6,28 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine as _;
-use common::{app, send, FlakyStore, LogCapture};
+use common::{app, forbidden_forms, send, FlakyStore, LogCapture};
 use tower_session_guard::clock::ManualClock;
 use tower_session_guard::{Key, SessionEvent, SessionLayer};
-
-/// Every form a raw id could be written in: the token, the id bytes as
-/// hex (either case), and as base64 in both alphabets.
-fn forbidden_forms(token: &str) -> Vec<String> {
-    let raw = URL_SAFE_NO_PAD.decode(token).unwrap();
-    let id = &raw[..16];
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    vec![
-        token.to_owned(),
-        token[..22].to_owned(),
-        hex.clone(),
-        hex.to_uppercase(),
-        URL_SAFE_NO_PAD.encode(id),
-        STANDARD.encode(id),
-        format!("{id:?}"),
-    ]
-}
 
 #[tokio::test]
 async fn raw_ids_never_appear_in_logs_or_events() {

@@ -71,7 +71,8 @@ async fn a_session_emptied_in_the_same_request_is_not_stored() {
 
 #[tokio::test]
 async fn login_changes_the_token_and_the_old_token_no_longer_works() {
-    let app = app(layer());
+    let clock = tower_session_guard::clock::ManualClock::new();
+    let app = app(layer().with_clock(clock.clone()));
     let anonymous = send(&app, "GET", "/count", None).await.token().unwrap();
     let login = send(&app, "POST", "/login/alice", Some(&anonymous)).await;
     let logged_in = login.token().expect("login hands out a new token");
@@ -82,8 +83,18 @@ async fn login_changes_the_token_and_the_old_token_no_longer_works() {
     );
 
     let replay = send(&app, "GET", "/whoami", Some(&anonymous)).await;
-    assert_eq!(replay.body, "anonymous");
-    assert!(replay.clears_cookie(), "a dead token's cookie is cleared");
+    assert_eq!(replay.body, "anonymous", "the old token is dead at once");
+    assert!(
+        !replay.touches_cookie(),
+        "right after the login, a straggler with the old token must not clear the new cookie"
+    );
+    clock.advance(std::time::Duration::from_secs(31));
+    let later = send(&app, "GET", "/whoami", Some(&anonymous)).await;
+    assert_eq!(later.body, "anonymous");
+    assert!(
+        later.clears_cookie(),
+        "later, a dead token's cookie is cleared"
+    );
 }
 
 #[tokio::test]
@@ -149,6 +160,92 @@ async fn logout_kills_the_token_and_clears_the_cookie() {
     assert_eq!(logout.token(), None);
     let replay = send(&app, "GET", "/whoami", Some(&token)).await;
     assert_eq!(replay.body, "anonymous");
+}
+
+#[tokio::test]
+async fn logging_in_as_another_user_keeps_none_of_the_previous_users_data() {
+    let app = app(layer());
+    let token = send(&app, "GET", "/count", None).await.token().unwrap();
+    let alice = send(&app, "POST", "/login/alice", Some(&token))
+        .await
+        .token()
+        .unwrap();
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&alice)).await.body,
+        "1",
+        "anonymous data carries into a login"
+    );
+    let bob = send(&app, "POST", "/login/bob", Some(&alice))
+        .await
+        .token()
+        .unwrap();
+    assert_eq!(send(&app, "GET", "/whoami", Some(&bob)).await.body, "bob");
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&bob)).await.body,
+        "none",
+        "alice's data is not bob's"
+    );
+}
+
+#[tokio::test]
+async fn a_request_in_flight_across_a_login_keeps_the_new_cookie_and_reports_its_lost_write() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    // Build both routes on one layer so they share the store and key.
+    let shared = layer();
+    let app = common::app(shared.clone()).merge(
+        Router::new()
+            .route(
+                "/slow-write",
+                get({
+                    let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                    move |session: Session| {
+                        let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                        async move {
+                            entered.notify_one();
+                            release.notified().await;
+                            session.insert("late", true).unwrap();
+                            "written"
+                        }
+                    }
+                }),
+            )
+            .layer(shared),
+    );
+    let token = send(&app, "GET", "/count", None).await.token().unwrap();
+    let in_flight = {
+        let app = app.clone();
+        let token = token.clone();
+        tokio::spawn(async move { send(&app, "GET", "/slow-write", Some(&token)).await })
+    };
+    entered.notified().await;
+    let logged_in = send(&app, "POST", "/login/quinn", Some(&token))
+        .await
+        .token()
+        .unwrap();
+    release.notify_one();
+    let late = in_flight.await.unwrap();
+    assert_eq!(
+        late.status,
+        StatusCode::CONFLICT,
+        "the lost write is not reported as saved"
+    );
+    assert!(
+        !late.touches_cookie(),
+        "the in-flight response must not clear the new cookie"
+    );
+
+    // A read with the old token just after the login leaves the cookie alone too.
+    let straggler = send(&app, "GET", "/whoami", Some(&token)).await;
+    assert_eq!(straggler.body, "anonymous");
+    assert!(!straggler.touches_cookie());
+    assert_eq!(
+        send(&app, "GET", "/whoami", Some(&logged_in)).await.body,
+        "quinn"
+    );
 }
 
 #[tokio::test]
@@ -359,5 +456,7 @@ async fn session_debug_output_hides_the_id() {
     send(&app, "GET", "/", Some(&token)).await;
     let debug = seen.lock().unwrap().clone();
     assert!(debug.contains("fingerprint: Some("), "{debug}");
-    assert!(!debug.contains(&token), "{debug}");
+    for form in common::forbidden_forms(&token) {
+        assert!(!debug.contains(&form), "{form:?} in {debug}");
+    }
 }

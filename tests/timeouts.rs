@@ -119,7 +119,29 @@ async fn absolute_expiry_with_real_sub_second_sleeps() {
 }
 
 #[test]
-#[should_panic(expected = "idle timeout must be longer than zero")]
-fn a_zero_idle_timeout_fails_at_start_up() {
-    let _ = SessionLayer::new(MokaStore::new(1), Key::generate()).with_idle_timeout(Duration::ZERO);
+#[should_panic(expected = "idle timeout must be at least one millisecond")]
+fn a_sub_millisecond_idle_timeout_fails_at_start_up() {
+    let _ = SessionLayer::new(MokaStore::new(1), Key::generate())
+        .with_idle_timeout(Duration::from_micros(500));
+}
+
+#[test]
+#[should_panic(expected = "absolute timeout must be at least one millisecond")]
+fn a_zero_absolute_timeout_fails_at_start_up() {
+    let _ =
+        SessionLayer::new(MokaStore::new(1), Key::generate()).with_absolute_timeout(Duration::ZERO);
+}
+
+#[tokio::test]
+async fn a_persistent_cookie_carries_the_time_left_to_the_absolute_deadline() {
+    let clock = ManualClock::new();
+    let app = app(SessionLayer::new(MokaStore::new(10), Key::generate())
+        .with_absolute_timeout(Duration::from_secs(3600))
+        .with_cookie(tower_session_guard::CookieConfig::default().with_persistent(true))
+        .with_clock(clock.clone()));
+    let token = send(&app, "GET", "/count", None).await.token().unwrap();
+    clock.advance(Duration::from_secs(600));
+    let login = send(&app, "POST", "/login/pat", Some(&token)).await;
+    let cookie = &login.session_cookies()[0];
+    assert!(cookie.contains("Max-Age=3000"), "{cookie}");
 }

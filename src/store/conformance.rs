@@ -52,6 +52,36 @@ pub async fn run<S: SessionStore + ?Sized>(store: &S) {
     delete_user_keeps_the_one_asked_for(store).await;
 }
 
+/// After a login or a regeneration, the old id holds only a short-lived
+/// superseded marker: no data, no successor, and updates do not land.
+async fn assert_superseded<S: SessionStore + ?Sized>(
+    store: &S,
+    old: &IdHash,
+    at: crate::clock::UnixMillis,
+    what: &str,
+) {
+    let marker = must("load", store.load(old).await).unwrap_or_else(|| {
+        panic!("store contract: after {what} the old id must hold a superseded marker")
+    });
+    assert!(
+        marker.superseded && marker.successor.is_none() && marker.data.is_empty(),
+        "store contract: after {what} the old id must be a superseded marker without data, got {marker:?}"
+    );
+    assert_eq!(
+        marker.idle_deadline,
+        (at + super::SUPERSEDED_FOR_MS).min(marker.absolute_deadline),
+        "store contract: the superseded marker lasts SUPERSEDED_FOR_MS"
+    );
+    let change = Change {
+        set: vec![("late".into(), json!(1))],
+        ..Change::default()
+    };
+    assert!(
+        !must("update", store.update(old, &change).await),
+        "store contract: an update of a superseded id must not land"
+    );
+}
+
 /// A fresh, unique user id for one check.
 fn user() -> String {
     format!("user-{}", SessionId::generate().fingerprint())
@@ -224,10 +254,7 @@ async fn login_moves_the_previous_session_into_the_index<S: SessionStore + ?Size
         Some(&json!(3)),
         "store contract: login applies pending writes"
     );
-    assert!(
-        must("load", store.load(&anonymous.id_hash).await).is_none(),
-        "store contract: after login the previous id must be dead"
-    );
+    assert_superseded(store, &anonymous.id_hash, login.now, "login").await;
     let listed = must("list_user", store.list_user(&user_id, login.now).await);
     assert_eq!(
         listed.len(),
@@ -624,10 +651,7 @@ async fn regenerate_moves_the_record<S: SessionStore + ?Sized>(store: &S) {
         moved.id_hash, new,
         "store contract: the moved record must carry its new hash"
     );
-    assert!(
-        must("load", store.load(&record.id_hash).await).is_none(),
-        "store contract: after regenerate the old id must be dead"
-    );
+    assert_superseded(store, &record.id_hash, regeneration.issued_at, "regenerate").await;
     let loaded = must("load", store.load(&new).await)
         .expect("store contract: after regenerate the new id must load");
     assert_eq!(

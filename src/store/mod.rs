@@ -56,9 +56,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn delete(&self, id: &IdHash) -> Result<bool, StoreError>;
 
     /// Moves the record under `old` to `new` in one atomic step, applying
-    /// `regeneration` on the way; afterwards nothing is stored under `old`,
-    /// or, with `regeneration.forward`, only a forwarding entry
-    /// ([`SessionRecord::forward_to`]).
+    /// `regeneration` on the way; afterwards only a placeholder is stored
+    /// under `old` ([`Regeneration::replacement`]: a renewal's forwarding
+    /// entry, or a short-lived superseded marker).
     ///
     /// Returns the record as stored under `new`, or `Ok(None)` when there was
     /// no session under `old` (nothing, or a forwarding entry: then nothing
@@ -73,8 +73,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Signs a user in, as one atomic step per user: enforces the session
     /// limit (with [`sessions_to_evict`](crate::policy::sessions_to_evict)), deletes the evicted
     /// sessions, then moves `login.previous` to `login.record.id_hash`
-    /// (like [`regenerate`](Self::regenerate), applying `login.change`) or,
-    /// when there is no previous session or it is gone, creates
+    /// ([`Login::moved`], leaving [`Login::superseded`] under the old id)
+    /// or, when there is no previous session or it is gone, creates
     /// `login.record`. Finally the new session joins the user's index.
     ///
     /// Concurrent logins of one user must not overshoot the limit.
@@ -98,6 +98,11 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<Vec<IdHash>, StoreError>;
 }
 
+/// How long the entry left under an id replaced by a login or a
+/// regeneration lasts (30 seconds): requests that were in flight with the
+/// old id meanwhile get no session but leave the client's (new) cookie alone.
+pub const SUPERSEDED_FOR_MS: UnixMillis = 30_000;
+
 /// A login for [`SessionStore::login`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Login {
@@ -116,10 +121,22 @@ pub struct Login {
 }
 
 impl Login {
+    /// The entry to leave under the previous id.
+    #[must_use]
+    pub fn superseded(&self, previous: &SessionRecord) -> SessionRecord {
+        previous.superseded_marker(self.now.saturating_add(SUPERSEDED_FOR_MS))
+    }
+
     /// The record as stored after moving `previous` to the new id.
+    ///
+    /// A session signed in as another user keeps none of that user's data:
+    /// only this request's writes carry over.
     #[must_use]
     pub fn moved(&self, previous: &SessionRecord) -> SessionRecord {
         let mut moved = previous.clone();
+        if previous.user_id.is_some() && previous.user_id != self.record.user_id {
+            moved.data = crate::record::SessionData::default();
+        }
         moved.apply(&self.change);
         moved.id_hash = self.record.id_hash;
         moved.user_id.clone_from(&self.record.user_id);
@@ -184,18 +201,20 @@ impl Regeneration {
         moved
     }
 
-    /// The forwarding entry to leave under the old id, if any.
+    /// The entry to leave under the old id: the renewal's forwarding entry,
+    /// or else a superseded marker for [`SUPERSEDED_FOR_MS`].
     #[must_use]
-    pub fn forward_entry(&self, record: &SessionRecord, new: &IdHash) -> Option<SessionRecord> {
-        self.forward.map(|forward| {
-            record.forward_to(
+    pub fn replacement(&self, record: &SessionRecord, new: &IdHash) -> SessionRecord {
+        match self.forward {
+            Some(forward) => record.forward_to(
                 Successor {
                     id_hash: *new,
                     sealed_id: forward.sealed_id,
                 },
                 forward.until,
-            )
-        })
+            ),
+            None => record.superseded_marker(self.issued_at.saturating_add(SUPERSEDED_FOR_MS)),
+        }
     }
 }
 

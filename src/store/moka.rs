@@ -155,10 +155,10 @@ impl MokaStore {
             match self.records.get(&hash).await {
                 Some(record) if is_live_session_of(&record, user_id, now) => live.push(record),
                 // A forwarding entry leaves the index with its own removal.
-                Some(record) if record.is_forward() => {}
+                Some(record) if record.is_placeholder() => {}
                 Some(record) if record.user_id.as_deref() == Some(user_id) => {
                     // Expired: the policy would refuse it anyway.
-                    self.records.invalidate(&hash).await;
+                    self.take(&hash, |r| now >= r.expires_at()).await;
                 }
                 _ => self.users.remove(user_id, &hash),
             }
@@ -243,7 +243,7 @@ impl SessionStore for MokaStore {
                 .entry(target)
                 .and_compute_with(|existing| {
                     let op = match existing {
-                        Some(entry) if entry.value().is_forward() => {
+                        Some(entry) if entry.value().is_placeholder() => {
                             successor = entry.value().successor.map(|s| s.id_hash);
                             Op::Nop
                         }
@@ -267,7 +267,7 @@ impl SessionStore for MokaStore {
     }
 
     async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
-        Ok(self.records.remove(id).await.is_some())
+        Ok(self.take(id, |_| true).await.is_some())
     }
 
     async fn regenerate(
@@ -283,12 +283,9 @@ impl SessionStore for MokaStore {
             .entry(*old)
             .and_compute_with(|existing| {
                 let op = match existing {
-                    Some(entry) if !entry.value().is_forward() => {
+                    Some(entry) if !entry.value().is_placeholder() => {
                         let record = Arc::clone(entry.value());
-                        let op = match regeneration.forward_entry(&record, new) {
-                            Some(forward) => Op::Put(Arc::new(forward)),
-                            None => Op::Remove,
-                        };
+                        let op = Op::Put(Arc::new(regeneration.replacement(&record, new)));
                         taken = Some(record);
                         op
                     }
@@ -305,7 +302,7 @@ impl SessionStore for MokaStore {
             Ok(Some(moved))
         } else {
             // A 128-bit collision: put the old session back untouched.
-            self.records.insert(*old, previous).await;
+            self.put(*old, previous).await;
             Err(StoreError::Unavailable(
                 "the new session id was already taken; nothing was changed".into(),
             ))
@@ -337,9 +334,11 @@ impl SessionStore for MokaStore {
                 .entry(*previous_id)
                 .and_compute_with(|existing| {
                     let op = match existing {
-                        Some(entry) if !entry.value().is_forward() => {
-                            taken = Some(Arc::clone(entry.value()));
-                            Op::Remove
+                        Some(entry) if !entry.value().is_placeholder() => {
+                            let record = Arc::clone(entry.value());
+                            let op = Op::Put(Arc::new(login.superseded(&record)));
+                            taken = Some(record);
+                            op
                         }
                         _ => Op::Nop,
                     };
@@ -349,7 +348,7 @@ impl SessionStore for MokaStore {
             if let Some(previous) = taken {
                 let moved = Arc::new(login.moved(&previous));
                 if !self.insert_new(Arc::clone(&moved)).await {
-                    self.records.insert(*previous_id, previous).await;
+                    self.put(*previous_id, previous).await;
                     return Err(StoreError::Unavailable(
                         "the new session id was already taken; nothing was changed".into(),
                     ));
@@ -395,18 +394,17 @@ impl SessionStore for MokaStore {
             if Some(&hash) == keep {
                 continue;
             }
-            match self.records.remove(&hash).await {
-                Some(record) if record.user_id.as_deref() == Some(user_id) => {
-                    if !record.is_forward() {
-                        deleted.push(hash);
+            match self
+                .take(&hash, |r| r.user_id.as_deref() == Some(user_id))
+                .await
+            {
+                Some(record) if !record.is_placeholder() => deleted.push(hash),
+                Some(_) => {}
+                None => {
+                    if self.records.get(&hash).await.is_none() {
+                        self.users.remove(user_id, &hash);
                     }
                 }
-                Some(record) => {
-                    // Not this user's after all: put it back as it was.
-                    self.records.insert(hash, record).await;
-                    self.users.remove(user_id, &hash);
-                }
-                None => self.users.remove(user_id, &hash),
             }
         }
         Ok(deleted)
@@ -416,8 +414,41 @@ impl SessionStore for MokaStore {
 impl MokaStore {
     async fn evict(&self, victims: &[IdHash]) {
         for victim in victims {
-            self.records.invalidate(victim).await;
+            self.take(victim, |_| true).await;
         }
+    }
+
+    /// Removes the record under `id` if `condition` holds for it, under the
+    /// same per-key lock as updates: a concurrent update can never write a
+    /// removed session back.
+    async fn take(
+        &self,
+        id: &IdHash,
+        condition: impl FnOnce(&SessionRecord) -> bool,
+    ) -> Option<Arc<SessionRecord>> {
+        let mut taken = None;
+        self.records
+            .entry(*id)
+            .and_compute_with(|existing| {
+                let op = match existing {
+                    Some(entry) if condition(entry.value()) => {
+                        taken = Some(Arc::clone(entry.value()));
+                        Op::Remove
+                    }
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        taken
+    }
+
+    /// Writes `record` under `id` under the per-key lock.
+    async fn put(&self, id: IdHash, record: Arc<SessionRecord>) {
+        self.records
+            .entry(id)
+            .and_compute_with(|_| std::future::ready(Op::Put(record)))
+            .await;
     }
 }
 
@@ -453,5 +484,74 @@ impl Expiry<IdHash, Arc<SessionRecord>> for Backstop {
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
         Some(Self::lifetime(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::SessionId;
+    use crate::record::{Deadlines, SessionData};
+
+    #[test]
+    fn the_backstop_lasts_to_the_earliest_deadline_plus_slack() {
+        let mut record = Deadlines {
+            created_at: 1_000,
+            idle_deadline: 61_000,
+            absolute_deadline: 3_601_000,
+        }
+        .record(SessionId::generate().hash(), None, SessionData::default());
+        assert_eq!(
+            Backstop::lifetime(&record),
+            Duration::from_secs(60) + BACKSTOP_SLACK
+        );
+        record.last_seen = 31_000;
+        assert_eq!(
+            Backstop::lifetime(&record),
+            Duration::from_secs(30) + BACKSTOP_SLACK
+        );
+        record.idle_deadline = 10_000_000;
+        assert_eq!(
+            Backstop::lifetime(&record),
+            Duration::from_millis(3_601_000 - 31_000) + BACKSTOP_SLACK,
+            "capped by the absolute deadline"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleted_sessions_never_come_back_through_a_concurrent_update() {
+        let store = MokaStore::new(10_000);
+        for _ in 0..2_000 {
+            let record = Deadlines {
+                created_at: 1_000,
+                idle_deadline: 61_000,
+                absolute_deadline: 3_601_000,
+            }
+            .record(
+                SessionId::generate().hash(),
+                Some("u".into()),
+                SessionData::default(),
+            );
+            let id = record.id_hash;
+            store.create(&record).await.unwrap();
+            let change = Change {
+                set: vec![("k".into(), serde_json::json!(1))],
+                ..Change::default()
+            };
+            let updater = {
+                let store = store.clone();
+                tokio::spawn(async move { store.update(&id, &change).await.unwrap() })
+            };
+            let deleter = {
+                let store = store.clone();
+                tokio::spawn(async move { store.delete(&id).await.unwrap() })
+            };
+            updater.await.unwrap();
+            assert!(deleter.await.unwrap());
+            assert!(
+                store.load(&id).await.unwrap().is_none(),
+                "a deleted session came back"
+            );
+        }
     }
 }

@@ -155,6 +155,26 @@ pub async fn send_request(app: &Router, request: Request<Body>) -> Reply {
     }
 }
 
+/// Every form a raw id could be written in: the token, the id bytes as
+/// hex (either case), as base64 in both alphabets, and as a byte list.
+pub fn forbidden_forms(token: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+
+    let raw = URL_SAFE_NO_PAD.decode(token).unwrap();
+    let id = &raw[..16];
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        token.to_owned(),
+        token[..22].to_owned(),
+        hex.clone(),
+        hex.to_uppercase(),
+        URL_SAFE_NO_PAD.encode(id),
+        STANDARD.encode(id),
+        format!("{id:?}"),
+    ]
+}
+
 /// A store around `MokaStore` that fails on demand and counts writes.
 #[derive(Clone, Default)]
 pub struct FlakyStore {
