@@ -663,13 +663,21 @@ enum Outcome {
     Unsaved,
 }
 
+/// What the load step found out that the commit step needs.
+struct Arrival {
+    /// Activity to record.
+    touch: Option<Touch>,
+    /// The client must be sent its (current) token again.
+    resign: bool,
+    /// The token named an id replaced moments ago.
+    superseded: bool,
+}
+
 /// Step 7: applies what the request changed to the store.
 async fn commit(
     config: &Config,
     state: State,
-    touch: Option<Touch>,
-    resign: bool,
-    superseded: bool,
+    arrival: Arrival,
     now: UnixMillis,
     fresh: &SessionRecord,
     events: &mut Vec<SessionEvent>,
@@ -694,7 +702,7 @@ async fn commit(
     }
 
     let Some(id) = state.id else {
-        if superseded && !state.logged_out {
+        if arrival.superseded && !state.logged_out {
             // In flight across a login: starting a new session here would
             // replace the client's new cookie.
             return Ok(if state.pending.has_values() {
@@ -723,7 +731,7 @@ async fn commit(
         .map_or(fresh.absolute_deadline, |r| r.absolute_deadline);
     let mut change = state.pending.into_change();
     let has_writes = !change.is_empty();
-    change.touch = touch;
+    change.touch = arrival.touch;
 
     if state.regenerate {
         let new_id = SessionId::generate();
@@ -755,7 +763,7 @@ async fn commit(
     if !change.is_empty() && !config.store.update(&id.hash(), &change).await? {
         return Ok(session_vanished(&id, has_writes));
     }
-    if state.id_issued || resign {
+    if state.id_issued || arrival.resign {
         Ok(Outcome::Issue {
             id,
             absolute_deadline,
