@@ -455,18 +455,12 @@ where
     // Steps 7–8: commit and answer with the token.
     let state = session.take_state();
     let logged_out = state.logged_out;
-    match commit(
-        &config,
-        state,
+    let arrival = Arrival {
         touch,
         resign,
         superseded,
-        now,
-        &fresh,
-        &mut events,
-    )
-    .await
-    {
+    };
+    match commit(&config, state, arrival, now, &fresh, &mut events).await {
         Ok(Outcome::Issue {
             id,
             absolute_deadline,
