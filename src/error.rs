@@ -31,6 +31,9 @@ pub enum SessionError {
     Store(StoreError),
     /// `login` was given a user id that cannot be used.
     InvalidUserId(&'static str),
+    /// `login` was called on a plain-HTTP request while the layer is
+    /// HTTPS-only: no cookie could carry the new session.
+    InsecureTransport,
     /// The user already has the most sessions allowed and the rule is
     /// `OnLimit::RejectLogin`; nothing was changed.
     LimitReached {
@@ -54,6 +57,10 @@ impl fmt::Display for SessionError {
             ),
             Self::Store(err) => write!(f, "{err}"),
             Self::InvalidUserId(why) => write!(f, "invalid user id: {why}"),
+            Self::InsecureTransport => f.write_str(
+                "refusing to sign in over plain HTTP: the layer is HTTPS-only; serve this route over HTTPS \
+                 (or declare the TLS-terminating proxy with `with_trusted_proxies`)",
+            ),
             Self::LimitReached { max } => write!(
                 f,
                 "the user already has {max} active session(s), the most allowed; sign out elsewhere first"
@@ -67,7 +74,7 @@ impl std::error::Error for SessionError {
         match self {
             Self::Serialize { source, .. } | Self::Deserialize { source, .. } => Some(source),
             Self::Store(err) => Some(err),
-            Self::InvalidUserId(_) | Self::LimitReached { .. } => None,
+            Self::InvalidUserId(_) | Self::InsecureTransport | Self::LimitReached { .. } => None,
         }
     }
 }
@@ -85,6 +92,7 @@ impl SessionError {
         match self {
             Self::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::LimitReached { .. } => http::StatusCode::CONFLICT,
+            Self::InsecureTransport => http::StatusCode::FORBIDDEN,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,7 +109,7 @@ impl axum_core::response::IntoResponse for SessionError {
             http::StatusCode::SERVICE_UNAVAILABLE => {
                 "session store unavailable, try again shortly".to_owned()
             }
-            http::StatusCode::CONFLICT => self.to_string(),
+            http::StatusCode::CONFLICT | http::StatusCode::FORBIDDEN => self.to_string(),
             // Key names and serde messages are for the log, not for clients.
             _ => "session error".to_owned(),
         };

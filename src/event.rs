@@ -8,6 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::client::Network;
 use crate::id::Fingerprint;
 use crate::policy::ExpiryReason;
 
@@ -70,6 +71,8 @@ pub enum SessionEvent {
         session: Fingerprint,
         /// Which timeout ended it.
         reason: ExpiryReason,
+        /// The client's network (IPv4 /24, IPv6 /48), when known.
+        network: Option<Network>,
     },
     /// A request carried a token that was not accepted.
     Rejected {
@@ -77,6 +80,15 @@ pub enum SessionEvent {
         session: Option<Fingerprint>,
         /// Why it was not accepted.
         reason: RejectReason,
+        /// The client's network (IPv4 /24, IPv6 /48), when known.
+        network: Option<Network>,
+    },
+    /// A network sent too many bad tokens and is now answered `429`.
+    GuessingDetected {
+        /// The network (as grouped by the detector).
+        network: Network,
+        /// Failures counted in the window.
+        failures: u32,
     },
 }
 
@@ -94,6 +106,7 @@ impl SessionEvent {
             Self::Revoked { .. } => "revoked",
             Self::Expired { .. } => "expired",
             Self::Rejected { .. } => "rejected",
+            Self::GuessingDetected { .. } => "guessing_detected",
         }
     }
 }
@@ -108,6 +121,14 @@ pub enum RejectReason {
     UnknownSession,
     /// The request carried several different session tokens.
     AmbiguousToken,
+    /// A token arrived over plain HTTP while the layer is HTTPS-only.
+    InsecureTransport,
+    /// The User-Agent family differs from the one the session was bound to.
+    UserAgentChanged,
+    /// The session was used from more distinct networks than allowed.
+    TooManyNetworks,
+    /// The session moved between places faster than anyone travels.
+    ImpossibleTravel,
 }
 
 impl fmt::Display for RejectReason {
@@ -116,6 +137,10 @@ impl fmt::Display for RejectReason {
             Self::InvalidToken => "invalid token",
             Self::UnknownSession => "unknown session",
             Self::AmbiguousToken => "several different session tokens",
+            Self::InsecureTransport => "token sent over plain HTTP",
+            Self::UserAgentChanged => "browser family changed",
+            Self::TooManyNetworks => "too many networks",
+            Self::ImpossibleTravel => "impossible travel",
         })
     }
 }

@@ -17,16 +17,18 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::admin::SessionAdmin;
-use crate::client::ClientContext;
+use crate::client::{ClientContext, Network, TrustedProxies};
 use crate::clock::{duration_millis, Clock, SystemClock, UnixMillis};
 use crate::event::{self, EventHandler, RejectReason, SessionEvent};
+use crate::guessing::{Guard, GuessingDetection};
 use crate::id::IdHash;
 use crate::id::SessionId;
 use crate::key::{Key, Keyring};
 use crate::policy::{
-    self, ExpiryReason, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts, Verdict,
+    self, BindingVerdict, ClientBinding, LimitRule, OnLimit, RejectAction, Renewal, SessionLimit,
+    Timeouts, Verdict,
 };
-use crate::record::{Change, SessionData, SessionRecord, Touch};
+use crate::record::{Binding, Change, SessionData, SessionRecord, Touch};
 use crate::session::{self, create_session, Happening, Session, State};
 use crate::store::{Forward, Regeneration, SessionStore, StoreError};
 use crate::transport::{self, CookieConfig, TokenRead};
@@ -68,6 +70,10 @@ struct Config {
     events: Option<EventHandler>,
     limit: Option<LimitRule>,
     renewal: Option<Renewal>,
+    proxies: TrustedProxies,
+    https_only: bool,
+    binding: Option<ClientBinding>,
+    guessing: Option<Guard>,
 }
 
 impl SessionLayer {
@@ -88,6 +94,10 @@ impl SessionLayer {
                 events: None,
                 limit: None,
                 renewal: None,
+                proxies: TrustedProxies::None,
+                https_only: false,
+                binding: None,
+                guessing: None,
             }),
         }
     }
@@ -222,6 +232,54 @@ impl SessionLayer {
             every: duration_millis(every),
             grace: duration_millis(grace),
         });
+        self
+    }
+
+    /// Which proxies may tell the layer the client's address and scheme
+    /// (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`). Default:
+    /// none; forwarding headers are ignored and the client is the peer.
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.config_mut().proxies = proxies;
+        self
+    }
+
+    /// Refuses session tokens over plain HTTP. Default: `false`.
+    ///
+    /// When `true`, a token arriving over plain HTTP is ignored (and a
+    /// `Rejected` event with `InsecureTransport` says so), no session
+    /// cookie is ever set or cleared on a plain-HTTP response, and
+    /// `login` over plain HTTP fails with `SessionError::InsecureTransport`.
+    /// HTTPS is known from the request URI's scheme, or from
+    /// `X-Forwarded-Proto` / `Forwarded: proto=` sent by a trusted proxy
+    /// ([`with_trusted_proxies`](Self::with_trusted_proxies)).
+    #[must_use]
+    pub fn with_https_only(mut self, https_only: bool) -> Self {
+        self.config_mut().https_only = https_only;
+        self
+    }
+
+    /// Binds sessions to their client (see [`ClientBinding`] for the rules
+    /// and defaults). Default: off.
+    ///
+    /// A session used by a different browser family, from too many
+    /// networks at once, or (with a locator) from two places too far apart
+    /// for the time between them, is treated as stolen: it is destroyed and
+    /// a `Rejected` event names the reason.
+    #[must_use]
+    pub fn with_client_binding(mut self, binding: ClientBinding) -> Self {
+        self.config_mut().binding = Some(binding);
+        self
+    }
+
+    /// Answers `429 Too Many Requests` to networks that send too many bad
+    /// session tokens (see [`GuessingDetection`]). Default: off, because
+    /// behind a proxy that is not declared with
+    /// [`with_trusted_proxies`](Self::with_trusted_proxies) every client
+    /// shares one address.
+    #[must_use]
+    pub fn with_guessing_detection(mut self, detection: GuessingDetection) -> Self {
+        self.config_mut().guessing = Some(Guard::new(detection));
         self
     }
 
@@ -368,10 +426,52 @@ struct Loaded {
     id: SessionId,
     record: Arc<SessionRecord>,
     touch: Option<Touch>,
+    /// A new client-binding state to store.
+    binding: Option<Binding>,
     /// Signed with a fallback key: re-issue with the primary.
     resign: bool,
     /// The id was issued by this request (a renewal): send it.
     issued: bool,
+}
+
+/// What the layer learns about one request on its way through.
+struct Visit {
+    now: UnixMillis,
+    client: ClientContext,
+    /// The client's network as the guessing detector groups it.
+    network: Option<Network>,
+    events: Vec<SessionEvent>,
+    /// The token named an id replaced moments ago.
+    superseded: bool,
+    /// Client binding rejected the session and wants a 401.
+    respond_unauthorized: bool,
+}
+
+impl Visit {
+    fn reject(&mut self, id: Option<&SessionId>, reason: RejectReason) {
+        self.events.push(SessionEvent::Rejected {
+            session: id.map(SessionId::fingerprint),
+            reason,
+            network: self.event_network(),
+        });
+    }
+
+    fn event_network(&self) -> Option<Network> {
+        self.client.ip.map(|ip| Network::of(ip, 24, 48))
+    }
+
+    /// Counts a token that named no live session; may raise the alarm.
+    fn guess_failed(&mut self, config: &Config) {
+        let (Some(guard), Some(network)) = (&config.guessing, self.network) else {
+            return;
+        };
+        if let Some(alarm) = guard.failure(network, self.now) {
+            self.events.push(SessionEvent::GuessingDetected {
+                network,
+                failures: alarm.failures,
+            });
+        }
+    }
 }
 
 async fn handle<S, ReqBody, ResBody>(
@@ -383,41 +483,57 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Default,
 {
-    let now = config.clock.now();
-    let mut events = Vec::new();
-    let client = ClientContext::from_request(&request);
+    let client = ClientContext::from_request_with(&request, &config.proxies);
+    let network = config
+        .guessing
+        .as_ref()
+        .zip(client.ip)
+        .map(|(guard, ip)| guard.settings().network_of(ip));
+    let mut visit = Visit {
+        now: config.clock.now(),
+        client,
+        network,
+        events: Vec::new(),
+        superseded: false,
+        respond_unauthorized: false,
+    };
+    // Cookies only travel over HTTPS when the layer is HTTPS-only.
+    let cookies_allowed = !config.https_only || visit.client.https;
 
     // Steps 1–2: the token and its signature.
     let token = transport::read_cookie(request.headers(), config.cookie.name());
     let had_token = !token.is_absent();
+    if had_token {
+        if let (Some(guard), Some(network)) = (&config.guessing, visit.network) {
+            if let Some(retry_after) = guard.blocked(&network, visit.now) {
+                return Ok(too_many_requests(retry_after));
+            }
+        }
+    }
     let verified = match token {
         TokenRead::Absent => None,
+        _ if !cookies_allowed => {
+            visit.reject(None, RejectReason::InsecureTransport);
+            None
+        }
         TokenRead::Ambiguous => {
-            events.push(rejected(None, RejectReason::AmbiguousToken));
+            visit.reject(None, RejectReason::AmbiguousToken);
             None
         }
         TokenRead::Present(text) => {
             let verified = config.keyring.verify(text);
             if verified.is_none() {
-                events.push(rejected(None, RejectReason::InvalidToken));
+                visit.reject(None, RejectReason::InvalidToken);
+                visit.guess_failed(&config);
             }
             verified
         }
     };
 
-    // Steps 4–5: the record and the policy's verdict.
-    let mut superseded = false;
+    // Steps 3–5: the record and the policy's verdict.
     let loaded = match verified {
         None => None,
-        Some(verified) => match load(
-            &config,
-            verified.id,
-            verified.needs_resign,
-            now,
-            &mut superseded,
-            &mut events,
-        )
-        .await
+        Some(verified) => match load(&config, verified.id, verified.needs_resign, &mut visit).await
         {
             Ok(loaded) => loaded,
             Err(err) => {
@@ -426,27 +542,41 @@ where
                     error = %err,
                     "session store failed while loading a session; answering 503"
                 );
-                emit_all(&config, &events);
+                emit_all(&config, &visit.events);
                 return Ok(unavailable());
             }
         },
     };
+    if visit.respond_unauthorized {
+        let mut response = status_only(StatusCode::UNAUTHORIZED);
+        transport::write_cookie(response.headers_mut(), config.cookie.removal_cookie());
+        emit_all(&config, &visit.events);
+        return Ok(response);
+    }
 
     // Step 6: the handler's session.
+    let now = visit.now;
     let deadlines = policy::fresh_deadlines(now, &config.timeouts);
-    let (touch, resign) = loaded
-        .as_ref()
-        .map_or((None, false), |l| (l.touch, l.resign || l.issued));
+    let arrival = Arrival {
+        touch: loaded.as_ref().and_then(|l| l.touch),
+        binding: loaded.as_ref().and_then(|l| l.binding.clone()),
+        resign: loaded.as_ref().is_some_and(|l| l.resign || l.issued),
+        superseded: visit.superseded,
+    };
     // What a session created by this request starts as.
     let mut fresh = deadlines.record(IdHash::from_bytes([0; 32]), None, SessionData::default());
-    fresh.ip = client.ip;
-    fresh.user_agent.clone_from(&client.user_agent);
+    fresh.ip = visit.client.ip;
+    fresh.user_agent.clone_from(&visit.client.user_agent);
+    fresh.binding = config.binding.as_ref().map(|rules| {
+        let location = rules.locate(visit.client.ip);
+        policy::initial_binding(&visit.client, location.as_ref(), now, rules)
+    });
     let context = session::Context {
         store: Arc::clone(&config.store),
         deadlines,
         limit: config.limit.clone(),
-        ip: client.ip,
-        user_agent: client.user_agent,
+        template: fresh.clone(),
+        login_allowed: cookies_allowed,
     };
     let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
     request.extensions_mut().insert(session.clone());
@@ -455,12 +585,14 @@ where
     // Steps 7–8: commit and answer with the token.
     let state = session.take_state();
     let logged_out = state.logged_out;
-    let arrival = Arrival {
-        touch,
-        resign,
-        superseded,
+    let outcome = if cookies_allowed {
+        commit(&config, state, arrival, now, &fresh, &mut visit.events).await
+    } else {
+        // Over plain HTTP nothing can be handed to the client, so nothing
+        // new is stored (a login was already refused).
+        Ok(Outcome::Keep)
     };
-    match commit(&config, state, arrival, now, &fresh, &mut events).await {
+    match outcome {
         Ok(Outcome::Issue {
             id,
             absolute_deadline,
@@ -497,53 +629,51 @@ where
     }
 
     // Step 9: events.
-    emit_all(&config, &events);
+    emit_all(&config, &visit.events);
     Ok(response)
 }
 
 /// Loads the record for a verified id, follows a renewal's forwarding
-/// entry, applies the policy and renews the id when it is due.
+/// entry, applies the policy (timeouts, client binding) and renews the id
+/// when it is due.
 async fn load(
     config: &Config,
     id: SessionId,
     resign: bool,
-    now: UnixMillis,
-    superseded: &mut bool,
-    events: &mut Vec<SessionEvent>,
+    visit: &mut Visit,
 ) -> Result<Option<Loaded>, StoreError> {
+    let now = visit.now;
     // Two rounds at most: a renewal lost to a concurrent request is retried
     // once, through the forwarding entry the winner left.
     for _ in 0..2 {
         let hash = id.hash();
         let Some(record) = config.store.load(&hash).await? else {
-            events.push(rejected(Some(&id), RejectReason::UnknownSession));
+            visit.reject(Some(&id), RejectReason::UnknownSession);
+            visit.guess_failed(config);
             return Ok(None);
         };
         if record.superseded {
             // Replaced by a login or regeneration moments ago: this request
             // was in flight. No session, but the client's cookie (by now
             // probably the new one) is left alone while the marker lasts.
-            *superseded = policy::forward_alive(&record, now);
-            events.push(rejected(Some(&id), RejectReason::UnknownSession));
+            visit.superseded = policy::forward_alive(&record, now);
+            visit.reject(Some(&id), RejectReason::UnknownSession);
             return Ok(None);
         }
         let (current, record, issued) = match record.successor {
             None => (id.clone(), record, false),
             Some(successor) => {
-                if !policy::forward_alive(&record, now) {
-                    events.push(rejected(Some(&id), RejectReason::UnknownSession));
-                    return Ok(None);
-                }
                 let next = id.unseal(&successor.sealed_id);
-                let followed = config.store.load(&successor.id_hash).await?;
+                let followed =
+                    if policy::forward_alive(&record, now) && next.hash() == successor.id_hash {
+                        config.store.load(&successor.id_hash).await?
+                    } else {
+                        None
+                    };
                 match followed {
-                    Some(next_record)
-                        if next.hash() == successor.id_hash && !next_record.is_placeholder() =>
-                    {
-                        (next, next_record, true)
-                    }
+                    Some(next_record) if !next_record.is_placeholder() => (next, next_record, true),
                     _ => {
-                        events.push(rejected(Some(&id), RejectReason::UnknownSession));
+                        visit.reject(Some(&id), RejectReason::UnknownSession);
                         return Ok(None);
                     }
                 }
@@ -552,8 +682,34 @@ async fn load(
         let touch = match policy::evaluate(&record, now, &config.timeouts) {
             Verdict::Valid { touch } => touch,
             Verdict::Expired(reason) => {
-                expire(config, &current, reason, events).await;
+                destroy(config, &current, "an expired session").await;
+                visit.events.push(SessionEvent::Expired {
+                    session: current.fingerprint(),
+                    reason,
+                    network: visit.event_network(),
+                });
                 return Ok(None);
+            }
+        };
+        let binding = match &config.binding {
+            None => None,
+            Some(rules) => {
+                let location = rules.locate(visit.client.ip);
+                match policy::check_binding(
+                    record.binding.as_ref(),
+                    &visit.client,
+                    location.as_ref(),
+                    now,
+                    rules,
+                ) {
+                    BindingVerdict::Accept(update) => update,
+                    BindingVerdict::Reject(reason) => {
+                        destroy(config, &current, "a rejected session").await;
+                        visit.reject(Some(&current), reason);
+                        visit.respond_unauthorized = rules.action() == RejectAction::Respond;
+                        return Ok(None);
+                    }
+                }
             }
         };
         if issued || !policy::renewal_due(&record, now, config.renewal.as_ref()) {
@@ -561,15 +717,16 @@ async fn load(
                 id: current,
                 record,
                 touch,
+                binding,
                 resign,
                 issued,
             }));
         }
-        if let Some(renewed) = renew(config, &current, touch, now, events).await? {
+        if let Some(renewed) = renew(config, &current, touch, binding, visit).await? {
             return Ok(Some(renewed));
         }
     }
-    events.push(rejected(Some(&id), RejectReason::UnknownSession));
+    visit.reject(Some(&id), RejectReason::UnknownSession);
     Ok(None)
 }
 
@@ -579,16 +736,18 @@ async fn renew(
     config: &Config,
     id: &SessionId,
     touch: Option<Touch>,
-    now: UnixMillis,
-    events: &mut Vec<SessionEvent>,
+    binding: Option<Binding>,
+    visit: &mut Visit,
 ) -> Result<Option<Loaded>, StoreError> {
     let Some(renewal) = config.renewal else {
         return Ok(None);
     };
+    let now = visit.now;
     let new_id = SessionId::generate();
     let regeneration = Regeneration {
         change: Change {
             touch,
+            binding,
             ..Change::default()
         },
         user_id: None,
@@ -605,7 +764,7 @@ async fn renew(
     else {
         return Ok(None);
     };
-    events.push(SessionEvent::Renewed {
+    visit.events.push(SessionEvent::Renewed {
         session: new_id.fingerprint(),
         previous: id.fingerprint(),
     });
@@ -613,32 +772,23 @@ async fn renew(
         id: new_id,
         record,
         touch: None,
+        binding: None,
         resign: false,
         issued: true,
     }))
 }
 
-/// Destroys an expired session and reports it.
-async fn expire(
-    config: &Config,
-    id: &SessionId,
-    reason: ExpiryReason,
-    events: &mut Vec<SessionEvent>,
-) {
-    // The policy already refuses the record; deleting it only frees the
-    // space early, so a failure here is logged, not fatal.
+/// Deletes a session the policy refused. The policy refuses it whatever
+/// happens here, so a store failure is logged, not fatal.
+async fn destroy(config: &Config, id: &SessionId, what: &str) {
     if let Err(err) = config.store.delete(&id.hash()).await {
         tracing::error!(
             target: "tower_session_guard",
             session = %id.fingerprint(),
             error = %err,
-            "could not delete an expired session"
+            "could not delete {what}"
         );
     }
-    events.push(SessionEvent::Expired {
-        session: id.fingerprint(),
-        reason,
-    });
 }
 
 /// What the response must tell the client.
@@ -661,6 +811,8 @@ enum Outcome {
 struct Arrival {
     /// Activity to record.
     touch: Option<Touch>,
+    /// A new client-binding state to record.
+    binding: Option<Binding>,
     /// The client must be sent its (current) token again.
     resign: bool,
     /// The token named an id replaced moments ago.
@@ -726,6 +878,7 @@ async fn commit(
     let mut change = state.pending.into_change();
     let has_writes = !change.is_empty();
     change.touch = arrival.touch;
+    change.binding = arrival.binding;
 
     if state.regenerate {
         let new_id = SessionId::generate();
@@ -784,13 +937,6 @@ fn session_vanished(id: &SessionId, has_writes: bool) -> Outcome {
     }
 }
 
-fn rejected(id: Option<&SessionId>, reason: RejectReason) -> SessionEvent {
-    SessionEvent::Rejected {
-        session: id.map(SessionId::fingerprint),
-        reason,
-    }
-}
-
 fn emit_all(config: &Config, events: &[SessionEvent]) {
     for event in events {
         event::emit(config.events.as_ref(), event);
@@ -799,6 +945,15 @@ fn emit_all(config: &Config, events: &[SessionEvent]) {
 
 fn unavailable<B: Default>() -> Response<B> {
     status_only(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+fn too_many_requests<B: Default>(retry_after_secs: u64) -> Response<B> {
+    let mut response = status_only(StatusCode::TOO_MANY_REQUESTS);
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs),
+    );
+    response
 }
 
 fn conflict<B: Default>() -> Response<B> {

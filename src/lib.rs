@@ -59,6 +59,7 @@ pub mod client;
 pub mod clock;
 mod error;
 pub mod event;
+mod guessing;
 pub mod id;
 mod key;
 mod layer;
@@ -71,12 +72,13 @@ mod transport;
 pub use cookie::SameSite;
 
 pub use crate::admin::{SessionAdmin, SessionHandle, SessionInfo};
-pub use crate::client::ClientContext;
+pub use crate::client::{ClientContext, Network, TrustedProxies};
 pub use crate::error::SessionError;
 pub use crate::event::{RejectReason, SessionEvent};
+pub use crate::guessing::GuessingDetection;
 pub use crate::key::{Key, KeyError};
 pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
-pub use crate::policy::{ExpiryReason, OnLimit};
+pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, RejectAction};
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
 pub use crate::session::{Session, MAX_USER_ID_LEN};

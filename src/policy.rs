@@ -9,8 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{duration_millis, UnixMillis};
+use std::net::IpAddr;
+
+use crate::client::{ClientContext, Network};
+use crate::event::RejectReason;
 use crate::id::IdHash;
-use crate::record::{Deadlines, SessionRecord, Touch};
+use crate::record::{Binding, Deadlines, SeenLocation, SeenNetwork, SessionRecord, Touch};
 
 /// Default idle timeout: 30 minutes.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -223,6 +227,332 @@ pub fn is_live_session_of(record: &SessionRecord, user_id: &str, now: UnixMillis
         && now < record.expires_at()
 }
 
+/// What a session is bound to, and how strictly.
+///
+/// Defaults: the User-Agent family must not change; at most 3 distinct
+/// networks (IPv4 /24, IPv6 /48) within 10 minutes; no location check
+/// until a [`Locate`] is given, then at most 1000 km/h between sightings,
+/// ignoring moves under 50 km. A rejected session is destroyed and the
+/// request continues anonymously ([`RejectAction::Destroy`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_session_guard::policy::{ClientBinding, RejectAction};
+///
+/// let strict = ClientBinding::default()
+///     .with_max_networks(2, Duration::from_secs(30 * 60))
+///     .with_action(RejectAction::Respond);
+/// ```
+#[derive(Clone)]
+pub struct ClientBinding {
+    user_agent: bool,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    max_networks: usize,
+    network_window: u64,
+    locator: Option<Arc<dyn Locate>>,
+    max_speed_kmh: f64,
+    min_distance_km: f64,
+    action: RejectAction,
+}
+
+impl Default for ClientBinding {
+    fn default() -> Self {
+        Self {
+            user_agent: true,
+            ipv4_prefix: 24,
+            ipv6_prefix: 48,
+            max_networks: 3,
+            network_window: 10 * 60 * 1000,
+            locator: None,
+            max_speed_kmh: 1000.0,
+            min_distance_km: 50.0,
+            action: RejectAction::Destroy,
+        }
+    }
+}
+
+impl fmt::Debug for ClientBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBinding")
+            .field("user_agent", &self.user_agent)
+            .field("ipv4_prefix", &self.ipv4_prefix)
+            .field("ipv6_prefix", &self.ipv6_prefix)
+            .field("max_networks", &self.max_networks)
+            .field("network_window_ms", &self.network_window)
+            .field("locator", &self.locator.is_some())
+            .field("max_speed_kmh", &self.max_speed_kmh)
+            .field("min_distance_km", &self.min_distance_km)
+            .field("action", &self.action)
+            .finish()
+    }
+}
+
+impl ClientBinding {
+    /// Whether a change of User-Agent family (Chrome → Firefox, Windows →
+    /// Android) rejects the session. Default: `true`. Version changes never do.
+    #[must_use]
+    pub fn with_user_agent_check(mut self, check: bool) -> Self {
+        self.user_agent = check;
+        self
+    }
+
+    /// The prefix lengths that make two addresses one network. Default: 24 and 48.
+    ///
+    /// # Panics
+    ///
+    /// If `ipv4` is over 32 or `ipv6` over 128.
+    #[must_use]
+    pub fn with_network_prefixes(mut self, ipv4: u8, ipv6: u8) -> Self {
+        assert!(
+            ipv4 <= 32 && ipv6 <= 128,
+            "network prefixes are at most 32 bits for IPv4 and 128 for IPv6"
+        );
+        self.ipv4_prefix = ipv4;
+        self.ipv6_prefix = ipv6;
+        self
+    }
+
+    /// A session seen from more than `max` distinct networks within
+    /// `window` is treated as stolen. Default: 3 within 10 minutes.
+    ///
+    /// # Panics
+    ///
+    /// If `max` is zero.
+    #[must_use]
+    pub fn with_max_networks(mut self, max: usize, window: Duration) -> Self {
+        assert!(
+            max > 0,
+            "a session must be allowed at least one network; pass 1 or more"
+        );
+        self.max_networks = max;
+        self.network_window = duration_millis(window);
+        self
+    }
+
+    /// Turns on impossible-travel detection with your IP-to-location lookup.
+    #[must_use]
+    pub fn with_locator(mut self, locator: impl Locate) -> Self {
+        self.locator = Some(Arc::new(locator));
+        self
+    }
+
+    /// The fastest believable travel between two sightings. Default: 1000 km/h.
+    #[must_use]
+    pub fn with_max_speed_kmh(mut self, kmh: f64) -> Self {
+        self.max_speed_kmh = kmh;
+        self
+    }
+
+    /// Moves shorter than this are never impossible (GeoIP is imprecise).
+    /// Default: 50 km.
+    #[must_use]
+    pub fn with_min_distance_km(mut self, km: f64) -> Self {
+        self.min_distance_km = km;
+        self
+    }
+
+    /// What happens to a request whose session is rejected. Default:
+    /// [`RejectAction::Destroy`].
+    #[must_use]
+    pub fn with_action(mut self, action: RejectAction) -> Self {
+        self.action = action;
+        self
+    }
+
+    /// What a rejection does.
+    #[must_use]
+    pub fn action(&self) -> RejectAction {
+        self.action
+    }
+
+    /// The client's network under these prefixes.
+    #[must_use]
+    pub fn network_of(&self, ip: IpAddr) -> Network {
+        Network::of(ip, self.ipv4_prefix, self.ipv6_prefix)
+    }
+
+    /// Looks up where `ip` is, if a locator is configured (I/O for the layer,
+    /// done before the policy runs).
+    pub(crate) fn locate(&self, ip: Option<IpAddr>) -> Option<Location> {
+        self.locator.as_ref().and_then(|l| l.locate(ip?))
+    }
+}
+
+/// What a rejected session's request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectAction {
+    /// Destroy the session, clear the cookie, and serve the request anonymously.
+    Destroy,
+    /// Destroy the session, clear the cookie, and answer `401 Unauthorized`
+    /// without calling the service.
+    Respond,
+}
+
+/// An IP-to-location lookup, backed by your own GeoIP database.
+///
+/// The crate ships no location data.
+pub trait Locate: Send + Sync + 'static {
+    /// Where `ip` is, if known.
+    fn locate(&self, ip: IpAddr) -> Option<Location>;
+}
+
+impl<F> Locate for F
+where
+    F: Fn(IpAddr) -> Option<Location> + Send + Sync + 'static,
+{
+    fn locate(&self, ip: IpAddr) -> Option<Location> {
+        self(ip)
+    }
+}
+
+/// A place on Earth.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Location {
+    /// Degrees north (negative: south).
+    pub latitude: f64,
+    /// Degrees east (negative: west).
+    pub longitude: f64,
+    /// ISO country code, if known.
+    pub country: Option<String>,
+}
+
+/// Great-circle distance in kilometres.
+fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    const EARTH_RADIUS_KM: f64 = 6371.0;
+    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
+    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+/// The policy's answer about a session's client.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum BindingVerdict {
+    /// Accept; store the new binding state if there is one.
+    Accept(Option<Binding>),
+    /// The session is probably stolen.
+    Reject(RejectReason),
+}
+
+/// How long a location sighting stays fresh before it is rewritten.
+const LOCATION_REFRESH_MS: u64 = 60_000;
+
+/// The binding state of a session created by `client` at `now`.
+pub(crate) fn initial_binding(
+    client: &ClientContext,
+    location: Option<&Location>,
+    now: UnixMillis,
+    rules: &ClientBinding,
+) -> Binding {
+    Binding {
+        user_agent: client.user_agent.clone(),
+        networks: client
+            .ip
+            .map(|ip| SeenNetwork {
+                network: rules.network_of(ip),
+                last_seen: now,
+            })
+            .into_iter()
+            .collect(),
+        location: location.map(|l| SeenLocation {
+            latitude: l.latitude,
+            longitude: l.longitude,
+            at: now,
+        }),
+    }
+}
+
+/// Checks a stored session against the client now using it.
+pub(crate) fn check_binding(
+    state: Option<&Binding>,
+    client: &ClientContext,
+    location: Option<&Location>,
+    now: UnixMillis,
+    rules: &ClientBinding,
+) -> BindingVerdict {
+    let Some(state) = state else {
+        // Bound from its first request under these rules.
+        return BindingVerdict::Accept(Some(initial_binding(client, location, now, rules)));
+    };
+    if rules.user_agent && state.user_agent != client.user_agent {
+        return BindingVerdict::Reject(RejectReason::UserAgentChanged);
+    }
+    let mut next = state.clone();
+    let mut changed = false;
+
+    if let Some(ip) = client.ip {
+        let network = rules.network_of(ip);
+        let before = next.networks.len();
+        next.networks
+            .retain(|seen| now.saturating_sub(seen.last_seen) < rules.network_window);
+        changed |= next.networks.len() != before;
+        match next
+            .networks
+            .iter_mut()
+            .find(|seen| seen.network == network)
+        {
+            Some(seen) => {
+                // Refresh rarely: a quarter window of staleness is harmless.
+                if now.saturating_sub(seen.last_seen) >= rules.network_window / 4 {
+                    seen.last_seen = now;
+                    changed = true;
+                }
+            }
+            None => {
+                if next.networks.len() >= rules.max_networks {
+                    return BindingVerdict::Reject(RejectReason::TooManyNetworks);
+                }
+                next.networks.push(SeenNetwork {
+                    network,
+                    last_seen: now,
+                });
+                changed = true;
+            }
+        }
+    }
+
+    if let Some(here) = location {
+        match next.location {
+            Some(last) => {
+                let distance = distance_km(
+                    (last.latitude, last.longitude),
+                    (here.latitude, here.longitude),
+                );
+                if distance >= rules.min_distance_km {
+                    // Precision of a millisecond clock; a zero interval is infinitely fast.
+                    #[allow(clippy::cast_precision_loss)]
+                    let hours = now.saturating_sub(last.at) as f64 / 3_600_000.0;
+                    if hours <= 0.0 || distance / hours > rules.max_speed_kmh {
+                        return BindingVerdict::Reject(RejectReason::ImpossibleTravel);
+                    }
+                }
+                if distance >= rules.min_distance_km
+                    || now.saturating_sub(last.at) >= LOCATION_REFRESH_MS
+                {
+                    next.location = Some(SeenLocation {
+                        latitude: here.latitude,
+                        longitude: here.longitude,
+                        at: now,
+                    });
+                    changed = true;
+                }
+            }
+            None => {
+                next.location = Some(SeenLocation {
+                    latitude: here.latitude,
+                    longitude: here.longitude,
+                    at: now,
+                });
+                changed = true;
+            }
+        }
+    }
+    BindingVerdict::Accept(changed.then_some(next))
+}
+
 /// The deadlines of a session created at `now`.
 pub(crate) fn fresh_deadlines(now: UnixMillis, timeouts: &Timeouts) -> Deadlines {
     let absolute_deadline = now.saturating_add(timeouts.absolute);
@@ -334,6 +664,138 @@ mod tests {
         assert_eq!(sessions_to_evict(&[&a], &reject), Ok(vec![]));
         let zero = SessionLimit { max: 0, ..limit };
         assert_eq!(sessions_to_evict(&[], &zero), Err(LimitReached));
+    }
+
+    fn client(ip: &str, ua: &str) -> ClientContext {
+        ClientContext {
+            ip: Some(ip.parse().unwrap()),
+            user_agent: Some(ua.to_owned()),
+            https: true,
+        }
+    }
+
+    #[test]
+    fn binding_accepts_the_same_client_without_writing() {
+        let rules = ClientBinding::default();
+        let c = client("203.0.113.5", "Chrome on Linux");
+        let state = initial_binding(&c, None, 0, &rules);
+        assert_eq!(
+            check_binding(Some(&state), &c, None, 1_000, &rules),
+            BindingVerdict::Accept(None)
+        );
+        let neighbour = client("203.0.113.200", "Chrome on Linux");
+        assert_eq!(
+            check_binding(Some(&state), &neighbour, None, 1_000, &rules),
+            BindingVerdict::Accept(None)
+        );
+    }
+
+    #[test]
+    fn binding_rejects_a_new_browser_family() {
+        let rules = ClientBinding::default();
+        let state = initial_binding(&client("203.0.113.5", "Chrome on Linux"), None, 0, &rules);
+        assert_eq!(
+            check_binding(
+                Some(&state),
+                &client("203.0.113.5", "Firefox on Linux"),
+                None,
+                1,
+                &rules
+            ),
+            BindingVerdict::Reject(RejectReason::UserAgentChanged)
+        );
+        let lax = ClientBinding::default().with_user_agent_check(false);
+        assert!(matches!(
+            check_binding(
+                Some(&state),
+                &client("203.0.113.5", "Firefox on Linux"),
+                None,
+                1,
+                &lax
+            ),
+            BindingVerdict::Accept(_)
+        ));
+    }
+
+    #[test]
+    fn a_fourth_network_within_the_window_is_rejected_but_old_ones_age_out() {
+        let rules = ClientBinding::default();
+        let ua = "Chrome on Linux";
+        let mut state = initial_binding(&client("198.51.100.1", ua), None, 0, &rules);
+        for (i, ip) in ["198.51.101.1", "198.51.102.1"].iter().enumerate() {
+            match check_binding(
+                Some(&state),
+                &client(ip, ua),
+                None,
+                (i as u64 + 1) * 60_000,
+                &rules,
+            ) {
+                BindingVerdict::Accept(Some(next)) => state = next,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(state.networks.len(), 3);
+        assert_eq!(
+            check_binding(
+                Some(&state),
+                &client("198.51.103.1", ua),
+                None,
+                5 * 60_000,
+                &rules
+            ),
+            BindingVerdict::Reject(RejectReason::TooManyNetworks)
+        );
+        assert!(matches!(
+            check_binding(
+                Some(&state),
+                &client("198.51.103.1", ua),
+                None,
+                11 * 60_000,
+                &rules
+            ),
+            BindingVerdict::Accept(Some(_))
+        ));
+    }
+
+    #[test]
+    fn impossible_travel_is_rejected_and_a_train_ride_is_not() {
+        let rules = ClientBinding::default();
+        let ua = "Safari on iOS";
+        let oslo = Location {
+            latitude: 59.91,
+            longitude: 10.75,
+            country: Some("NO".into()),
+        };
+        let bergen = Location {
+            latitude: 60.39,
+            longitude: 5.32,
+            country: Some("NO".into()),
+        };
+        let tokyo = Location {
+            latitude: 35.68,
+            longitude: 139.69,
+            country: Some("JP".into()),
+        };
+        let c = client("203.0.113.5", ua);
+        let state = initial_binding(&c, Some(&oslo), 0, &rules);
+        assert_eq!(
+            check_binding(Some(&state), &c, Some(&tokyo), 5 * 60_000, &rules),
+            BindingVerdict::Reject(RejectReason::ImpossibleTravel)
+        );
+        assert!(matches!(
+            check_binding(Some(&state), &c, Some(&bergen), 60 * 60_000, &rules),
+            BindingVerdict::Accept(Some(_))
+        ));
+        let near = Location {
+            latitude: 59.95,
+            longitude: 10.80,
+            country: None,
+        };
+        assert!(matches!(
+            check_binding(Some(&state), &c, Some(&near), 1, &rules),
+            BindingVerdict::Accept(_)
+        ));
+        assert!((distance_km((59.91, 10.75), (60.39, 5.32)) - 305.0).abs() < 10.0);
     }
 
     #[test]

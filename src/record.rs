@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use std::net::IpAddr;
 
+use crate::client::Network;
 use crate::clock::UnixMillis;
 use crate::id::{IdHash, SealedId};
 
@@ -55,6 +56,44 @@ pub struct SessionRecord {
     /// request that was in flight cannot clear the new cookie.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub superseded: bool,
+    /// What the session is bound to (client binding), when that is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+}
+
+/// The client a session is bound to: browser family, recent networks and
+/// last known location. Kept and compared by the policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The User-Agent family the session was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Networks the session was used from recently.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<SeenNetwork>,
+    /// Where the session was last seen, when a locator is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<SeenLocation>,
+}
+
+/// A network a session was used from, and when last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenNetwork {
+    /// The client network (an IPv4 /24 or IPv6 /48 by default).
+    pub network: Network,
+    /// When it was last seen.
+    pub last_seen: UnixMillis,
+}
+
+/// A place a session was used from, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeenLocation {
+    /// Degrees north.
+    pub latitude: f64,
+    /// Degrees east.
+    pub longitude: f64,
+    /// When the session was seen there.
+    pub at: UnixMillis,
 }
 
 /// Where a renewed session went.
@@ -104,6 +143,7 @@ impl SessionRecord {
             user_agent: None,
             successor: None,
             superseded: false,
+            binding: None,
         }
     }
 
@@ -123,6 +163,9 @@ impl SessionRecord {
         }
         for (key, value) in &change.set {
             self.data.insert(key.clone(), value.clone());
+        }
+        if let Some(binding) = &change.binding {
+            self.binding = Some(binding.clone());
         }
         if let Some(touch) = change.touch {
             self.last_seen = self.last_seen.max(touch.last_seen);
@@ -169,6 +212,7 @@ impl Deadlines {
             user_agent: None,
             successor: None,
             superseded: false,
+            binding: None,
         }
     }
 }
@@ -260,13 +304,19 @@ pub struct Change {
     /// Activity to record, if the idle window asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub touch: Option<Touch>,
+    /// The client binding's new state, when it changed (replaces the old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
 }
 
 impl Change {
     /// Whether applying this change would do nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.removed.is_empty() && self.touch.is_none()
+        self.set.is_empty()
+            && self.removed.is_empty()
+            && self.touch.is_none()
+            && self.binding.is_none()
     }
 }
 
@@ -302,6 +352,7 @@ mod tests {
             user_agent: None,
             successor: None,
             superseded: false,
+            binding: None,
         }
     }
 
@@ -316,6 +367,7 @@ mod tests {
                 last_seen: 1_500,
                 idle_deadline: 9_000,
             }),
+            binding: None,
         });
         assert_eq!(r.data.get("n"), Some(&json!(2)));
         assert_eq!(r.data.get("gone"), None);

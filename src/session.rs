@@ -1,7 +1,6 @@
 //! The [`Session`] handle handlers use.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::de::DeserializeOwned;
@@ -56,8 +55,10 @@ pub(crate) struct Context {
     /// Deadlines of a session created by this request (`created_at` is now).
     pub(crate) deadlines: Deadlines,
     pub(crate) limit: Option<LimitRule>,
-    pub(crate) ip: Option<IpAddr>,
-    pub(crate) user_agent: Option<String>,
+    /// What a session created by this request starts as (deadlines, client).
+    pub(crate) template: SessionRecord,
+    /// `false` over plain HTTP when the layer is HTTPS-only.
+    pub(crate) login_allowed: bool,
 }
 
 /// Everything a request did to its session, read by the layer at commit.
@@ -147,6 +148,7 @@ impl Pending {
             set: self.set.clone(),
             removed: self.removed.clone(),
             touch: None,
+            binding: None,
         }
     }
 
@@ -155,6 +157,7 @@ impl Pending {
             set: self.set,
             removed: self.removed,
             touch: None,
+            binding: None,
         }
     }
 
@@ -321,6 +324,9 @@ impl Session {
     pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
         let user_id = user_id.into();
         validate_user_id(&user_id)?;
+        if !self.inner.context.login_allowed {
+            return Err(SessionError::InsecureTransport);
+        }
         let (previous, change) = {
             let state = self.lock();
             (state.id.clone(), state.pending.to_change())
@@ -328,13 +334,10 @@ impl Session {
         let context = &self.inner.context;
         let limit = context.limit.as_ref().map(|rule| rule.for_user(&user_id));
         let new_id = SessionId::generate();
-        let mut record = context.deadlines.record(
-            new_id.hash(),
-            Some(user_id.clone()),
-            change.set.iter().cloned().collect(),
-        );
-        record.ip = context.ip;
-        record.user_agent.clone_from(&context.user_agent);
+        let mut record = context.template.clone();
+        record.id_hash = new_id.hash();
+        record.user_id = Some(user_id.clone());
+        record.data = change.set.iter().cloned().collect();
         let login = Login {
             previous: previous.as_ref().map(SessionId::hash),
             record,

@@ -23,7 +23,9 @@ use super::{Forward, Login, LoginOutcome, Regeneration, SessionStore};
 use crate::clock::{Clock, SystemClock};
 use crate::id::{IdHash, SessionId};
 use crate::policy::{OnLimit, SessionLimit};
-use crate::record::{Change, Deadlines, SessionData, SessionRecord, Touch};
+use crate::record::{
+    Binding, Change, Deadlines, SeenLocation, SeenNetwork, SessionData, SessionRecord, Touch,
+};
 
 /// Runs every check of the store contract against `store`.
 ///
@@ -508,10 +510,23 @@ async fn load_of_unknown_id_is_none<S: SessionStore + ?Sized>(store: &S) {
 async fn update_applies_the_delta<S: SessionStore + ?Sized>(store: &S) {
     let record = sample_record(None);
     must("create", store.create(&record).await);
+    let binding = Binding {
+        user_agent: Some("Firefox on Linux".into()),
+        networks: vec![SeenNetwork {
+            network: "203.0.113.0/24".parse().expect("a network"),
+            last_seen: record.created_at,
+        }],
+        location: Some(SeenLocation {
+            latitude: 59.9,
+            longitude: 10.7,
+            at: record.created_at,
+        }),
+    };
     let change = Change {
         set: vec![("n".into(), json!(7)), ("list".into(), json!([1, 2]))],
         removed: vec!["greeting".into()],
         touch: None,
+        binding: Some(binding.clone()),
     };
     assert!(
         must("update", store.update(&record.id_hash, &change).await),

@@ -110,7 +110,7 @@ pub struct Login {
     pub previous: Option<IdHash>,
     /// The session to create when there is no previous one; its `id_hash`
     /// is the new id's hash either way, and its `user_id`, `ip`,
-    /// `user_agent` and `id_issued_at` are applied to a moved session.
+    /// `user_agent`, `binding` and `id_issued_at` are applied to a moved session.
     pub record: SessionRecord,
     /// Pending writes, applied to a moved session (already in `record`'s data).
     pub change: Change,
@@ -143,6 +143,7 @@ impl Login {
         moved.id_issued_at = self.record.id_issued_at;
         moved.ip = self.record.ip;
         moved.user_agent.clone_from(&self.record.user_agent);
+        moved.binding.clone_from(&self.record.binding);
         moved
     }
 }
