@@ -152,6 +152,8 @@ pub(crate) type EventHandler = Arc<dyn Fn(&SessionEvent) + Send + Sync>;
 pub(crate) fn emit(handler: Option<&EventHandler>, event: &SessionEvent) {
     match event {
         SessionEvent::Rejected { .. }
+        | SessionEvent::Expired { .. }
+        | SessionEvent::GuessingDetected { .. }
         | SessionEvent::Evicted { .. }
         | SessionEvent::Revoked { .. } => {
             tracing::warn!(target: "tower_session_guard::event", event = ?event, "session event");
