@@ -83,6 +83,12 @@ pub enum SessionEvent {
         /// The client's network (IPv4 /24, IPv6 /48), when known.
         network: Option<Network>,
     },
+    /// A header-transport response told the client to forget its token
+    /// (an empty header value): the session ended or the token was refused.
+    TokenRemoved {
+        /// The session the request's token named, when it was authentic.
+        session: Option<Fingerprint>,
+    },
     /// A network sent too many bad tokens and is now answered `429`.
     GuessingDetected {
         /// The network (as grouped by the detector).
@@ -107,6 +113,7 @@ impl SessionEvent {
             Self::Expired { .. } => "expired",
             Self::Rejected { .. } => "rejected",
             Self::GuessingDetected { .. } => "guessing_detected",
+            Self::TokenRemoved { .. } => "token_removed",
         }
     }
 }

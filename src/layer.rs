@@ -31,7 +31,7 @@ use crate::policy::{
 use crate::record::{Binding, Change, SessionData, SessionRecord, Touch};
 use crate::session::{self, create_session, Happening, Session, State};
 use crate::store::{Forward, Regeneration, SessionStore, StoreError};
-use crate::transport::{self, CookieConfig, TokenRead};
+use crate::transport::{CookieConfig, TokenRead, Transport};
 
 /// Adds validated sessions to every request of the service it wraps.
 ///
@@ -71,6 +71,7 @@ struct Config {
     limit: Option<LimitRule>,
     renewal: Option<Renewal>,
     proxies: TrustedProxies,
+    transport: Transport,
     https_only: bool,
     binding: Option<ClientBinding>,
     guessing: Option<Guard>,
@@ -95,6 +96,7 @@ impl SessionLayer {
                 limit: None,
                 renewal: None,
                 proxies: TrustedProxies::None,
+                transport: Transport::cookie(),
                 https_only: false,
                 binding: None,
                 guessing: None,
@@ -159,6 +161,16 @@ impl SessionLayer {
             panic!("invalid session cookie configuration: {problem}");
         }
         self.config_mut().cookie = cookie;
+        self
+    }
+
+    /// Where tokens travel: a cookie, a header, or either (see
+    /// [`Transport`]). Default: [`Transport::cookie`]. Every rule (signing,
+    /// strict mode, timeouts, limits, binding) is the same whatever the
+    /// transport.
+    #[must_use]
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.config_mut().transport = transport;
         self
     }
 
@@ -445,6 +457,8 @@ struct Visit {
     superseded: bool,
     /// Client binding rejected the session and wants a 401.
     respond_unauthorized: bool,
+    /// The authentic id the request carried, if any.
+    arrived_as: Option<SessionId>,
 }
 
 impl Visit {
@@ -496,12 +510,13 @@ where
         events: Vec::new(),
         superseded: false,
         respond_unauthorized: false,
+        arrived_as: None,
     };
     // Cookies only travel over HTTPS when the layer is HTTPS-only.
     let cookies_allowed = !config.https_only || visit.client.https;
 
     // Steps 1–2: the token and its signature.
-    let token = transport::read_cookie(request.headers(), config.cookie.name());
+    let (token, carrier) = config.transport.read(request.headers(), &config.cookie);
     let had_token = !token.is_absent();
     if had_token {
         if let (Some(guard), Some(network)) = (&config.guessing, visit.network) {
@@ -526,6 +541,7 @@ where
                 visit.reject(None, RejectReason::InvalidToken);
                 visit.guess_failed(&config);
             }
+            visit.arrived_as = verified.as_ref().map(|v| v.id.clone());
             verified
         }
     };
@@ -549,7 +565,9 @@ where
     };
     if visit.respond_unauthorized {
         let mut response = status_only(StatusCode::UNAUTHORIZED);
-        transport::write_cookie(response.headers_mut(), config.cookie.removal_cookie());
+        config
+            .transport
+            .remove(response.headers_mut(), carrier, &config.cookie);
         emit_all(&config, &visit.events);
         return Ok(response);
     }
@@ -599,9 +617,12 @@ where
         }) => {
             let token = config.keyring.sign(&id);
             let max_age = absolute_deadline.saturating_sub(now).div_ceil(1000);
-            transport::write_cookie(
+            config.transport.issue(
                 response.headers_mut(),
-                config.cookie.set_cookie(token, max_age),
+                carrier,
+                &config.cookie,
+                token,
+                max_age,
             );
         }
         Ok(Outcome::Keep) => {}
@@ -614,8 +635,14 @@ where
             response = conflict();
         }
         Ok(Outcome::NoSession) => {
-            if had_token || logged_out {
-                transport::write_cookie(response.headers_mut(), config.cookie.removal_cookie());
+            if (had_token || logged_out)
+                && config
+                    .transport
+                    .remove(response.headers_mut(), carrier, &config.cookie)
+            {
+                visit.events.push(SessionEvent::TokenRemoved {
+                    session: visit.arrived_as.as_ref().map(SessionId::fingerprint),
+                });
             }
         }
         Err(err) => {

@@ -83,7 +83,7 @@ pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, 
 pub use crate::session::SessionLayerMissing;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
 pub use crate::store::{MokaStore, SessionStore, StoreError};
-pub use crate::transport::CookieConfig;
+pub use crate::transport::{CookieConfig, Transport};
 
 /// Compiles and runs the README's Rust examples as doctests.
 #[cfg(doctest)]

@@ -1,4 +1,5 @@
-//! Where the token travels: the session cookie.
+//! Where the token travels: the session cookie (the default), a request
+//! header for API and gRPC clients, or either.
 //!
 //! The default cookie is `__Host-id; Path=/; Secure; HttpOnly; SameSite=Lax`
 //! with no `Domain` and no `Max-Age`. The `__Host-` prefix makes browsers
@@ -8,8 +9,8 @@
 use std::fmt;
 
 use cookie::{Cookie, SameSite};
-use http::header::{COOKIE, SET_COOKIE};
-use http::{HeaderMap, HeaderValue};
+use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// How the session cookie is named and flagged.
 ///
@@ -232,6 +233,231 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Where session tokens travel, set with
+/// [`SessionLayer::with_transport`](crate::SessionLayer::with_transport).
+///
+/// - [`Transport::cookie`] (the default): the cookie of
+///   [`CookieConfig`](crate::CookieConfig).
+/// - [`Transport::header`]: a request header of your choosing; new and
+///   renewed tokens come back in the same response header, and an empty
+///   value tells the client to forget its token.
+/// - [`Transport::bearer`]: `Authorization: Bearer <token>`; new tokens come
+///   back as `Authorization: Bearer <token>` on the response.
+/// - [`Transport::cookie_or_header`] / [`Transport::cookie_or_bearer`]:
+///   both; the cookie takes precedence, and the answer goes back the way
+///   the token came (the cookie when none came).
+///
+/// Header values are trimmed of surrounding spaces. A header sent twice, a
+/// value that is not a token (a 16 KiB value, two comma-separated tokens),
+/// or `Bearer` with nothing after it is *no session*, never an error; the
+/// `Bearer` scheme name is matched case-insensitively (`bearer` works), and
+/// `Authorization` headers of other schemes (`Basic ...`) are left alone.
+///
+/// ```
+/// use tower_session_guard::{Key, MokaStore, SessionLayer, Transport};
+///
+/// let api = SessionLayer::new(MokaStore::default(), Key::generate())
+///     .with_transport(Transport::header("x-session-token"));
+/// let both = SessionLayer::new(MokaStore::default(), Key::generate())
+///     .with_transport(Transport::cookie_or_bearer());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transport {
+    cookie: bool,
+    header: Option<HeaderSlot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HeaderSlot {
+    Named(HeaderName),
+    Bearer,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self::cookie()
+    }
+}
+
+impl Transport {
+    /// The session cookie only. The default.
+    #[must_use]
+    pub fn cookie() -> Self {
+        Self {
+            cookie: true,
+            header: None,
+        }
+    }
+
+    /// A request/response header such as `x-session-token`.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid header name, or is `cookie`, `set-cookie`
+    /// or `authorization` (use [`Transport::bearer`] for the latter).
+    #[must_use]
+    pub fn header(name: &str) -> Self {
+        let header = HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
+            panic!("{name:?} is not a valid header name for session tokens; use lower-case letters, digits and `-`")
+        });
+        assert!(
+            header != COOKIE && header != SET_COOKIE && header != AUTHORIZATION,
+            "`{header}` cannot carry session tokens as a plain header; use `Transport::cookie()` or `Transport::bearer()`"
+        );
+        Self {
+            cookie: false,
+            header: Some(HeaderSlot::Named(header)),
+        }
+    }
+
+    /// `Authorization: Bearer <token>`.
+    #[must_use]
+    pub fn bearer() -> Self {
+        Self {
+            cookie: false,
+            header: Some(HeaderSlot::Bearer),
+        }
+    }
+
+    /// The cookie, or else the header `name` (see [`Transport::header`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`Transport::header`].
+    #[must_use]
+    pub fn cookie_or_header(name: &str) -> Self {
+        Self {
+            cookie: true,
+            ..Self::header(name)
+        }
+    }
+
+    /// The cookie, or else `Authorization: Bearer <token>`.
+    #[must_use]
+    pub fn cookie_or_bearer() -> Self {
+        Self {
+            cookie: true,
+            ..Self::bearer()
+        }
+    }
+
+    /// Reads the token; says which way it came.
+    pub(crate) fn read<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        cookie: &CookieConfig,
+    ) -> (TokenRead<'a>, Carrier) {
+        if self.cookie {
+            let read = read_cookie(headers, cookie.name());
+            if !read.is_absent() || self.header.is_none() {
+                return (read, Carrier::Cookie);
+            }
+        }
+        let read = match &self.header {
+            Some(HeaderSlot::Named(name)) => read_header(headers, name),
+            Some(HeaderSlot::Bearer) => read_bearer(headers),
+            None => TokenRead::Absent,
+        };
+        let carrier = if read.is_absent() && self.cookie {
+            Carrier::Cookie
+        } else {
+            Carrier::Header
+        };
+        (read, carrier)
+    }
+
+    /// Hands the client `token` the way it talks to us.
+    pub(crate) fn issue(
+        &self,
+        headers: &mut HeaderMap,
+        carrier: Carrier,
+        cookie: &CookieConfig,
+        token: String,
+        max_age: u64,
+    ) {
+        match (carrier, &self.header) {
+            (Carrier::Header, Some(slot)) => write_header(headers, slot, &token),
+            _ => write_cookie(headers, cookie.set_cookie(token, max_age)),
+        }
+    }
+
+    /// Tells the client to forget its token. Returns whether it was a header.
+    pub(crate) fn remove(
+        &self,
+        headers: &mut HeaderMap,
+        carrier: Carrier,
+        cookie: &CookieConfig,
+    ) -> bool {
+        match (carrier, &self.header) {
+            (Carrier::Header, Some(slot)) => {
+                write_header(headers, slot, "");
+                true
+            }
+            _ => {
+                write_cookie(headers, cookie.removal_cookie());
+                false
+            }
+        }
+    }
+}
+
+/// Which way the token came in (and so goes back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Carrier {
+    Cookie,
+    Header,
+}
+
+fn read_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> TokenRead<'a> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return TokenRead::Absent;
+    };
+    if values.next().is_some() {
+        return TokenRead::Ambiguous;
+    }
+    // Not UTF-8: certainly not a token; an empty candidate fails verification.
+    TokenRead::Present(first.to_str().map_or("", str::trim))
+}
+
+fn read_bearer(headers: &HeaderMap) -> TokenRead<'_> {
+    let mut bearer = None;
+    for value in headers.get_all(AUTHORIZATION) {
+        let Ok(text) = value.to_str() else {
+            continue;
+        };
+        let text = text.trim();
+        let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            continue;
+        }
+        if bearer.is_some() {
+            return TokenRead::Ambiguous;
+        }
+        bearer = Some(rest.trim());
+    }
+    bearer.map_or(TokenRead::Absent, TokenRead::Present)
+}
+
+fn write_header(headers: &mut HeaderMap, slot: &HeaderSlot, token: &str) {
+    // Tokens are base64url, so the value is always valid.
+    let (name, value) = match slot {
+        HeaderSlot::Named(name) => (name.clone(), HeaderValue::from_str(token)),
+        HeaderSlot::Bearer if token.is_empty() => (AUTHORIZATION, Ok(HeaderValue::from_static(""))),
+        HeaderSlot::Bearer => (
+            AUTHORIZATION,
+            HeaderValue::try_from(format!("Bearer {token}")),
+        ),
+    };
+    if let Ok(value) = value {
+        headers.insert(name, value);
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+    }
+}
+
 /// What the request said about the session token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TokenRead<'a> {
@@ -303,6 +529,79 @@ mod tests {
             map.append(COOKIE, HeaderValue::from_bytes(v).unwrap());
         }
         map
+    }
+
+    fn header_map(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn header_tokens_are_trimmed_and_repeats_are_ambiguous() {
+        let transport = Transport::header("x-session-token");
+        let cookie = CookieConfig::default();
+        let h = header_map(&[("x-session-token", b"  tok  ")]);
+        assert_eq!(
+            transport.read(&h, &cookie),
+            (TokenRead::Present("tok"), Carrier::Header)
+        );
+        let h = header_map(&[("x-session-token", b"a"), ("x-session-token", b"b")]);
+        assert_eq!(transport.read(&h, &cookie).0, TokenRead::Ambiguous);
+        let h = header_map(&[("x-session-token", b"\xff")]);
+        assert_eq!(transport.read(&h, &cookie).0, TokenRead::Present(""));
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive_and_ignores_other_schemes() {
+        let transport = Transport::bearer();
+        let cookie = CookieConfig::default();
+        let read = |value: &[u8]| {
+            let h = header_map(&[("authorization", value)]);
+            match transport.read(&h, &cookie).0 {
+                TokenRead::Present(t) => Some(t.to_owned()),
+                _ => None,
+            }
+        };
+        assert_eq!(read(b"Bearer tok"), Some("tok".into()));
+        assert_eq!(read(b"bearer tok"), Some("tok".into()));
+        assert_eq!(
+            read(b"Bearer"),
+            Some(String::new()),
+            "no token: fails verification"
+        );
+        assert_eq!(read(b"Basic dXNlcjpwYXNz"), None);
+    }
+
+    #[test]
+    fn the_cookie_takes_precedence_over_the_header() {
+        let transport = Transport::cookie_or_header("x-session-token");
+        let cookie = CookieConfig::default();
+        let h = header_map(&[("cookie", b"__Host-id=c"), ("x-session-token", b"h")]);
+        assert_eq!(
+            transport.read(&h, &cookie),
+            (TokenRead::Present("c"), Carrier::Cookie)
+        );
+        let h = header_map(&[("x-session-token", b"h")]);
+        assert_eq!(
+            transport.read(&h, &cookie),
+            (TokenRead::Present("h"), Carrier::Header)
+        );
+        assert_eq!(
+            transport.read(&HeaderMap::new(), &cookie),
+            (TokenRead::Absent, Carrier::Cookie)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "use `Transport::cookie()` or `Transport::bearer()`")]
+    fn the_cookie_header_cannot_be_a_plain_token_header() {
+        let _ = Transport::header("cookie");
     }
 
     #[test]

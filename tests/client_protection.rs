@@ -480,7 +480,7 @@ async fn too_many_bad_tokens_from_one_network_get_429_until_the_window_passes() 
 
 #[tokio::test]
 async fn rejections_expiries_and_alarms_are_logged_at_warn_with_the_network() {
-    let (logs, _guard) = LogCapture::install();
+    let logs = LogCapture::install();
     let clock = ManualClock::new();
     let app = common::app(
         layer(&clock)

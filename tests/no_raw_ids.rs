@@ -12,7 +12,7 @@ use tower_session_guard::{Key, SessionEvent, SessionLayer};
 
 #[tokio::test]
 async fn raw_ids_never_appear_in_logs_or_events() {
-    let (logs, _guard) = LogCapture::install();
+    let logs = LogCapture::install();
     let events = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&events);
     let clock = ManualClock::new();

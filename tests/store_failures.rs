@@ -46,7 +46,7 @@ async fn a_store_error_on_load_answers_503_without_calling_the_handler() {
     let token = send(&app, "GET", "/count", None).await.token().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    let (logs, _guard) = LogCapture::install();
+    let logs = LogCapture::install();
     store.fail_reads.store(true, Ordering::SeqCst);
     let reply = send(&app, "GET", "/count", Some(&token)).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -77,7 +77,7 @@ async fn a_store_error_on_commit_answers_503_instead_of_the_handler_response() {
     let app = counting_app(&store, &calls);
     let token = send(&app, "GET", "/count", None).await.token().unwrap();
 
-    let (logs, _guard) = LogCapture::install();
+    let logs = LogCapture::install();
     store.fail_writes.store(true, Ordering::SeqCst);
     let reply = send(&app, "GET", "/count", Some(&token)).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);

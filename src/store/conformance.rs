@@ -387,7 +387,7 @@ async fn list_user_skips_dead_and_foreign_sessions<S: SessionStore + ?Sized>(sto
     let live = login_for(&user_id, None, None);
     logged_in(store, &live).await;
     let mut expired = login_for(&user_id, None, None);
-    expired.record.idle_deadline = expired.now + 5;
+    expired.record.idle_deadline = live.now + 5;
     logged_in(store, &expired).await;
     let deleted = login_for(&user_id, None, None);
     logged_in(store, &deleted).await;

@@ -276,36 +276,54 @@ impl SessionStore for MokaStore {
         new: &IdHash,
         regeneration: &Regeneration,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        // Take the old session out (or swap in its forwarding entry) in one
-        // atomic step, so that of concurrent renewals exactly one wins.
-        let mut taken = None;
-        self.records
-            .entry(*old)
-            .and_compute_with(|existing| {
-                let op = match existing {
-                    Some(entry) if !entry.value().is_placeholder() => {
-                        let record = Arc::clone(entry.value());
-                        let op = Op::Put(Arc::new(regeneration.replacement(&record, new)));
-                        taken = Some(record);
-                        op
-                    }
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        let Some(previous) = taken else {
-            return Ok(None);
-        };
-        let moved = Arc::new(regeneration.apply_to(&previous, new));
-        if self.insert_new(Arc::clone(&moved)).await {
-            Ok(Some(moved))
-        } else {
-            // A 128-bit collision: put the old session back untouched.
-            self.put(*old, previous).await;
-            Err(StoreError::Unavailable(
-                "the new session id was already taken; nothing was changed".into(),
-            ))
+        // The new record is stored before the old one is swapped for its
+        // placeholder, so a request that finds a forwarding entry always
+        // finds its successor. The swap only happens if the old record is
+        // still the version that was copied (no write is lost), and of
+        // concurrent renewals exactly one wins the swap.
+        loop {
+            let Some(previous) = self.records.get(old).await else {
+                return Ok(None);
+            };
+            if previous.is_placeholder() {
+                return Ok(None);
+            }
+            let moved = Arc::new(regeneration.apply_to(&previous, new));
+            if !self.insert_new(Arc::clone(&moved)).await {
+                return Err(StoreError::Unavailable(
+                    "the new session id was already taken; nothing was changed".into(),
+                ));
+            }
+            let mut outcome = Swap::Gone;
+            self.records
+                .entry(*old)
+                .and_compute_with(|existing| {
+                    let op = match existing {
+                        Some(entry) if entry.value().is_placeholder() => Op::Nop,
+                        Some(entry) if entry.value().version != previous.version => {
+                            outcome = Swap::Changed;
+                            Op::Nop
+                        }
+                        Some(entry) => {
+                            outcome = Swap::Done;
+                            Op::Put(Arc::new(regeneration.replacement(entry.value(), new)))
+                        }
+                        None => Op::Nop,
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            match outcome {
+                Swap::Done => return Ok(Some(moved)),
+                Swap::Changed => {
+                    // Written meanwhile: copy again.
+                    self.take(new, |_| true).await;
+                }
+                Swap::Gone => {
+                    self.take(new, |_| true).await;
+                    return Ok(None);
+                }
+            }
         }
     }
 
@@ -450,6 +468,13 @@ impl MokaStore {
             .and_compute_with(|_| std::future::ready(Op::Put(record)))
             .await;
     }
+}
+
+/// How the swap of an old record for its placeholder went.
+enum Swap {
+    Done,
+    Changed,
+    Gone,
 }
 
 /// Per-record lifetime in the cache: the time left to the record's earliest

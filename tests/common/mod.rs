@@ -261,26 +261,47 @@ impl SessionStore for FlakyStore {
     }
 }
 
-/// Everything `tracing` printed while the guard was alive, at every level.
+/// Everything `tracing` printed since [`LogCapture::install`], at every level.
+///
+/// One process-wide subscriber writes to one buffer (per-thread scoped
+/// subscribers race with callsite-interest caching when tests run in
+/// parallel); each capture reads the buffer from where it started. Other
+/// tests of the same binary may add lines, so assertions look for lines,
+/// never for the absence of everything else.
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
-impl LogCapture {
-    /// Installs a capturing subscriber for the current thread.
-    pub fn install() -> (Self, tracing::subscriber::DefaultGuard) {
-        let capture = Self::default();
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        (capture, guard)
-    }
+/// A view of the shared buffer from one starting point.
+pub struct CaptureView {
+    start: usize,
+}
 
+static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+
+impl LogCapture {
+    /// Starts capturing (installing the process-wide subscriber the first time).
+    pub fn install() -> CaptureView {
+        let capture = CAPTURE.get_or_init(|| {
+            let capture = Self::default();
+            let writer = capture.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in tests");
+            capture
+        });
+        let start = capture.0.lock().unwrap().len();
+        CaptureView { start }
+    }
+}
+
+impl CaptureView {
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        let buffer = CAPTURE.get().expect("installed").0.lock().unwrap();
+        String::from_utf8_lossy(&buffer[self.start..]).into_owned()
     }
 }
 
