@@ -50,6 +50,7 @@
 //! |---|---|---|
 //! | `axum` | yes | [`Session`] as an axum extractor; `IntoResponse` for [`SessionError`] |
 //! | `test-util` | no | [`store::conformance`], the contract suite for stores |
+//! | `redis` | no | `RedisStore` (single node or Cluster) and cross-instance invalidation for [`CachedStore`]; re-exports the `redis` crate |
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -82,8 +83,14 @@ pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, 
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
-pub use crate::store::{MokaStore, SessionStore, StoreError};
+#[cfg(feature = "redis")]
+pub use crate::store::RedisStore;
+pub use crate::store::{CachedStore, MokaStore, SessionStore, StoreError};
 pub use crate::transport::{CookieConfig, Transport};
+
+/// The `redis` crate this one is built with, for [`RedisStore::from_client`] and friends.
+#[cfg(feature = "redis")]
+pub use redis;
 
 /// Compiles and runs the README's Rust examples as doctests.
 #[cfg(doctest)]

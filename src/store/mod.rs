@@ -8,6 +8,8 @@
 //! | store | feature | for |
 //! |---|---|---|
 //! | [`MokaStore`] | always | one process; bounded, in memory |
+//! | `RedisStore` | `redis` | several instances sharing Redis (single node or Cluster) |
+//! | [`CachedStore`] | always | a bounded in-memory cache in front of another store; over Redis, invalidated across instances by pub/sub |
 //!
 //! Writing a store? Run the public contract suite on it: see
 //! [`conformance`] (feature `test-util`).
@@ -22,12 +24,20 @@ use crate::id::{IdHash, SealedId};
 use crate::policy::SessionLimit;
 use crate::record::{Change, SessionRecord, Successor};
 
+mod cached;
+mod changes;
 mod moka;
+#[cfg(feature = "redis")]
+mod redis;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
 
+pub use self::cached::{CachedStore, DEFAULT_CACHE_TTL};
+pub use self::changes::{ChangeListener, StoreChange};
 pub use self::moka::{MokaStore, DEFAULT_MAX_SESSIONS};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 
 /// Storage for session records, keyed by the at-rest hash of the session id.
 ///
@@ -96,6 +106,18 @@ pub trait SessionStore: Send + Sync + 'static {
         user_id: &str,
         keep: Option<&IdHash>,
     ) -> Result<Vec<IdHash>, StoreError>;
+
+    /// Starts telling `listener` which records change through any handle
+    /// on this store's backend (other instances sharing one Redis, say), so
+    /// that a cache in front of the store, such as [`CachedStore`], can drop
+    /// its copies. Returns whether the store will call `listener`.
+    ///
+    /// The default returns `false`: right for stores that only this
+    /// process changes, like [`MokaStore`].
+    fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
+        let _ = listener;
+        false
+    }
 }
 
 /// How long the entry left under an id replaced by a login or a
@@ -302,5 +324,9 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         keep: Option<&IdHash>,
     ) -> Result<Vec<IdHash>, StoreError> {
         (**self).delete_user(user_id, keep).await
+    }
+
+    fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
+        (**self).watch_changes(listener)
     }
 }
