@@ -34,7 +34,8 @@ impl ClientContext {
     /// Reads the client context from a request, trusting no proxy.
     ///
     /// The peer address comes from axum's `ConnectInfo<SocketAddr>`
-    /// (feature `axum`) or a plain `SocketAddr` in the request extensions;
+    /// (feature `axum`), tonic's `TcpConnectInfo` (feature `tonic`) or a
+    /// plain `SocketAddr` in the request extensions;
     /// HTTPS from the request URI's scheme.
     pub fn from_request<B>(request: &Request<B>) -> Self {
         Self::from_request_with(request, &TrustedProxies::None)
@@ -76,6 +77,13 @@ fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
         extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         return Some(*addr);
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(addr) = extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+    {
+        return Some(addr);
     }
     extensions.get::<SocketAddr>().copied()
 }

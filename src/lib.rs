@@ -50,6 +50,7 @@
 //! |---|---|---|
 //! | `axum` | yes | [`Session`] as an axum extractor; `IntoResponse` for [`SessionError`] |
 //! | `test-util` | no | [`store::conformance`], the contract suite for stores |
+//! | `tonic` | no | `TonicSessionExt` (the session from a `tonic::Request`); the client IP from tonic's `TcpConnectInfo` |
 //! | `redis` | no | `RedisStore` (single node or Cluster) and cross-instance invalidation for [`CachedStore`]; re-exports the `redis` crate |
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -83,6 +84,8 @@ pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, 
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
+#[cfg(feature = "tonic")]
+pub use crate::session::TonicSessionExt;
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
 pub use crate::store::{CachedStore, MokaStore, SessionStore, StoreError};

@@ -583,3 +583,40 @@ mod extract {
 
 #[cfg(feature = "axum")]
 pub use extract::SessionLayerMissing;
+
+/// Reads the [`Session`] the layer put into a tonic request (feature `tonic`).
+///
+/// ```
+/// use tonic::{Request, Response, Status};
+/// use tower_session_guard::TonicSessionExt;
+///
+/// async fn whoami(request: Request<()>) -> Result<Response<String>, Status> {
+///     let session = request.session()?;
+///     let user = session.user_id().ok_or_else(|| Status::unauthenticated("sign in first"))?;
+///     Ok(Response::new(user))
+/// }
+/// ```
+#[cfg(feature = "tonic")]
+pub trait TonicSessionExt {
+    /// The request's session.
+    ///
+    /// # Errors
+    ///
+    /// `Status::internal` with a sentence saying the layer is missing, when
+    /// no `SessionLayer` ran for the request.
+    #[allow(clippy::result_large_err)]
+    fn session(&self) -> Result<Session, tonic::Status>;
+}
+
+#[cfg(feature = "tonic")]
+impl<T> TonicSessionExt for tonic::Request<T> {
+    fn session(&self) -> Result<Session, tonic::Status> {
+        self.extensions().get::<Session>().cloned().ok_or_else(|| {
+            tracing::error!(target: "tower_session_guard", "no Session in the tonic request; is SessionLayer installed?");
+            tonic::Status::internal(
+                "Missing request extension: `tower_session_guard::Session`. Is `SessionLayer` installed \
+                 (`Server::builder().layer(SessionLayer::new(store, key))`)?",
+            )
+        })
+    }
+}
