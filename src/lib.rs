@@ -83,9 +83,9 @@ pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, RejectAction};
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
-pub use crate::session::{Session, MAX_USER_ID_LEN};
 #[cfg(feature = "tonic")]
 pub use crate::session::TonicSessionExt;
+pub use crate::session::{Session, MAX_USER_ID_LEN};
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
 pub use crate::store::{CachedStore, MokaStore, SessionStore, StoreError};
