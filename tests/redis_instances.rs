@@ -1,0 +1,314 @@
+//! Two application instances sharing one Redis, each with its own
+//! connection and its own in-memory cache, driven through axum routers.
+#![cfg(feature = "redis")]
+
+mod common;
+mod redis_common;
+
+use std::time::Duration;
+
+use axum::Router;
+use common::{send, Reply};
+use futures_util::future::join_all;
+use http::StatusCode;
+use redis_common::{eventually, SharedRedis};
+use tower_session_guard::id::IdHash;
+use tower_session_guard::store::{CachedStore, RedisStore};
+use tower_session_guard::{Key, OnLimit, SessionAdmin, SessionLayer, SessionStore};
+
+/// One instance: its router, its admin handle, its cache.
+struct Instance {
+    app: Router,
+    admin: SessionAdmin,
+    cache: CachedStore<RedisStore>,
+}
+
+/// Two instances on one Redis, sharing the signing key (as a deployment
+/// would) and nothing else. `configure` sets both layers up alike.
+async fn two_instances(
+    test: &str,
+    configure: impl Fn(SessionLayer) -> SessionLayer,
+) -> Option<(Instance, Instance, SharedRedis)> {
+    let redis = SharedRedis::connect(test).await?;
+    let key = Key::generate();
+    let mut instances = Vec::new();
+    for store in [redis.store.clone(), redis.another_instance().await] {
+        let cache = CachedStore::new(store, 10_000);
+        let layer = configure(SessionLayer::new(cache.clone(), key.clone()));
+        instances.push(Instance {
+            app: common::app(layer.clone()),
+            admin: layer.sessions(),
+            cache,
+        });
+    }
+    for instance in &instances {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                instance.cache.is_caching()
+            })
+            .await
+            .is_some(),
+            "the change feed connects"
+        );
+    }
+    let b = instances.pop().unwrap();
+    let a = instances.pop().unwrap();
+    Some((a, b, redis))
+}
+
+async fn login(app: &Router, user: &str) -> String {
+    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.token().unwrap()
+}
+
+async fn whoami(app: &Router, token: &str) -> Reply {
+    send(app, "GET", "/whoami", Some(token)).await
+}
+
+#[tokio::test]
+async fn a_login_on_one_instance_is_signed_in_on_the_other() {
+    let Some((a, b, _redis)) = two_instances("login_across", |l| l).await else {
+        return;
+    };
+    let token = login(&a.app, "ann").await;
+    assert_eq!(whoami(&b.app, &token).await.body, "ann");
+
+    let set = send(&a.app, "POST", "/set/color/blue", Some(&token)).await;
+    assert_eq!(set.status, StatusCode::OK);
+    // B held a copy from the request above; the change reaches it over
+    // pub/sub within milliseconds.
+    let took = eventually(Duration::from_millis(100), || async {
+        send(&b.app, "GET", "/get/color", Some(&token)).await.body == "blue"
+    })
+    .await;
+    assert!(took.is_some(), "B still reads no color after 100 ms");
+    send(&a.app, "POST", "/set/color/green", Some(&token)).await;
+    let took = eventually(Duration::from_millis(100), || async {
+        send(&b.app, "GET", "/get/color", Some(&token)).await.body == "green"
+    })
+    .await;
+    assert!(took.is_some(), "B still reads the old value after 100 ms");
+}
+
+#[tokio::test]
+async fn a_logout_on_one_instance_signs_out_on_the_other_within_100_ms() {
+    let Some((a, b, _redis)) = two_instances("logout_across", |l| l).await else {
+        return;
+    };
+    let token = login(&a.app, "ann").await;
+    // A serves the session from its cache.
+    assert_eq!(whoami(&a.app, &token).await.body, "ann");
+    assert_eq!(whoami(&a.app, &token).await.body, "ann");
+
+    let logout = send(&b.app, "POST", "/logout", Some(&token)).await;
+    assert_eq!(logout.status, StatusCode::OK);
+    let took = eventually(Duration::from_millis(100), || async {
+        whoami(&a.app, &token).await.body == "anonymous"
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "the replayed token still worked on A 100 ms after logging out on B"
+    );
+    println!("replay on A refused {took:?} after logout on B");
+}
+
+#[tokio::test]
+async fn a_revocation_on_one_instance_signs_out_on_the_other_within_100_ms() {
+    let Some((a, b, _redis)) = two_instances("revoke_across", |l| l).await else {
+        return;
+    };
+    let first = login(&a.app, "ann").await;
+    let second = login(&a.app, "ann").await;
+    assert_eq!(whoami(&a.app, &first).await.body, "ann");
+    assert_eq!(whoami(&a.app, &second).await.body, "ann");
+
+    let listed = b.admin.list("ann").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(b.admin.revoke(&listed[0].handle).await.unwrap());
+    assert!(eventually(Duration::from_millis(100), || async {
+        let mut anonymous = 0;
+        for token in [&first, &second] {
+            if whoami(&a.app, token).await.body == "anonymous" {
+                anonymous += 1;
+            }
+        }
+        anonymous == 1
+    })
+    .await
+    .is_some());
+
+    assert_eq!(b.admin.revoke_user("ann").await.unwrap(), 1);
+    assert!(eventually(Duration::from_millis(100), || async {
+        whoami(&a.app, &first).await.body == "anonymous"
+            && whoami(&a.app, &second).await.body == "anonymous"
+    })
+    .await
+    .is_some());
+}
+
+#[tokio::test]
+async fn a_lost_invalidation_is_bounded_by_the_cache_ttl() {
+    let Some(redis) = SharedRedis::connect("lost_invalidation").await else {
+        return;
+    };
+    let key = Key::generate();
+    let ttl = Duration::from_millis(300);
+    let a_cache = CachedStore::new(redis.store.clone(), 1_000).with_ttl(ttl);
+    assert!(
+        eventually(Duration::from_secs(5), || async { a_cache.is_caching() })
+            .await
+            .is_some()
+    );
+    let a = common::app(SessionLayer::new(a_cache, key.clone()));
+    // B announces nothing: as if every message about its changes were lost.
+    let quiet = redis
+        .another_instance()
+        .await
+        .with_change_notifications(false);
+    let b = common::app(SessionLayer::new(quiet, key));
+
+    let token = login(&a, "ann").await;
+    assert_eq!(whoami(&a, &token).await.body, "ann");
+    let logged_out_at = std::time::Instant::now();
+    assert_eq!(
+        send(&b, "POST", "/logout", Some(&token)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        whoami(&a, &token).await.body,
+        "ann",
+        "A serves its copy: it heard nothing"
+    );
+    assert!(eventually(ttl + Duration::from_millis(200), || async {
+        whoami(&a, &token).await.body == "anonymous"
+    })
+    .await
+    .is_some());
+    assert!(logged_out_at.elapsed() < ttl + Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_session_limit_holds_when_20_logins_race_on_both_instances() {
+    let Some((a, b, _redis)) = two_instances("limit_race", |l| {
+        l.with_session_limit(3, OnLimit::EvictLeastRecent)
+    })
+    .await
+    else {
+        return;
+    };
+    let replies = join_all((0..20).map(|i| {
+        let app = if i % 2 == 0 { &a.app } else { &b.app };
+        send(app, "POST", "/login/ann", None)
+    }))
+    .await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    let tokens: Vec<String> = replies.iter().map(|r| r.token().unwrap()).collect();
+
+    assert_eq!(a.admin.list("ann").await.unwrap().len(), 3);
+    assert_eq!(b.admin.list("ann").await.unwrap().len(), 3);
+    let mut signed_in = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        let app = if i % 2 == 0 { &b.app } else { &a.app };
+        if whoami(app, token).await.body == "ann" {
+            signed_in += 1;
+        }
+    }
+    assert_eq!(signed_in, 3, "exactly the limit of tokens still work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_limit_refuses_all_but_the_limit_of_20_racing_logins() {
+    let Some((a, b, _redis)) = two_instances("limit_reject_race", |l| {
+        l.with_session_limit(3, OnLimit::RejectLogin)
+    })
+    .await
+    else {
+        return;
+    };
+    let replies = join_all((0..20).map(|i| {
+        let app = if i % 2 == 0 { &a.app } else { &b.app };
+        send(app, "POST", "/login/ann", None)
+    }))
+    .await;
+    let accepted = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((accepted, refused), (3, 17));
+    assert_eq!(a.admin.list("ann").await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_writes_to_one_session_across_instances_are_all_kept() {
+    let Some((a, b, redis)) = two_instances("concurrent_writes", |l| l).await else {
+        return;
+    };
+    let token = login(&a.app, "ann").await;
+    let replies = join_all((0..200).map(|i| {
+        let app = if i % 2 == 0 { &a.app } else { &b.app };
+        let uri = format!("/set/k{i}/v{i}");
+        let token = token.clone();
+        async move { send(app, "POST", &uri, Some(&token)).await }
+    }))
+    .await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+
+    // Every write is in Redis at once...
+    let listed = a.admin.list("ann").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let hash = IdHash::from_hex(&listed[0].handle.to_string()).unwrap();
+    let record = redis.store.load(&hash).await.unwrap().unwrap();
+    for i in 0..200 {
+        assert_eq!(
+            record.data.get(&format!("k{i}")),
+            Some(&serde_json::json!(format!("v{i}"))),
+            "k{i} lost"
+        );
+    }
+    // ...and both instances read them all once their copies are dropped.
+    for instance in [&a, &b] {
+        let all_there = eventually(Duration::from_secs(1), || async {
+            for i in (0..200).step_by(7) {
+                let reply = send(&instance.app, "GET", &format!("/get/k{i}"), Some(&token)).await;
+                if reply.body != format!("v{i}") {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(all_there.is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_on_one_instance_is_followed_on_the_other() {
+    let Some((a, b, _redis)) = two_instances("renewal_across", |l| {
+        l.with_renewal_interval(Duration::from_millis(200), Duration::from_secs(10))
+    })
+    .await
+    else {
+        return;
+    };
+    let old = login(&a.app, "ann").await;
+    assert_eq!(whoami(&a.app, &old).await.body, "ann");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+
+    let renewed = whoami(&b.app, &old).await;
+    assert_eq!(renewed.body, "ann");
+    let new = renewed.token().expect("B renewed the id");
+    assert_ne!(new, old);
+    // A had the old session cached; it follows the forward to the same new id.
+    let followed = whoami(&a.app, &old).await;
+    assert_eq!(followed.body, "ann");
+    assert_eq!(followed.token().as_deref(), Some(new.as_str()));
+    assert_eq!(whoami(&a.app, &new).await.body, "ann");
+}
