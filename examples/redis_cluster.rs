@@ -50,6 +50,7 @@ async fn main() {
     };
     let which = std::env::args().nth(1).unwrap_or_default();
     let mut instances = Vec::new();
+    let mut addresses = Vec::new();
     for (name, variable, default) in [
         ("A", "INSTANCE_A_ADDR", "127.0.0.1:3001"),
         ("B", "INSTANCE_B_ADDR", "127.0.0.1:3002"),
@@ -66,16 +67,22 @@ async fn main() {
             .await
             .unwrap_or_else(|err| panic!("cannot listen on {address}: {err}; set {variable}"));
         println!("instance {name} listening on http://{address}");
+        addresses.push(address);
         instances.push(tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            // With the peer address, so the session list shows where each came from.
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service).await.unwrap();
         }));
     }
-    println!(
-        "\nTry:\n  curl -c jar -b jar -X POST http://127.0.0.1:3001/login/alice\n  \
-         curl -b jar http://127.0.0.1:3002/\n  \
-         curl -c jar -b jar -X POST http://127.0.0.1:3002/logout\n  \
-         curl -b jar http://127.0.0.1:3001/\n"
-    );
+    if let [a, b] = addresses[..] {
+        println!(
+            "\nTry:\n  curl -c jar -b jar -X POST http://{a}/login/alice\n  \
+             curl -b jar http://{b}/\n  \
+             curl -b jar http://{b}/sessions\n  \
+             curl -c jar -b jar -X POST http://{b}/logout\n  \
+             curl -b jar http://{a}/\n"
+        );
+    }
     for instance in instances {
         instance.await.unwrap();
     }

@@ -374,6 +374,15 @@ async fn a_request_costs_one_round_trip_to_load_and_at_most_one_to_commit() {
         "a writing request: the load and one script"
     );
 
+    // A login (lock, index, move, unlock) is the expensive step, and rare.
+    let login = trips
+        .during(async {
+            let reply = common::send(&app, "POST", "/login/ann", Some(&token)).await;
+            assert_eq!(reply.status, StatusCode::OK);
+        })
+        .await;
+    assert!(login.len() <= 12, "a login took {login:?}");
+
     // A cache in front answers repeated reads without Redis at all.
     let cached = CachedStore::new(store, 1_000);
     assert!(
@@ -395,7 +404,8 @@ async fn a_request_costs_one_round_trip_to_load_and_at_most_one_to_commit() {
         "a cached read: no round trip, got {again:?}"
     );
     println!(
-        "round trips: create {created:?}, read {read:?}, write {written:?}, cached read {again:?}"
+        "round trips: create {created:?}, read {read:?}, write {written:?}, login {login:?}, \
+         cached read {again:?}"
     );
 }
 

@@ -8,7 +8,7 @@
 //! | store | feature | for |
 //! |---|---|---|
 //! | [`MokaStore`] | always | one process; bounded, in memory |
-//! | `RedisStore` | `redis` | several instances sharing Redis (single node or Cluster) |
+//! | `RedisStore` | `redis` | several instances sharing Redis (single node or Cluster); see the `redis` module for the key layout and atomicity |
 //! | [`CachedStore`] | always | a bounded in-memory cache in front of another store; over Redis, invalidated across instances by pub/sub |
 //!
 //! Writing a store? Run the public contract suite on it: see
@@ -28,7 +28,7 @@ mod cached;
 mod changes;
 mod moka;
 #[cfg(feature = "redis")]
-mod redis;
+pub mod redis;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;

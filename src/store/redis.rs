@@ -25,8 +25,11 @@
 //!
 //! Every key starts with the prefix (`tsg:` unless changed with
 //! [`RedisStore::with_prefix`]). The parts in braces are Redis Cluster
-//! *hash tags*: only they decide the slot, so keys with the same tag live on
-//! the same node and one script may touch them together.
+//! *hash tags*: only they decide a key's slot. Each session record has a
+//! tag of its own, so sessions spread evenly over the nodes; a user's index
+//! and login lock share the user's tag, so one node owns a user's login
+//! state. No script touches more than one key (see below), so nothing
+//! depends on two keys sharing a slot by chance.
 //!
 //! | key | type | holds | slot |
 //! |---|---|---|---|
@@ -41,9 +44,9 @@
 //!
 //! A record's hash has the fields `kind` (`s` session, `f` a renewal's
 //! forwarding entry, `x` a superseded marker), `user`, `created`, `seen`,
-//! `idle`, `abs`, `issued`, `ver`, `ip`, `ua`, `succ` and `sealed` (a
-//! forwarding entry's successor), and one field `d:<key>` per session key
-//! holding that value's JSON. Because each session key is its own field, a
+//! `idle`, `abs`, `issued`, `ver`, `ip`, `ua`, `bind` (the client binding,
+//! as JSON), `succ` and `sealed` (a forwarding entry's successor), and one
+//! field `d:<key>` per session key holding that value's JSON. Because each session key is its own field, a
 //! delta touches only the fields it names and never re-encodes the others.
 //!
 //! # Atomicity
@@ -75,12 +78,15 @@
 //!   and a lease of five operation timeouts, at least 5 seconds; released
 //!   by a compare-and-delete script, or by the lease if the instance dies).
 //!   Under it, the live sessions are read from the index, the limit is
-//!   applied with [`sessions_to_evict`](crate::policy::sessions_to_evict),
+//!   applied with [`sessions_to_evict`],
 //!   the session is created or moved and indexed, and the evicted sessions
 //!   are deleted. If an evicted session turns out to have been renewed at
 //!   that moment, its successor is already in the index, so the index is
 //!   read again and the limit applied again. Concurrent logins of one user,
-//!   on any number of instances, therefore never overshoot the limit.
+//!   on any number of instances, therefore never overshoot the limit. (For
+//!   the instant a session is being moved to a new id both ids count, so a
+//!   login at that very moment may evict or refuse one session too many,
+//!   never one too few.)
 //! - **Logout everywhere** (`delete_user`) takes the same lock and deletes
 //!   the indexed sessions, re-reading the index until a pass finds nothing
 //!   more (a renewal running meanwhile indexes its new id before the old
@@ -104,11 +110,14 @@
 //!
 //! Loading a session is one round trip (`HGETALL`). Committing a request is
 //! at most one more: one script for an update (data and activity), one for
-//! a new session. Only the rare steps take more: following a renewal's
-//! forwarding entry (one more load, or one more update), moving a session
-//! to a new id (3, plus 1 to index a signed-in user's), a login (about 8)
-//! and listing or revoking a user's sessions (a handful). The first use of
-//! each script after Redis restarts costs one extra `SCRIPT LOAD`.
+//! a new session. The tests count them with `MONITOR`. Only the rare steps
+//! take more: following a renewal's forwarding entry (one more load, or one
+//! more update), moving a session to a new id (3: read, create, replace;
+//! plus 1 to index a signed-in user's session, plus 1 if writes landed on
+//! the old id meanwhile), a login (7 to 9, most of them a few bytes) and
+//! listing or revoking a user's sessions (a handful, the reads of the
+//! sessions themselves sent concurrently). After Redis restarts, the first
+//! use of each script costs two more (`NOSCRIPT`, then `SCRIPT LOAD`).
 //!
 //! # Outages
 //!
@@ -302,7 +311,7 @@ fn scripts() -> &'static Scripts {
 ///
 /// - [`connect`](Self::connect) a URL (a single node or any Cluster node;
 ///   Cluster mode is detected), or several comma-separated Cluster seeds;
-/// - or build it from a [`redis::Client`](Client)
+/// - or build it from a [`redis::Client`]
 ///   ([`from_client`](Self::from_client), which connects lazily, so an
 ///   application can start while Redis is down), a
 ///   [`ClusterClient`] ([`from_cluster_client`](Self::from_cluster_client))
