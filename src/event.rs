@@ -155,6 +155,11 @@ impl fmt::Display for RejectReason {
 /// Where the layer sends events.
 pub(crate) type EventHandler = Arc<dyn Fn(&SessionEvent) + Send + Sync>;
 
+/// Whether a `tracing` subscriber would record any session event.
+pub(crate) fn tracing_enabled() -> bool {
+    tracing::enabled!(target: "tower_session_guard::event", tracing::Level::WARN)
+}
+
 /// Sends `event` to `tracing` and to the user's handler.
 pub(crate) fn emit(handler: Option<&EventHandler>, event: &SessionEvent) {
     match event {

@@ -446,13 +446,35 @@ struct Loaded {
     issued: bool,
 }
 
+/// The events of one request, built only when someone listens: events
+/// carry fingerprints, and a fingerprint costs two SHA-256 runs.
+struct Events {
+    enabled: bool,
+    list: Vec<SessionEvent>,
+}
+
+impl Events {
+    fn new(config: &Config) -> Self {
+        Self {
+            enabled: config.events.is_some() || event::tracing_enabled(),
+            list: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, event: impl FnOnce() -> SessionEvent) {
+        if self.enabled {
+            self.list.push(event());
+        }
+    }
+}
+
 /// What the layer learns about one request on its way through.
 struct Visit {
     now: UnixMillis,
     client: ClientContext,
     /// The client's network as the guessing detector groups it.
     network: Option<Network>,
-    events: Vec<SessionEvent>,
+    events: Events,
     /// The token named an id replaced moments ago.
     superseded: bool,
     /// Client binding rejected the session and wants a 401.
@@ -463,10 +485,11 @@ struct Visit {
 
 impl Visit {
     fn reject(&mut self, id: Option<&SessionId>, reason: RejectReason) {
-        self.events.push(SessionEvent::Rejected {
+        let network = self.event_network();
+        self.events.push(|| SessionEvent::Rejected {
             session: id.map(SessionId::fingerprint),
             reason,
-            network: self.event_network(),
+            network,
         });
     }
 
@@ -480,7 +503,7 @@ impl Visit {
             return;
         };
         if let Some(alarm) = guard.failure(network, self.now) {
-            self.events.push(SessionEvent::GuessingDetected {
+            self.events.push(|| SessionEvent::GuessingDetected {
                 network,
                 failures: alarm.failures,
             });
@@ -507,7 +530,7 @@ where
         now: config.clock.now(),
         client,
         network,
-        events: Vec::new(),
+        events: Events::new(&config),
         superseded: false,
         respond_unauthorized: false,
         arrived_as: None,
@@ -558,7 +581,7 @@ where
                     error = %err,
                     "session store failed while loading a session; answering 503"
                 );
-                emit_all(&config, &visit.events);
+                emit_all(&config, &visit.events.list);
                 return Ok(unavailable());
             }
         },
@@ -568,7 +591,7 @@ where
         config
             .transport
             .remove(response.headers_mut(), carrier, &config.cookie);
-        emit_all(&config, &visit.events);
+        emit_all(&config, &visit.events.list);
         return Ok(response);
     }
 
@@ -640,8 +663,9 @@ where
                     .transport
                     .remove(response.headers_mut(), carrier, &config.cookie)
             {
-                visit.events.push(SessionEvent::TokenRemoved {
-                    session: visit.arrived_as.as_ref().map(SessionId::fingerprint),
+                let arrived_as = visit.arrived_as.as_ref();
+                visit.events.push(|| SessionEvent::TokenRemoved {
+                    session: arrived_as.map(SessionId::fingerprint),
                 });
             }
         }
@@ -656,7 +680,7 @@ where
     }
 
     // Step 9: events.
-    emit_all(&config, &visit.events);
+    emit_all(&config, &visit.events.list);
     Ok(response)
 }
 
@@ -710,10 +734,11 @@ async fn load(
             Verdict::Valid { touch } => touch,
             Verdict::Expired(reason) => {
                 destroy(config, &current, "an expired session").await;
-                visit.events.push(SessionEvent::Expired {
+                let network = visit.event_network();
+                visit.events.push(|| SessionEvent::Expired {
                     session: current.fingerprint(),
                     reason,
-                    network: visit.event_network(),
+                    network,
                 });
                 return Ok(None);
             }
@@ -791,7 +816,7 @@ async fn renew(
     else {
         return Ok(None);
     };
-    visit.events.push(SessionEvent::Renewed {
+    visit.events.push(|| SessionEvent::Renewed {
         session: new_id.fingerprint(),
         previous: id.fingerprint(),
     });
@@ -853,10 +878,10 @@ async fn commit(
     arrival: Arrival,
     now: UnixMillis,
     fresh: &SessionRecord,
-    events: &mut Vec<SessionEvent>,
+    events: &mut Events,
 ) -> Result<Outcome, StoreError> {
     for happening in state.happenings {
-        events.push(match happening {
+        events.push(|| match happening {
             Happening::Created { session } => SessionEvent::Created { session },
             Happening::LoggedIn {
                 session,
@@ -889,7 +914,7 @@ async fn commit(
         }
         // Lazy creation: only a session that holds something is stored.
         let (id, record) = create_session(&*config.store, fresh, state.pending.to_data()).await?;
-        events.push(SessionEvent::Created {
+        events.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
         return Ok(Outcome::Issue {
@@ -921,7 +946,7 @@ async fn commit(
             .await?
         {
             Some(record) => {
-                events.push(SessionEvent::Regenerated {
+                events.push(|| SessionEvent::Regenerated {
                     session: new_id.fingerprint(),
                     previous: id.fingerprint(),
                 });
