@@ -29,10 +29,20 @@ async fn two_instances(
     test: &str,
     configure: impl Fn(SessionLayer) -> SessionLayer,
 ) -> Option<(Instance, Instance, SharedRedis)> {
+    two_different_instances(test, &configure, &configure).await
+}
+
+/// Like [`two_instances`], with each layer set up its own way.
+async fn two_different_instances(
+    test: &str,
+    configure_a: &dyn Fn(SessionLayer) -> SessionLayer,
+    configure_b: &dyn Fn(SessionLayer) -> SessionLayer,
+) -> Option<(Instance, Instance, SharedRedis)> {
     let redis = SharedRedis::connect(test).await?;
     let key = Key::generate();
     let mut instances = Vec::new();
-    for store in [redis.store.clone(), redis.another_instance().await] {
+    let stores = [redis.store.clone(), redis.another_instance().await];
+    for (store, configure) in stores.into_iter().zip([configure_a, configure_b]) {
         let cache = CachedStore::new(store, 10_000);
         let layer = configure(SessionLayer::new(cache.clone(), key.clone()));
         instances.push(Instance {
@@ -290,8 +300,9 @@ async fn two_hundred_concurrent_writes_to_one_session_across_instances_are_all_k
 }
 
 #[tokio::test]
-async fn a_renewal_on_one_instance_is_followed_on_the_other() {
-    let Some((a, b, _redis)) = two_instances("renewal_across", |l| {
+async fn a_renewal_on_one_instance_is_followed_on_the_other_within_100_ms() {
+    // Only B renews ids: whatever A does with the old id, it learned from B.
+    let Some((a, b, _redis)) = two_different_instances("renewal_across", &|l| l, &|l| {
         l.with_renewal_interval(Duration::from_millis(200), Duration::from_secs(10))
     })
     .await
@@ -301,14 +312,74 @@ async fn a_renewal_on_one_instance_is_followed_on_the_other() {
     let old = login(&a.app, "ann").await;
     assert_eq!(whoami(&a.app, &old).await.body, "ann");
     tokio::time::sleep(Duration::from_millis(250)).await;
+    // A serves the old id from its copy and keeps it (A renews nothing).
+    let kept = whoami(&a.app, &old).await;
+    assert_eq!(kept.body, "ann");
+    assert_eq!(kept.token(), None);
 
     let renewed = whoami(&b.app, &old).await;
     assert_eq!(renewed.body, "ann");
     let new = renewed.token().expect("B renewed the id");
     assert_ne!(new, old);
-    // A had the old session cached; it follows the forward to the same new id.
-    let followed = whoami(&a.app, &old).await;
-    assert_eq!(followed.body, "ann");
-    assert_eq!(followed.token().as_deref(), Some(new.as_str()));
+    // A drops its copy of the old id, finds the forwarding entry and hands
+    // out the same new id.
+    let followed = eventually(Duration::from_millis(100), || async {
+        let reply = whoami(&a.app, &old).await;
+        reply.body == "ann" && reply.token().as_deref() == Some(new.as_str())
+    })
+    .await;
+    assert!(
+        followed.is_some(),
+        "A still serves the renewed id as it was"
+    );
     assert_eq!(whoami(&a.app, &new).await.body, "ann");
+}
+
+#[tokio::test]
+async fn an_eviction_on_one_instance_signs_out_on_the_other_within_100_ms() {
+    let Some((a, b, _redis)) = two_instances("evict_across", |l| {
+        l.with_session_limit(1, OnLimit::EvictLeastRecent)
+    })
+    .await
+    else {
+        return;
+    };
+    let first = login(&a.app, "ann").await;
+    assert_eq!(whoami(&a.app, &first).await.body, "ann");
+    assert_eq!(whoami(&a.app, &first).await.body, "ann");
+    let second = login(&b.app, "ann").await;
+    assert!(eventually(Duration::from_millis(100), || async {
+        whoami(&a.app, &first).await.body == "anonymous"
+    })
+    .await
+    .is_some());
+    assert_eq!(whoami(&a.app, &second).await.body, "ann");
+}
+
+#[tokio::test]
+async fn a_login_on_one_instance_retires_the_old_id_on_the_other_within_100_ms() {
+    let Some((a, b, _redis)) = two_instances("login_move_across", |l| l).await else {
+        return;
+    };
+    // An anonymous session with data, served by A from its copy.
+    let anonymous = send(&a.app, "GET", "/count", None).await.token().unwrap();
+    assert_eq!(
+        send(&a.app, "GET", "/read", Some(&anonymous)).await.body,
+        "1"
+    );
+    assert_eq!(
+        send(&a.app, "GET", "/read", Some(&anonymous)).await.body,
+        "1"
+    );
+
+    let signed_in = send(&b.app, "POST", "/login/ann", Some(&anonymous)).await;
+    let token = signed_in.token().unwrap();
+    assert_ne!(token, anonymous);
+    assert!(eventually(Duration::from_millis(100), || async {
+        send(&a.app, "GET", "/read", Some(&anonymous)).await.body == "none"
+    })
+    .await
+    .is_some());
+    assert_eq!(send(&a.app, "GET", "/read", Some(&token)).await.body, "1");
+    assert_eq!(whoami(&a.app, &token).await.body, "ann");
 }

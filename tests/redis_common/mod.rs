@@ -36,7 +36,7 @@ pub fn skip(test: &str, why: &str) {
     // harness captures: a skip must be seen.
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: {why}. Start Redis or set REDIS_URL; REQUIRE_REDIS=1 makes this a failure."
+        "SKIPPED {test}: {why}; REQUIRE_REDIS=1 makes this a failure"
     );
 }
 
@@ -73,7 +73,10 @@ impl SharedRedis {
                 })
             }
             Err(err) => {
-                skip(test, &format!("no Redis at {url} ({err})"));
+                skip(
+                    test,
+                    &format!("no Redis at {url} ({err}); start one or set REDIS_URL"),
+                );
                 None
             }
         }
@@ -136,7 +139,7 @@ fn keys_under(client: &redis::Client, prefix: &str) -> Vec<String> {
 /// The `redis-server` program: `REDIS_SERVER`, or found on `PATH`.
 fn redis_server_program() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("REDIS_SERVER") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
