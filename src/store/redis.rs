@@ -554,7 +554,9 @@ impl RedisStore {
     /// [`CachedStore`](super::CachedStore)s on other instances. Default:
     /// on. Turn it off only where no instance caches sessions: a cache then
     /// learns nothing of other instances' changes and keeps stale copies
-    /// for its whole TTL. It must be the same on every instance.
+    /// for its whole TTL. It must be the same on every instance. (On Redis
+    /// Cluster every message travels to every node over the cluster bus:
+    /// one small message per change.)
     #[must_use]
     pub fn with_change_notifications(mut self, announce: bool) -> Self {
         self.announce = announce;
