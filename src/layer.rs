@@ -352,6 +352,18 @@ impl<S> Layer<S> for SessionLayer {
 }
 
 /// The service made by [`SessionLayer`].
+///
+/// It works with any request body and any response body that implements
+/// `Default` (the body of the layer's own `503`, `409`, `429` and `401`
+/// answers). axum's `Router::layer` converts bodies for you; with a bare
+/// `ServiceBuilder`, a layer whose response body has no `Default` (such as
+/// tower-http's `TraceLayer`) goes outside the session layer, or its body is
+/// mapped first.
+///
+/// What the handler wrote is committed whatever the response status. A
+/// timeout placed *inside* the session layer still lets the writes made
+/// before it fired be saved; place timeouts outside the session layer when
+/// a timed-out request must leave the session untouched.
 #[derive(Clone)]
 pub struct SessionService<S> {
     inner: S,
