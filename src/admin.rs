@@ -71,8 +71,7 @@ impl SessionAdmin {
         if user_id.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sessions: Vec<SessionInfo> = self
-            .store
+        let mut sessions: Vec<SessionInfo> = (*self.store)
             .list_user(user_id, self.clock.now())
             .await?
             .iter()
@@ -90,8 +89,8 @@ impl SessionAdmin {
     ///
     /// [`StoreError`] when the store fails.
     pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool, StoreError> {
-        let record = self.store.load(&handle.0).await?;
-        let deleted = self.store.delete(&handle.0).await?;
+        let record = (*self.store).load(&handle.0).await?;
+        let deleted = (*self.store).delete(&handle.0).await?;
         if deleted {
             let user_id = record.and_then(|r| r.user_id.clone());
             event::emit(
@@ -115,7 +114,7 @@ impl SessionAdmin {
         if user_id.is_empty() {
             return Ok(0);
         }
-        let deleted = self.store.delete_user(user_id, None).await?;
+        let deleted = (*self.store).delete_user(user_id, None).await?;
         for hash in &deleted {
             event::emit(
                 self.events.as_ref(),

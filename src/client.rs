@@ -44,13 +44,18 @@ impl ClientContext {
     /// Reads the client context from a request, believing forwarding
     /// headers as far as `proxies` allows.
     pub fn from_request_with<B>(request: &Request<B>, proxies: &TrustedProxies) -> Self {
-        let headers = request.headers();
-        let user_agent = headers
+        let mut context = Self::without_user_agent(request, proxies);
+        context.user_agent = request
+            .headers()
             .get(http::header::USER_AGENT)
-            .map(|value| match value.to_str() {
-                Ok(text) => user_agent_family(text),
-                Err(_) => "Other".to_owned(),
-            });
+            .map(family_of);
+        context
+    }
+
+    /// The address and scheme only; the User-Agent family is worked out
+    /// later, and only if something needs it.
+    pub(crate) fn without_user_agent<B>(request: &Request<B>, proxies: &TrustedProxies) -> Self {
+        let headers = request.headers();
         let peer = peer_addr(request).map(|addr| canonical(addr.ip()));
         let direct_https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         let (ip, https) = match peer {
@@ -64,9 +69,17 @@ impl ClientContext {
         };
         Self {
             ip,
-            user_agent,
+            user_agent: None,
             https,
         }
+    }
+}
+
+/// The family of a raw `User-Agent` header value.
+pub(crate) fn family_of(value: &http::HeaderValue) -> String {
+    match value.to_str() {
+        Ok(text) => user_agent_family(text),
+        Err(_) => "Other".to_owned(),
     }
 }
 

@@ -19,7 +19,11 @@ pub const ID_LEN: usize = 16;
 /// The raw bytes are never shown: `Debug` and `Display` print the
 /// [`fingerprint`](Self::fingerprint) only.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionId([u8; ID_LEN]);
+pub struct SessionId {
+    bytes: [u8; ID_LEN],
+    // Every id is looked up or stored at least once: hash it once, up front.
+    hash: IdHash,
+}
 
 impl SessionId {
     /// Draws a new id from the operating system's CSPRNG.
@@ -35,17 +39,23 @@ impl SessionId {
         OsRng.try_fill_bytes(&mut bytes).expect(
             "the operating system's random number generator failed; refusing to issue session ids",
         );
-        Self(bytes)
+        Self::from_bytes(bytes)
     }
 
     /// Builds an id from raw bytes (used when a verified token is decoded).
     pub(crate) fn from_bytes(bytes: [u8; ID_LEN]) -> Self {
-        Self(bytes)
+        let mut hasher = Sha256::new();
+        hasher.update(b"tower-session-guard/at-rest/v1\0");
+        hasher.update(bytes);
+        Self {
+            bytes,
+            hash: IdHash(hasher.finalize().into()),
+        }
     }
 
     /// The raw bytes, for signing.
     pub(crate) fn as_bytes(&self) -> &[u8; ID_LEN] {
-        &self.0
+        &self.bytes
     }
 
     /// The hash under which stores keep this session.
@@ -54,10 +64,7 @@ impl SessionId {
     /// or a backup) cannot be turned back into working tokens.
     #[must_use]
     pub fn hash(&self) -> IdHash {
-        let mut hasher = Sha256::new();
-        hasher.update(b"tower-session-guard/at-rest/v1\0");
-        hasher.update(self.0);
-        IdHash(hasher.finalize().into())
+        self.hash
     }
 
     /// A short, salted, one-way name for this session, safe to log.
@@ -81,7 +88,10 @@ impl SessionId {
     pub(crate) fn seal(&self, successor: &SessionId) -> SealedId {
         let pad = self.successor_pad();
         let mut sealed = [0u8; ID_LEN];
-        for (out, (a, b)) in sealed.iter_mut().zip(successor.0.iter().zip(pad.iter())) {
+        for (out, (a, b)) in sealed
+            .iter_mut()
+            .zip(successor.bytes.iter().zip(pad.iter()))
+        {
             *out = a ^ b;
         }
         SealedId(sealed)
@@ -94,13 +104,13 @@ impl SessionId {
         for (out, (a, b)) in id.iter_mut().zip(sealed.0.iter().zip(pad.iter())) {
             *out = a ^ b;
         }
-        SessionId(id)
+        SessionId::from_bytes(id)
     }
 
     fn successor_pad(&self) -> [u8; ID_LEN] {
         let mut hasher = Sha256::new();
         hasher.update(b"tower-session-guard/successor/v1\0");
-        hasher.update(self.0);
+        hasher.update(self.bytes);
         let digest = hasher.finalize();
         let mut pad = [0u8; ID_LEN];
         pad.copy_from_slice(&digest[..ID_LEN]);
@@ -323,7 +333,7 @@ mod tests {
         assert_ne!(SessionId::generate().unseal(&sealed), new);
         assert_ne!(
             sealed.to_hex(),
-            hex(&new.0),
+            hex(&new.bytes),
             "the successor is not stored in clear"
         );
         assert_eq!(SealedId::from_hex(&sealed.to_hex()), Some(sealed));

@@ -21,14 +21,13 @@ use crate::client::{ClientContext, Network, TrustedProxies};
 use crate::clock::{duration_millis, Clock, SystemClock, UnixMillis};
 use crate::event::{self, EventHandler, RejectReason, SessionEvent};
 use crate::guessing::{Guard, GuessingDetection};
-use crate::id::IdHash;
 use crate::id::SessionId;
 use crate::key::{Key, Keyring};
 use crate::policy::{
     self, BindingVerdict, ClientBinding, LimitRule, OnLimit, RejectAction, Renewal, SessionLimit,
     Timeouts, Verdict,
 };
-use crate::record::{Binding, Change, SessionData, SessionRecord, Touch};
+use crate::record::{Binding, Change, SessionRecord, Touch};
 use crate::session::{self, create_session, Happening, Session, State};
 use crate::store::{Forward, Regeneration, SessionStore, StoreError};
 use crate::transport::{CookieConfig, TokenRead, Transport};
@@ -532,7 +531,12 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Default,
 {
-    let client = ClientContext::from_request_with(&request, &config.proxies);
+    // The User-Agent family is worked out up front only when binding needs it.
+    let client = if config.binding.is_some() {
+        ClientContext::from_request_with(&request, &config.proxies)
+    } else {
+        ClientContext::without_user_agent(&request, &config.proxies)
+    };
     let network = config
         .guessing
         .as_ref()
@@ -616,19 +620,22 @@ where
         resign: loaded.as_ref().is_some_and(|l| l.resign || l.issued),
         superseded: visit.superseded,
     };
-    // What a session created by this request starts as.
-    let mut fresh = deadlines.record(IdHash::from_bytes([0; 32]), None, SessionData::default());
-    fresh.ip = visit.client.ip;
-    fresh.user_agent.clone_from(&visit.client.user_agent);
-    fresh.binding = config.binding.as_ref().map(|rules| {
-        let location = rules.locate(visit.client.ip);
-        policy::initial_binding(&visit.client, location.as_ref(), now, rules)
-    });
+    // What a session created by this request would start as.
+    let template = session::Template {
+        deadlines,
+        user_agent_header: if visit.client.user_agent.is_none() {
+            request.headers().get(http::header::USER_AGENT).cloned()
+        } else {
+            None
+        },
+        client: visit.client.clone(),
+        binding: config.binding.clone(),
+    };
     let context = session::Context {
         store: Arc::clone(&config.store),
         deadlines,
         limit: config.limit.clone(),
-        template: fresh.clone(),
+        template,
         login_allowed: cookies_allowed,
     };
     let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
@@ -639,7 +646,15 @@ where
     let state = session.take_state();
     let logged_out = state.logged_out;
     let outcome = if cookies_allowed {
-        commit(&config, state, arrival, now, &fresh, &mut visit.events).await
+        commit(
+            &config,
+            state,
+            arrival,
+            now,
+            session.template(),
+            &mut visit.events,
+        )
+        .await
     } else {
         // Over plain HTTP nothing can be handed to the client, so nothing
         // new is stored (a login was already refused).
@@ -710,7 +725,7 @@ async fn load(
     // once, through the forwarding entry the winner left.
     for _ in 0..2 {
         let hash = id.hash();
-        let Some(record) = config.store.load(&hash).await? else {
+        let Some(record) = (*config.store).load(&hash).await? else {
             visit.reject(Some(&id), RejectReason::UnknownSession);
             visit.guess_failed(config);
             return Ok(None);
@@ -729,7 +744,7 @@ async fn load(
                 let next = id.unseal(&successor.sealed_id);
                 let followed =
                     if policy::forward_alive(&record, now) && next.hash() == successor.id_hash {
-                        config.store.load(&successor.id_hash).await?
+                        (*config.store).load(&successor.id_hash).await?
                     } else {
                         None
                     };
@@ -821,8 +836,7 @@ async fn renew(
             until: now.saturating_add(renewal.grace),
         }),
     };
-    let Some(record) = config
-        .store
+    let Some(record) = (*config.store)
         .regenerate(&id.hash(), &new_id.hash(), &regeneration)
         .await?
     else {
@@ -845,7 +859,7 @@ async fn renew(
 /// Deletes a session the policy refused. The policy refuses it whatever
 /// happens here, so a store failure is logged, not fatal.
 async fn destroy(config: &Config, id: &SessionId, what: &str) {
-    if let Err(err) = config.store.delete(&id.hash()).await {
+    if let Err(err) = (*config.store).delete(&id.hash()).await {
         tracing::error!(
             target: "tower_session_guard",
             session = %id.fingerprint(),
@@ -889,7 +903,7 @@ async fn commit(
     state: State,
     arrival: Arrival,
     now: UnixMillis,
-    fresh: &SessionRecord,
+    template: &session::Template,
     events: &mut Events,
 ) -> Result<Outcome, StoreError> {
     for happening in state.happenings {
@@ -925,7 +939,8 @@ async fn commit(
             return Ok(Outcome::NoSession);
         }
         // Lazy creation: only a session that holds something is stored.
-        let (id, record) = create_session(&*config.store, fresh, state.pending.to_data()).await?;
+        let (id, record) =
+            create_session(&*config.store, template, state.pending.to_data()).await?;
         events.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
@@ -938,7 +953,9 @@ async fn commit(
     let absolute_deadline = state
         .record
         .as_ref()
-        .map_or(fresh.absolute_deadline, |r| r.absolute_deadline);
+        .map_or(template.deadlines.absolute_deadline, |r| {
+            r.absolute_deadline
+        });
     let mut change = state.pending.into_change();
     let has_writes = !change.is_empty();
     change.touch = arrival.touch;
@@ -952,8 +969,7 @@ async fn commit(
             issued_at: now,
             forward: None,
         };
-        return match config
-            .store
+        return match (*config.store)
             .regenerate(&id.hash(), &new_id.hash(), &regeneration)
             .await?
         {
@@ -971,7 +987,7 @@ async fn commit(
         };
     }
 
-    if !change.is_empty() && !config.store.update(&id.hash(), &change).await? {
+    if !change.is_empty() && !(*config.store).update(&id.hash(), &change).await? {
         return Ok(session_vanished(&id, has_writes));
     }
     if state.id_issued || arrival.resign {

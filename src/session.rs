@@ -7,9 +7,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::client::{family_of, ClientContext};
 use crate::error::SessionError;
+use crate::id::IdHash;
 use crate::id::{Fingerprint, SessionId};
-use crate::policy::LimitRule;
+use crate::policy::{initial_binding, ClientBinding, LimitRule};
 use crate::record::{Change, Deadlines, SessionData, SessionRecord};
 use crate::store::{Login, LoginOutcome, SessionStore, StoreError};
 
@@ -56,7 +58,7 @@ pub(crate) struct Context {
     pub(crate) deadlines: Deadlines,
     pub(crate) limit: Option<LimitRule>,
     /// What a session created by this request starts as (deadlines, client).
-    pub(crate) template: SessionRecord,
+    pub(crate) template: Template,
     /// `false` over plain HTTP when the layer is HTTPS-only.
     pub(crate) login_allowed: bool,
 }
@@ -207,6 +209,11 @@ impl Session {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// What a session created by this request starts as.
+    pub(crate) fn template(&self) -> &Template {
+        &self.inner.context.template
+    }
+
     /// Takes the request's state for committing.
     pub(crate) fn take_state(&self) -> State {
         std::mem::take(&mut *self.lock())
@@ -334,10 +341,11 @@ impl Session {
         let context = &self.inner.context;
         let limit = context.limit.as_ref().map(|rule| rule.for_user(&user_id));
         let new_id = SessionId::generate();
-        let mut record = context.template.clone();
-        record.id_hash = new_id.hash();
-        record.user_id = Some(user_id.clone());
-        record.data = change.set.iter().cloned().collect();
+        let record = context.template.record(
+            new_id.hash(),
+            Some(user_id.clone()),
+            change.set.iter().cloned().collect(),
+        );
         let login = Login {
             previous: previous.as_ref().map(SessionId::hash),
             record,
@@ -347,7 +355,7 @@ impl Session {
         };
         // A colliding new id (never expected: 128 random bits) is refused by
         // the store without any change and surfaces as a store error.
-        let outcome = context.store.login(&login).await?;
+        let outcome = (*context.store).login(&login).await?;
         let (record, moved, evicted) = match outcome {
             LoginOutcome::LoggedIn {
                 record,
@@ -402,7 +410,9 @@ impl Session {
             self.logout().await?;
             return Ok(usize::from(had_session));
         };
-        let deleted = self.inner.context.store.delete_user(&user_id, None).await?;
+        let deleted = (*self.inner.context.store)
+            .delete_user(&user_id, None)
+            .await?;
         let current = self.lock().id.as_ref().map(SessionId::hash);
         let count = deleted.len();
         {
@@ -434,10 +444,7 @@ impl Session {
             return Ok(0);
         };
         let current = self.lock().id.as_ref().map(SessionId::hash);
-        let deleted = self
-            .inner
-            .context
-            .store
+        let deleted = (*self.inner.context.store)
             .delete_user(&user_id, current.as_ref())
             .await?;
         let mut state = self.lock();
@@ -461,7 +468,7 @@ impl Session {
     pub async fn logout(&self) -> Result<(), SessionError> {
         let id = self.lock().id.clone();
         if let Some(id) = &id {
-            self.inner.context.store.delete(&id.hash()).await?;
+            (*self.inner.context.store).delete(&id.hash()).await?;
         }
         let mut state = self.lock();
         if let Some(id) = id {
@@ -481,19 +488,62 @@ impl Session {
     }
 }
 
-/// Stores a new session like `template` (deadlines, client) holding
-/// `data`, under a fresh id; another id is drawn on the (never expected)
-/// collision.
+/// What a session created during one request starts as. Built cheaply for
+/// every request; the User-Agent family and the client binding are worked
+/// out only when a session is actually created.
+pub(crate) struct Template {
+    pub(crate) deadlines: Deadlines,
+    /// The client; its `user_agent` is filled in when already known.
+    pub(crate) client: ClientContext,
+    /// The raw `User-Agent`, for when the family is not known yet.
+    pub(crate) user_agent_header: Option<http::HeaderValue>,
+    /// The binding rules, when client binding is on.
+    pub(crate) binding: Option<ClientBinding>,
+}
+
+impl Template {
+    /// A new record under `id_hash`.
+    pub(crate) fn record(
+        &self,
+        id_hash: IdHash,
+        user_id: Option<String>,
+        data: SessionData,
+    ) -> SessionRecord {
+        let mut record = self.deadlines.record(id_hash, user_id, data);
+        let user_agent = self
+            .client
+            .user_agent
+            .clone()
+            .or_else(|| self.user_agent_header.as_ref().map(family_of));
+        record.ip = self.client.ip;
+        if let Some(rules) = &self.binding {
+            let client = ClientContext {
+                user_agent: user_agent.clone(),
+                ..self.client.clone()
+            };
+            let location = rules.locate(client.ip);
+            record.binding = Some(initial_binding(
+                &client,
+                location.as_ref(),
+                self.deadlines.created_at,
+                rules,
+            ));
+        }
+        record.user_agent = user_agent;
+        record
+    }
+}
+
+/// Stores a new session like `template` holding `data`, under a fresh id;
+/// another id is drawn on the (never expected) collision.
 pub(crate) async fn create_session(
     store: &dyn SessionStore,
-    template: &SessionRecord,
+    template: &Template,
     data: SessionData,
 ) -> Result<(SessionId, SessionRecord), StoreError> {
-    let mut record = template.clone();
-    record.data = data;
     for _ in 0..CREATE_ATTEMPTS {
         let id = SessionId::generate();
-        record.id_hash = id.hash();
+        let record = template.record(id.hash(), None, data.clone());
         if store.create(&record).await? {
             return Ok((id, record));
         }
