@@ -30,7 +30,7 @@ use crate::policy::{
 use crate::record::{Binding, Change, SessionRecord, Touch};
 use crate::session::{self, create_session, Happening, Session, State};
 use crate::store::{Forward, Regeneration, SessionStore, StoreError};
-use crate::transport::{CookieConfig, TokenRead, Transport};
+use crate::transport::{CookieConfig, CookieWriter, TokenRead, Transport};
 
 /// Adds validated sessions to every request of the service it wraps.
 ///
@@ -64,6 +64,8 @@ struct Config {
     store: Arc<dyn SessionStore>,
     keyring: Keyring,
     cookie: CookieConfig,
+    /// `cookie`, rendered once.
+    cookie_writer: CookieWriter,
     timeouts: Timeouts,
     clock: Arc<dyn Clock>,
     events: Option<EventHandler>,
@@ -89,6 +91,7 @@ impl SessionLayer {
                 store: Arc::new(store),
                 keyring: Keyring::new(key),
                 cookie: CookieConfig::default(),
+                cookie_writer: CookieConfig::default().writer(),
                 timeouts: Timeouts::default(),
                 clock: Arc::new(SystemClock),
                 events: None,
@@ -159,6 +162,7 @@ impl SessionLayer {
         if let Err(problem) = cookie.validate() {
             panic!("invalid session cookie configuration: {problem}");
         }
+        self.config_mut().cookie_writer = cookie.writer();
         self.config_mut().cookie = cookie;
         self
     }
@@ -555,7 +559,9 @@ where
     let cookies_allowed = !config.https_only || visit.client.https;
 
     // Steps 1–2: the token and its signature.
-    let (token, carrier) = config.transport.read(request.headers(), &config.cookie);
+    let (token, carrier) = config
+        .transport
+        .read(request.headers(), &config.cookie_writer);
     let had_token = !token.is_absent();
     if had_token {
         if let (Some(guard), Some(network)) = (&config.guessing, visit.network) {
@@ -606,7 +612,7 @@ where
         let mut response = status_only(StatusCode::UNAUTHORIZED);
         config
             .transport
-            .remove(response.headers_mut(), carrier, &config.cookie);
+            .remove(response.headers_mut(), carrier, &config.cookie_writer);
         emit_all(&config, &visit.events.list);
         return Ok(response);
     }
@@ -670,8 +676,8 @@ where
             config.transport.issue(
                 response.headers_mut(),
                 carrier,
-                &config.cookie,
-                token,
+                &config.cookie_writer,
+                &token,
                 max_age,
             );
         }
@@ -688,7 +694,7 @@ where
             if (had_token || logged_out)
                 && config
                     .transport
-                    .remove(response.headers_mut(), carrier, &config.cookie)
+                    .remove(response.headers_mut(), carrier, &config.cookie_writer)
             {
                 let arrived_as = visit.arrived_as.as_ref();
                 visit.events.push(|| SessionEvent::TokenRemoved {

@@ -198,21 +198,70 @@ impl CookieConfig {
     /// The `Set-Cookie` value that hands a client `token`.
     ///
     /// `max_age_secs` is used only for persistent cookies.
+    #[cfg(test)]
     pub(crate) fn set_cookie(&self, token: String, max_age_secs: u64) -> HeaderValue {
-        let mut cookie = self.build(token);
-        if self.persistent {
-            let secs = i64::try_from(max_age_secs).unwrap_or(i64::MAX);
-            cookie.set_max_age(cookie::time::Duration::seconds(secs));
-        }
-        header_value(&cookie)
+        self.writer().set_cookie(&token, max_age_secs)
     }
 
     /// The `Set-Cookie` value that removes the session cookie: same name,
     /// path, domain and flags, an empty value and `Max-Age=0`.
+    #[cfg(test)]
     pub(crate) fn removal_cookie(&self) -> HeaderValue {
-        let mut cookie = self.build(String::new());
-        cookie.set_max_age(cookie::time::Duration::ZERO);
-        header_value(&cookie)
+        self.writer().removal.clone()
+    }
+
+    /// The cookie's text, rendered once.
+    pub(crate) fn writer(&self) -> CookieWriter {
+        let rendered = self.build(String::new()).to_string();
+        // "name=; attributes..." → "; attributes..."
+        let attributes = rendered
+            .split_once(';')
+            .map_or(String::new(), |(_, rest)| format!(";{rest}"));
+        let mut removal = self.build(String::new());
+        removal.set_max_age(cookie::time::Duration::ZERO);
+        CookieWriter {
+            name: self.name.clone(),
+            attributes,
+            persistent: self.persistent,
+            removal: header_value(&removal),
+        }
+    }
+}
+
+/// A [`CookieConfig`] rendered once at start-up: each response then only
+/// joins the name, the token and the fixed attributes.
+#[derive(Clone, Debug)]
+pub(crate) struct CookieWriter {
+    name: String,
+    /// `; HttpOnly; SameSite=Lax; Secure; Path=/` and so on.
+    attributes: String,
+    persistent: bool,
+    removal: HeaderValue,
+}
+
+impl CookieWriter {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn set_cookie(&self, token: &str, max_age_secs: u64) -> HeaderValue {
+        let mut text =
+            String::with_capacity(self.name.len() + token.len() + self.attributes.len() + 24);
+        text.push_str(&self.name);
+        text.push('=');
+        text.push_str(token);
+        text.push_str(&self.attributes);
+        if self.persistent {
+            text.push_str("; Max-Age=");
+            text.push_str(&max_age_secs.min(i64::MAX as u64).to_string());
+        }
+        // Names, paths and domains were validated at start-up and tokens are
+        // base64url, so the text is always a valid header value.
+        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    pub(crate) fn removal(&self) -> HeaderValue {
+        self.removal.clone()
     }
 }
 
@@ -345,7 +394,7 @@ impl Transport {
     pub(crate) fn read<'a>(
         &self,
         headers: &'a HeaderMap,
-        cookie: &CookieConfig,
+        cookie: &CookieWriter,
     ) -> (TokenRead<'a>, Carrier) {
         if self.cookie {
             let read = read_cookie(headers, cookie.name());
@@ -371,12 +420,12 @@ impl Transport {
         &self,
         headers: &mut HeaderMap,
         carrier: Carrier,
-        cookie: &CookieConfig,
-        token: String,
+        cookie: &CookieWriter,
+        token: &str,
         max_age: u64,
     ) {
         match (carrier, &self.header) {
-            (Carrier::Header, Some(slot)) => write_header(headers, slot, &token),
+            (Carrier::Header, Some(slot)) => write_header(headers, slot, token),
             _ => write_cookie(headers, cookie.set_cookie(token, max_age)),
         }
     }
@@ -386,7 +435,7 @@ impl Transport {
         &self,
         headers: &mut HeaderMap,
         carrier: Carrier,
-        cookie: &CookieConfig,
+        cookie: &CookieWriter,
     ) -> bool {
         match (carrier, &self.header) {
             (Carrier::Header, Some(slot)) => {
@@ -394,7 +443,7 @@ impl Transport {
                 true
             }
             _ => {
-                write_cookie(headers, cookie.removal_cookie());
+                write_cookie(headers, cookie.removal());
                 false
             }
         }
@@ -545,7 +594,7 @@ mod tests {
     #[test]
     fn header_tokens_are_trimmed_and_repeats_are_ambiguous() {
         let transport = Transport::header("x-session-token");
-        let cookie = CookieConfig::default();
+        let cookie = CookieConfig::default().writer();
         let h = header_map(&[("x-session-token", b"  tok  ")]);
         assert_eq!(
             transport.read(&h, &cookie),
@@ -560,7 +609,7 @@ mod tests {
     #[test]
     fn bearer_is_case_insensitive_and_ignores_other_schemes() {
         let transport = Transport::bearer();
-        let cookie = CookieConfig::default();
+        let cookie = CookieConfig::default().writer();
         let read = |value: &[u8]| {
             let h = header_map(&[("authorization", value)]);
             match transport.read(&h, &cookie).0 {
@@ -581,7 +630,7 @@ mod tests {
     #[test]
     fn the_cookie_takes_precedence_over_the_header() {
         let transport = Transport::cookie_or_header("x-session-token");
-        let cookie = CookieConfig::default();
+        let cookie = CookieConfig::default().writer();
         let h = header_map(&[("cookie", b"__Host-id=c"), ("x-session-token", b"h")]);
         assert_eq!(
             transport.read(&h, &cookie),

@@ -94,7 +94,10 @@ impl UserIndex {
 
     fn add(&self, user_id: &str, id: IdHash) {
         let mut map = self.map();
-        let entry = map.entry(user_id.to_owned()).or_default();
+        // Most users have one session: no room reserved for four.
+        let entry = map
+            .entry(user_id.to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
         if !entry.contains(&id) {
             entry.push(id);
         }
@@ -331,7 +334,13 @@ impl SessionStore for MokaStore {
         let user_id = login.record.user_id.as_deref().unwrap_or_default();
         let _serialised = self.users.lock_for(user_id).lock().await;
 
-        let live = self.live_sessions(user_id, login.now).await;
+        // Without a limit there is nothing to count: a login costs the same
+        // however many sessions the user already has.
+        let live = if login.limit.is_some() {
+            self.live_sessions(user_id, login.now).await
+        } else {
+            Vec::new()
+        };
         let others: Vec<&SessionRecord> = live
             .iter()
             .map(|r| &**r)
