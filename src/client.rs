@@ -297,6 +297,19 @@ fn forwarded_https(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
+/// Checks network prefix lengths given to a builder.
+///
+/// # Panics
+///
+/// If `ipv4` is over 32 or `ipv6` over 128, with a sentence saying so.
+pub(crate) fn checked_prefixes(ipv4: u8, ipv6: u8) -> (u8, u8) {
+    assert!(
+        ipv4 <= 32 && ipv6 <= 128,
+        "network prefixes are at most 32 bits for IPv4 and 128 for IPv6"
+    );
+    (ipv4, ipv6)
+}
+
 /// An IP network: an address and a prefix length, such as `203.0.113.0/24`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]

@@ -83,12 +83,7 @@ impl GuessingDetection {
     /// If `ipv4` is over 32 or `ipv6` over 128.
     #[must_use]
     pub fn with_network_prefixes(mut self, ipv4: u8, ipv6: u8) -> Self {
-        assert!(
-            ipv4 <= 32 && ipv6 <= 128,
-            "network prefixes are at most 32 bits for IPv4 and 128 for IPv6"
-        );
-        self.ipv4_prefix = ipv4;
-        self.ipv6_prefix = ipv6;
+        (self.ipv4_prefix, self.ipv6_prefix) = crate::client::checked_prefixes(ipv4, ipv6);
         self
     }
 

@@ -133,15 +133,7 @@ impl SealedId {
     /// Parses the form written by [`to_hex`](Self::to_hex).
     #[must_use]
     pub fn from_hex(text: &str) -> Option<Self> {
-        let bytes = text.as_bytes();
-        if bytes.len() != ID_LEN * 2 {
-            return None;
-        }
-        let mut out = [0u8; ID_LEN];
-        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *slot = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-        }
-        Some(Self(out))
+        parse_hex(text).map(Self)
     }
 }
 
@@ -209,15 +201,7 @@ impl IdHash {
     /// Parses the form written by [`to_hex`](Self::to_hex).
     #[must_use]
     pub fn from_hex(text: &str) -> Option<Self> {
-        let bytes = text.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *slot = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-        }
-        Some(Self(out))
+        parse_hex(text).map(Self)
     }
 
     /// The log-safe fingerprint of the session this hash belongs to.
@@ -279,6 +263,19 @@ fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[usize::from(byte & 0x0f)] as char);
     }
     out
+}
+
+/// `N` bytes from `2 * N` lower-case hex characters.
+fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *slot = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+    }
+    Some(out)
 }
 
 fn hex_digit(c: u8) -> Option<u8> {

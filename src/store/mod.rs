@@ -143,6 +143,28 @@ pub struct Login {
 }
 
 impl Login {
+    /// Which of the user's `live` sessions to delete so this login fits
+    /// under its limit (the previous session itself does not count), or
+    /// `Err` when the limit refuses the login.
+    ///
+    /// # Errors
+    ///
+    /// [`LimitReached`](crate::policy::LimitReached) when the limit is full and the rule is `RejectLogin`.
+    pub fn evictions(
+        &self,
+        live: &[Arc<SessionRecord>],
+    ) -> Result<Vec<IdHash>, crate::policy::LimitReached> {
+        let Some(limit) = self.limit else {
+            return Ok(Vec::new());
+        };
+        let others: Vec<&SessionRecord> = live
+            .iter()
+            .map(|r| &**r)
+            .filter(|r| Some(r.id_hash) != self.previous)
+            .collect();
+        crate::policy::sessions_to_evict(&others, &limit)
+    }
+
     /// The entry to leave under the previous id.
     #[must_use]
     pub fn superseded(&self, previous: &SessionRecord) -> SessionRecord {

@@ -16,7 +16,7 @@ use moka::Expiry;
 use super::{Login, LoginOutcome, Regeneration, SessionStore, StoreError};
 use crate::clock::UnixMillis;
 use crate::id::IdHash;
-use crate::policy::{is_live_session_of, sessions_to_evict};
+use crate::policy::is_live_session_of;
 use crate::record::{Change, SessionRecord};
 
 /// Number of per-user login locks (users hash onto them).
@@ -341,17 +341,8 @@ impl SessionStore for MokaStore {
         } else {
             Vec::new()
         };
-        let others: Vec<&SessionRecord> = live
-            .iter()
-            .map(|r| &**r)
-            .filter(|r| Some(r.id_hash) != login.previous)
-            .collect();
-        let evicted = match login.limit {
-            Some(limit) => match sessions_to_evict(&others, &limit) {
-                Ok(evicted) => evicted,
-                Err(_) => return Ok(LoginOutcome::LimitReached),
-            },
-            None => Vec::new(),
+        let Ok(evicted) = login.evictions(&live) else {
+            return Ok(LoginOutcome::LimitReached);
         };
 
         // Move the previous session, if it is still a session.

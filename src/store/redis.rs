@@ -876,18 +876,14 @@ impl RedisStore {
     }
 
     async fn login_locked(&self, login: &Login, user_id: &str) -> Result<LoginOutcome, StoreError> {
-        let live = self.live_sessions(user_id, login.now).await?;
-        let others: Vec<&SessionRecord> = live
-            .iter()
-            .map(|r| &**r)
-            .filter(|r| Some(r.id_hash) != login.previous)
-            .collect();
-        let victims = match login.limit {
-            Some(limit) => match sessions_to_evict(&others, &limit) {
-                Ok(victims) => victims,
-                Err(_) => return Ok(LoginOutcome::LimitReached),
-            },
-            None => Vec::new(),
+        // Without a limit there is nothing to count.
+        let live = if login.limit.is_some() {
+            self.live_sessions(user_id, login.now).await?
+        } else {
+            Vec::new()
+        };
+        let Ok(victims) = login.evictions(&live) else {
+            return Ok(LoginOutcome::LimitReached);
         };
 
         let mut signed_in = None;
