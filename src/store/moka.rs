@@ -171,18 +171,14 @@ impl MokaStore {
 
     /// Inserts `record` unless its key is taken; returns whether it was inserted.
     async fn insert_new(&self, record: Arc<SessionRecord>) -> bool {
-        let result = self
+        // `or_insert` is moka's atomic insert-if-absent, lighter than a
+        // compute; `is_fresh` says whether this call inserted.
+        let inserted = self
             .records
             .entry(record.id_hash)
-            .and_compute_with(|existing| {
-                let op = match existing {
-                    Some(_) => Op::Nop,
-                    None => Op::Put(Arc::clone(&record)),
-                };
-                std::future::ready(op)
-            })
-            .await;
-        let inserted = matches!(result, CompResult::Inserted(_));
+            .or_insert(Arc::clone(&record))
+            .await
+            .is_fresh();
         if inserted {
             if let Some(user) = &record.user_id {
                 self.users.add(user, record.id_hash);
