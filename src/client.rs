@@ -38,7 +38,7 @@ impl ClientContext {
     /// plain `SocketAddr` in the request extensions;
     /// HTTPS from the request URI's scheme.
     pub fn from_request<B>(request: &Request<B>) -> Self {
-        Self::from_request_with(request, &TrustedProxies::None)
+        Self::from_request_with(request, &TrustedProxies::none())
     }
 
     /// Reads the client context from a request, believing forwarding
@@ -57,12 +57,13 @@ impl ClientContext {
     pub(crate) fn without_user_agent<B>(request: &Request<B>, proxies: &TrustedProxies) -> Self {
         let headers = request.headers();
         let peer = peer_addr(request).map(|addr| canonical(addr.ip()));
-        let direct_https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let direct_https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
+            || request.extensions().get::<Https>().is_some();
         let (ip, https) = match peer {
             Some(peer) if proxies.trusts_peer(peer) => {
-                let chain = forwarded_chain(headers);
+                let chain = forwarded_chain(headers, proxies.header);
                 let ip = proxies.client_in(&chain, peer);
-                let https = direct_https || forwarded_https(headers);
+                let https = direct_https || forwarded_https(headers, proxies.header);
                 (Some(ip), https)
             }
             _ => (peer, direct_https),
@@ -101,6 +102,17 @@ fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
     extensions.get::<SocketAddr>().copied()
 }
 
+/// A request-extension marker that says the connection is TLS.
+///
+/// Servers that terminate TLS in-process see origin-form requests
+/// (`GET /path`) with no scheme in the URI; insert `Https` into the
+/// request's extensions from your TLS acceptor (or a small layer on the TLS
+/// listener only) so that [`SessionLayer::with_https_only`](crate::SessionLayer::with_https_only)
+/// knows the request is secure. Behind a TLS-terminating proxy, declare the
+/// proxy with [`TrustedProxies`] instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Https;
+
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are IPv4 addresses.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -110,39 +122,71 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Which proxies in front of the application may be believed about the
-/// client's address and scheme.
+/// client's address and scheme, and which header family they set.
+///
+/// Proxies set either `X-Forwarded-For` with `X-Forwarded-Proto` (the
+/// default: nginx, HAProxy, cloud load balancers) or the standard
+/// `Forwarded` header. Only the configured family is read: a proxy that sets
+/// one family passes the other through from the client untouched, so
+/// reading both would let clients choose their own address and scheme.
 ///
 /// ```
-/// use tower_session_guard::client::TrustedProxies;
+/// use tower_session_guard::client::{ForwardedHeader, TrustedProxies};
 ///
-/// // One load balancer in front of the app:
+/// // One load balancer in front of the app, setting X-Forwarded-For/-Proto:
 /// let one_hop = TrustedProxies::hops(1);
-/// // Or any proxy inside these networks:
-/// let internal = TrustedProxies::networks(["10.0.0.0/8", "fd00::/8"]).unwrap();
+/// // Or any proxy inside these networks, setting `Forwarded`:
+/// let internal = TrustedProxies::networks(["10.0.0.0/8", "fd00::/8"])
+///     .unwrap()
+///     .with_header(ForwardedHeader::Forwarded);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TrustedProxies {
-    /// Forwarding headers are ignored; the client is the peer. The default.
+pub struct TrustedProxies {
+    rule: ProxyRule,
+    header: ForwardedHeader,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum ProxyRule {
     #[default]
     None,
-    /// The last `n` hops (the peer included) are proxies of yours: the
-    /// client is the address `n` places left of the peer in
-    /// `X-Forwarded-For` / `Forwarded`.
     Hops(usize),
-    /// Peers inside these networks are proxies of yours: the client is the
-    /// right-most address in the chain that is not inside them.
     Networks(Vec<Network>),
 }
 
+/// The forwarding header family your proxies set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto`. The default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=...;proto=...` (RFC 7239).
+    Forwarded,
+}
+
 impl TrustedProxies {
-    /// Trust the last `n` hops.
+    /// No proxy: forwarding headers are ignored and the client is the peer.
+    /// The default.
     #[must_use]
-    pub fn hops(n: usize) -> Self {
-        Self::Hops(n)
+    pub fn none() -> Self {
+        Self::default()
     }
 
-    /// Trust proxies inside these networks (CIDR text such as `10.0.0.0/8`).
+    /// The last `n` hops (the peer included) are proxies of yours: the
+    /// client is the address `n` places left of the peer in the forwarding
+    /// header.
+    #[must_use]
+    pub fn hops(n: usize) -> Self {
+        Self {
+            rule: ProxyRule::Hops(n),
+            header: ForwardedHeader::default(),
+        }
+    }
+
+    /// Peers inside these networks (CIDR text such as `10.0.0.0/8`) are
+    /// proxies of yours: the client is the right-most address in the chain
+    /// that is not inside them.
     ///
     /// # Errors
     ///
@@ -161,14 +205,24 @@ impl TrustedProxies {
                 })
             })
             .collect::<Result<Vec<_>, _>>()
-            .map(Self::Networks)
+            .map(|networks| Self {
+                rule: ProxyRule::Networks(networks),
+                header: ForwardedHeader::default(),
+            })
+    }
+
+    /// Which header family the proxies set. Default: [`ForwardedHeader::XForwardedFor`].
+    #[must_use]
+    pub fn with_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
     }
 
     fn trusts_peer(&self, peer: IpAddr) -> bool {
-        match self {
-            Self::None => false,
-            Self::Hops(n) => *n > 0,
-            Self::Networks(networks) => networks.iter().any(|n| n.contains(peer)),
+        match &self.rule {
+            ProxyRule::None => false,
+            ProxyRule::Hops(n) => *n > 0,
+            ProxyRule::Networks(networks) => networks.iter().any(|n| n.contains(peer)),
         }
     }
 
@@ -177,9 +231,9 @@ impl TrustedProxies {
         // Walk from the peer leftwards. `None` marks an entry that did not
         // parse: nothing left of it can be believed.
         let mut current = peer;
-        match self {
-            Self::None => peer,
-            Self::Hops(n) => {
+        match &self.rule {
+            ProxyRule::None => peer,
+            ProxyRule::Hops(n) => {
                 for entry in chain.iter().rev().take(*n) {
                     match entry {
                         Some(ip) => current = *ip,
@@ -188,7 +242,7 @@ impl TrustedProxies {
                 }
                 current
             }
-            Self::Networks(networks) => {
+            ProxyRule::Networks(networks) => {
                 for entry in chain.iter().rev() {
                     if !networks.iter().any(|n| n.contains(current)) {
                         break;
@@ -204,26 +258,27 @@ impl TrustedProxies {
     }
 }
 
-/// The addresses in `Forwarded` (preferred) or `X-Forwarded-For`, left to
-/// right, at most [`MAX_FORWARDED_ENTRIES`] of the right-most.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded = joined(headers, &http::header::FORWARDED);
-    let entries: Vec<Option<IpAddr>> = if let Some(text) = forwarded {
-        text.split(',')
-            .map(|element| {
-                element
-                    .split(';')
-                    .find_map(|pair| {
-                        let (key, value) = pair.split_once('=')?;
-                        key.trim().eq_ignore_ascii_case("for").then_some(value)
+/// The addresses in the configured forwarding header, left to right, at
+/// most [`MAX_FORWARDED_ENTRIES`] of the right-most.
+fn forwarded_chain(headers: &HeaderMap, family: ForwardedHeader) -> Vec<Option<IpAddr>> {
+    let entries: Vec<Option<IpAddr>> = match family {
+        ForwardedHeader::Forwarded => {
+            joined(headers, &http::header::FORWARDED).map_or_else(Vec::new, |text| {
+                text.split(',')
+                    .map(|element| {
+                        element
+                            .split(';')
+                            .find_map(|pair| {
+                                let (key, value) = pair.split_once('=')?;
+                                key.trim().eq_ignore_ascii_case("for").then_some(value)
+                            })
+                            .and_then(parse_node)
                     })
-                    .and_then(parse_node)
+                    .collect()
             })
-            .collect()
-    } else if let Some(text) = joined(headers, &X_FORWARDED_FOR) {
-        text.split(',').map(parse_node).collect()
-    } else {
-        Vec::new()
+        }
+        ForwardedHeader::XForwardedFor => joined(headers, &X_FORWARDED_FOR)
+            .map_or_else(Vec::new, |text| text.split(',').map(parse_node).collect()),
     };
     let skip = entries.len().saturating_sub(MAX_FORWARDED_ENTRIES);
     // Beyond the cap, the left-most kept entry is treated as unreadable.
@@ -275,26 +330,30 @@ fn parse_node(text: &str) -> Option<IpAddr> {
     host.parse::<IpAddr>().ok().map(canonical)
 }
 
-/// Whether a trusted proxy says the original request was HTTPS.
-fn forwarded_https(headers: &HeaderMap) -> bool {
-    if let Some(text) = joined(headers, &http::header::FORWARDED) {
-        // The right-most element is the one our own proxy added.
-        if let Some(last) = text.rsplit(',').next() {
-            return last.split(';').any(|pair| {
-                pair.split_once('=').is_some_and(|(k, v)| {
-                    k.trim().eq_ignore_ascii_case("proto")
-                        && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+/// Whether a trusted proxy says the original request was HTTPS, in the
+/// configured header family. The right-most value is our own proxy's.
+fn forwarded_https(headers: &HeaderMap, family: ForwardedHeader) -> bool {
+    match family {
+        ForwardedHeader::Forwarded => joined(headers, &http::header::FORWARDED)
+            .and_then(|text| {
+                text.rsplit(',').next().map(|last| {
+                    last.split(';').any(|pair| {
+                        pair.split_once('=').is_some_and(|(k, v)| {
+                            k.trim().eq_ignore_ascii_case("proto")
+                                && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+                        })
+                    })
                 })
-            });
-        }
+            })
+            .unwrap_or(false),
+        ForwardedHeader::XForwardedFor => joined(headers, &X_FORWARDED_PROTO)
+            .and_then(|text| {
+                text.rsplit(',')
+                    .next()
+                    .map(|p| p.trim().eq_ignore_ascii_case("https"))
+            })
+            .unwrap_or(false),
     }
-    joined(headers, &X_FORWARDED_PROTO)
-        .and_then(|text| {
-            text.rsplit(',')
-                .next()
-                .map(|p| p.trim().eq_ignore_ascii_case("https"))
-        })
-        .unwrap_or(false)
 }
 
 /// Checks network prefix lengths given to a builder.
@@ -566,11 +625,44 @@ mod tests {
                 b"for=\"[2001:db8::7]:4711\";proto=http, for=192.0.2.60;proto=https;by=10.0.0.2",
             )],
         );
-        let ctx = ClientContext::from_request_with(&r, &TrustedProxies::hops(1));
+        let one = TrustedProxies::hops(1).with_header(ForwardedHeader::Forwarded);
+        let ctx = ClientContext::from_request_with(&r, &one);
         assert_eq!(ctx.ip, ip("192.0.2.60"));
         assert!(ctx.https, "the right-most element is our proxy's");
-        let ctx = ClientContext::from_request_with(&r, &TrustedProxies::hops(2));
+        let two = TrustedProxies::hops(2).with_header(ForwardedHeader::Forwarded);
+        let ctx = ClientContext::from_request_with(&r, &two);
         assert_eq!(ctx.ip, ip("2001:db8::7"));
+        let ctx = ClientContext::from_request_with(&r, &TrustedProxies::hops(1));
+        assert_eq!(
+            ctx.ip,
+            ip("10.0.0.2"),
+            "Forwarded is not read when the proxies set X-Forwarded-For"
+        );
+        assert!(!ctx.https);
+    }
+
+    #[test]
+    fn a_client_supplied_forwarded_header_is_not_mixed_with_x_forwarded_for() {
+        // The proxy sets X-Forwarded-*; the client adds its own `Forwarded`.
+        let r = request(
+            "10.0.0.2:80",
+            &[
+                ("x-forwarded-for", b"198.51.100.7"),
+                ("x-forwarded-proto", b"http"),
+                ("forwarded", b"for=9.9.9.9;proto=https"),
+            ],
+        );
+        let ctx = ClientContext::from_request_with(&r, &TrustedProxies::hops(1));
+        assert_eq!(ctx.ip, ip("198.51.100.7"));
+        assert!(!ctx.https);
+    }
+
+    #[test]
+    fn the_https_marker_says_the_connection_is_tls() {
+        let mut r = request("203.0.113.1:443", &[]);
+        assert!(!ClientContext::from_request(&r).https);
+        r.extensions_mut().insert(Https);
+        assert!(ClientContext::from_request(&r).https);
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl SessionLayer {
                 events: None,
                 limit: None,
                 renewal: None,
-                proxies: TrustedProxies::None,
+                proxies: TrustedProxies::none(),
                 transport: Transport::cookie(),
                 https_only: false,
                 binding: None,
@@ -250,9 +250,10 @@ impl SessionLayer {
         self
     }
 
-    /// Which proxies may tell the layer the client's address and scheme
-    /// (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`). Default:
-    /// none; forwarding headers are ignored and the client is the peer.
+    /// Which proxies may tell the layer the client's address and scheme,
+    /// and in which header family (`X-Forwarded-For` / `X-Forwarded-Proto`
+    /// by default, or `Forwarded`; see [`TrustedProxies`]). Default: none;
+    /// forwarding headers are ignored and the client is the peer.
     #[must_use]
     pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.config_mut().proxies = proxies;
@@ -265,9 +266,14 @@ impl SessionLayer {
     /// `Rejected` event with `InsecureTransport` says so), no session
     /// cookie is ever set or cleared on a plain-HTTP response, and
     /// `login` over plain HTTP fails with `SessionError::InsecureTransport`.
-    /// HTTPS is known from the request URI's scheme, or from
-    /// `X-Forwarded-Proto` / `Forwarded: proto=` sent by a trusted proxy
-    /// ([`with_trusted_proxies`](Self::with_trusted_proxies)).
+    /// HTTPS is known from the request URI's scheme, from the
+    /// [`client::Https`](crate::client::Https) marker a TLS acceptor puts in
+    /// the request extensions (origin-form requests carry no scheme), or
+    /// from `X-Forwarded-Proto` / `Forwarded: proto=` sent by a trusted
+    /// proxy ([`with_trusted_proxies`](Self::with_trusted_proxies)). The URI
+    /// scheme is what the client wrote; it is a convenience for proxies and
+    /// tests, not a proof of TLS: a server that also listens in plain HTTP
+    /// should rely on the marker or on a trusted proxy.
     #[must_use]
     pub fn with_https_only(mut self, https_only: bool) -> Self {
         self.config_mut().https_only = https_only;

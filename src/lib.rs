@@ -74,7 +74,7 @@ mod transport;
 pub use cookie::SameSite;
 
 pub use crate::admin::{SessionAdmin, SessionHandle, SessionInfo};
-pub use crate::client::{ClientContext, Network, TrustedProxies};
+pub use crate::client::{ClientContext, ForwardedHeader, Network, TrustedProxies};
 pub use crate::error::SessionError;
 pub use crate::event::{RejectReason, SessionEvent};
 pub use crate::guessing::GuessingDetection;

@@ -503,3 +503,72 @@ async fn key_rotation_accepts_fallback_keys_and_reissues_with_the_primary() {
         "a token signed with a removed key is no session"
     );
 }
+
+#[tokio::test]
+async fn revoking_a_handle_listed_before_a_renewal_ends_the_renewed_session() {
+    let clock = ManualClock::new();
+    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+        .with_renewal_interval(Duration::from_secs(15 * 60), Duration::from_secs(30))
+        .with_clock(clock.clone());
+    let admin = layer.sessions();
+    let app = app(layer);
+    let old = login(&app, "ned").await;
+    let listed = admin.list("ned").await.unwrap();
+    clock.advance(Duration::from_secs(16 * 60));
+    let renewed = whoami(&app, &old).await.token().expect("renewed");
+    assert!(admin.revoke(&listed[0].handle).await.unwrap());
+    assert_eq!(
+        whoami(&app, &renewed).await.body,
+        "anonymous",
+        "the renewed session is gone too"
+    );
+}
+
+#[tokio::test]
+async fn a_logout_racing_a_renewal_still_ends_the_session() {
+    use tokio::sync::Notify;
+
+    let clock = ManualClock::new();
+    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+        .with_renewal_interval(Duration::from_secs(15 * 60), Duration::from_secs(30))
+        .with_clock(clock.clone());
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let slow = Router::new()
+        .route(
+            "/slow-logout",
+            post({
+                let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                move |session: Session| {
+                    let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                    async move {
+                        entered.notify_one();
+                        release.notified().await;
+                        session.logout().await.unwrap();
+                        "bye"
+                    }
+                }
+            }),
+        )
+        .layer(layer.clone());
+    let app = app(layer).merge(slow);
+    let old = login(&app, "oli").await;
+    let logout = {
+        let app = app.clone();
+        let old = old.clone();
+        tokio::spawn(async move { send(&app, "POST", "/slow-logout", Some(&old)).await })
+    };
+    entered.notified().await;
+    clock.advance(Duration::from_secs(16 * 60));
+    let renewed = whoami(&app, &old)
+        .await
+        .token()
+        .expect("renewed while the logout waited");
+    release.notify_one();
+    logout.await.unwrap();
+    assert_eq!(
+        whoami(&app, &renewed).await.body,
+        "anonymous",
+        "the logout reached the renewed session"
+    );
+}

@@ -44,6 +44,7 @@ pub async fn run<S: SessionStore + ?Sized>(store: &S) {
     regenerate_moves_the_record(store).await;
     regenerate_of_unknown_id_writes_nothing(store).await;
     renewal_leaves_a_forward_that_routes_updates(store).await;
+    delete_through_a_forward_ends_the_renewed_session(store).await;
     only_one_of_concurrent_renewals_wins(store).await;
     login_moves_the_previous_session_into_the_index(store).await;
     login_without_a_previous_session_creates_one(store).await;
@@ -187,6 +188,60 @@ async fn renewal_leaves_a_forward_that_routes_updates<S: SessionStore + ?Sized>(
     );
     store.delete(&record.id_hash).await.ok();
     store.delete(&new).await.ok();
+}
+
+async fn delete_through_a_forward_ends_the_renewed_session<S: SessionStore + ?Sized>(store: &S) {
+    let record = sample_record(Some(&user()));
+    must("create", store.create(&record).await);
+    let old_id = SessionId::generate();
+    let new_id = SessionId::generate();
+    let renewal = Regeneration {
+        forward: Some(Forward {
+            sealed_id: old_id.seal(&new_id),
+            until: record.created_at + 10_000,
+        }),
+        issued_at: record.created_at + 1,
+        ..Regeneration::default()
+    };
+    must(
+        "regenerate",
+        store
+            .regenerate(&record.id_hash, &new_id.hash(), &renewal)
+            .await,
+    )
+    .expect("store contract: renewal of a stored id must move it");
+    assert!(
+        must("delete", store.delete(&record.id_hash).await),
+        "store contract: deleting a renewed id must report the session it forwarded to as deleted"
+    );
+    assert!(
+        must("load", store.load(&new_id.hash()).await).is_none(),
+        "store contract: deleting through a forwarding entry must delete the renewed session too"
+    );
+
+    // A superseded marker points nowhere: deleting it ends nothing else.
+    let other = sample_record(None);
+    must("create", store.create(&other).await);
+    let moved = SessionId::generate().hash();
+    let regeneration = Regeneration {
+        issued_at: other.created_at + 1,
+        ..Regeneration::default()
+    };
+    must(
+        "regenerate",
+        store
+            .regenerate(&other.id_hash, &moved, &regeneration)
+            .await,
+    );
+    assert!(
+        !must("delete", store.delete(&other.id_hash).await),
+        "store contract: deleting a superseded marker deletes no session"
+    );
+    assert!(
+        must("load", store.load(&moved).await).is_some(),
+        "store contract: deleting a superseded marker must leave the new session alone"
+    );
+    store.delete(&moved).await.ok();
 }
 
 async fn only_one_of_concurrent_renewals_wins<S: SessionStore + ?Sized>(store: &S) {

@@ -1,6 +1,6 @@
 //! The default store: a bounded in-memory cache on moka.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +18,9 @@ use crate::clock::UnixMillis;
 use crate::id::IdHash;
 use crate::policy::is_live_session_of;
 use crate::record::{Change, SessionRecord};
+
+/// Bound on follow-the-forward hops and on repeated passes over a user's index.
+const MAX_PASSES: usize = 4;
 
 /// Number of per-user login locks (users hash onto them).
 const USER_LOCKS: usize = 64;
@@ -266,7 +269,7 @@ impl SessionStore for MokaStore {
     }
 
     async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
-        Ok(self.take(id, |_| true).await.is_some())
+        Ok(self.remove_following(id, None, None).await.is_some())
     }
 
     async fn regenerate(
@@ -404,20 +407,25 @@ impl SessionStore for MokaStore {
     ) -> Result<Vec<IdHash>, StoreError> {
         let _serialised = self.users.lock_for(user_id).lock().await;
         let mut deleted = Vec::new();
-        for hash in self.users.hashes(user_id) {
-            if Some(&hash) == keep {
-                continue;
+        let mut seen = HashSet::new();
+        // A renewal running meanwhile adds its new id to the index after we
+        // read it: pass again until a pass finds nothing new.
+        for _ in 0..MAX_PASSES {
+            let pending: Vec<IdHash> = self
+                .users
+                .hashes(user_id)
+                .into_iter()
+                .filter(|h| Some(h) != keep && seen.insert(*h))
+                .collect();
+            if pending.is_empty() {
+                break;
             }
-            match self
-                .take(&hash, |r| r.user_id.as_deref() == Some(user_id))
-                .await
-            {
-                Some(record) if !record.is_placeholder() => deleted.push(hash),
-                Some(_) => {}
-                None => {
-                    if self.records.get(&hash).await.is_none() {
-                        self.users.remove(user_id, &hash);
-                    }
+            for hash in pending {
+                if let Some(removed) = self.remove_following(&hash, Some(user_id), keep).await {
+                    seen.insert(removed);
+                    deleted.push(removed);
+                } else if self.records.get(&hash).await.is_none() {
+                    self.users.remove(user_id, &hash);
                 }
             }
         }
@@ -428,8 +436,37 @@ impl SessionStore for MokaStore {
 impl MokaStore {
     async fn evict(&self, victims: &[IdHash]) {
         for victim in victims {
-            self.take(victim, |_| true).await;
+            self.remove_following(victim, None, None).await;
         }
+    }
+
+    /// Deletes the record under `id` (only if it belongs to `user`, when
+    /// given); when it is a renewal's forwarding entry, deletes the session
+    /// it forwards to as well (unless that is `keep`), so a session renewed
+    /// a moment ago cannot escape a logout, a revocation or an eviction.
+    /// Returns the hash of the session deleted, if one was.
+    async fn remove_following(
+        &self,
+        id: &IdHash,
+        user: Option<&str>,
+        keep: Option<&IdHash>,
+    ) -> Option<IdHash> {
+        let owned = |r: &SessionRecord| user.map_or(true, |u| r.user_id.as_deref() == Some(u));
+        let mut current = *id;
+        for _ in 0..MAX_PASSES {
+            let removed = self.take(&current, owned).await?;
+            if !removed.is_placeholder() {
+                return Some(current);
+            }
+            // A superseded marker points nowhere: its id was replaced by a
+            // login or a regeneration, a new session that is not this one.
+            let next = removed.successor.map(|s| s.id_hash)?;
+            if Some(&next) == keep {
+                return None;
+            }
+            current = next;
+        }
+        None
     }
 
     /// Removes the record under `id` if `condition` holds for it, under the
@@ -572,6 +609,64 @@ mod tests {
             assert!(
                 store.load(&id).await.unwrap().is_none(),
                 "a deleted session came back"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_a_user_catches_a_session_renewed_meanwhile() {
+        use crate::store::{Forward, Regeneration};
+
+        let store = MokaStore::new(100_000);
+        for round in 0..200 {
+            let user = format!("u{round}");
+            let mut last = None;
+            for _ in 0..20 {
+                let record = Deadlines {
+                    created_at: 1_000,
+                    idle_deadline: 61_000,
+                    absolute_deadline: 3_601_000,
+                }
+                .record(
+                    SessionId::generate().hash(),
+                    Some(user.clone()),
+                    SessionData::default(),
+                );
+                store.create(&record).await.unwrap();
+                last = Some(record.id_hash);
+            }
+            let old = last.unwrap();
+            let old_id = SessionId::generate();
+            let new_id = SessionId::generate();
+            let renewal = Regeneration {
+                forward: Some(Forward {
+                    sealed_id: old_id.seal(&new_id),
+                    until: 10_000,
+                }),
+                issued_at: 2_000,
+                ..Regeneration::default()
+            };
+            let renewer = {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .regenerate(&old, &new_id.hash(), &renewal)
+                        .await
+                        .unwrap()
+                })
+            };
+            let deleter = {
+                let store = store.clone();
+                let user = user.clone();
+                tokio::spawn(async move { store.delete_user(&user, None).await.unwrap() })
+            };
+            renewer.await.unwrap();
+            deleter.await.unwrap();
+            let survivors = store.list_user(&user, 1_500).await.unwrap();
+            assert!(
+                survivors.is_empty(),
+                "round {round}: {} sessions survived",
+                survivors.len()
             );
         }
     }

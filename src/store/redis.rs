@@ -223,16 +223,18 @@ return {1}
 
 /// Deletes a record, optionally only if it belongs to a user.
 /// KEYS: record. ARGV: channel, hash, '1' to require the user, the user.
-/// Returns 0 nothing there, 1 a session deleted, 2 a placeholder deleted,
-/// -1 another user's (left alone).
+/// Returns {0} nothing there, {1} a session deleted, {2} a placeholder
+/// deleted, {2, successor} a forwarding entry deleted, {-1} another user's
+/// (left alone).
 const DELETE: &str = r"
-local found = redis.call('HMGET', KEYS[1], 'kind', 'user')
-if not found[1] then return 0 end
-if ARGV[3] == '1' and found[2] ~= ARGV[4] then return -1 end
+local found = redis.call('HMGET', KEYS[1], 'kind', 'user', 'succ')
+if not found[1] then return {0} end
+if ARGV[3] == '1' and found[2] ~= ARGV[4] then return {-1} end
 redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-if found[1] == 's' then return 1 end
-return 2
+if found[1] == 's' then return {1} end
+if found[1] == 'f' and found[3] then return {2, found[3]} end
+return {2}
 ";
 
 /// Replaces a session with a placeholder if it is still a session.
@@ -689,15 +691,43 @@ impl RedisStore {
             if only_of.is_some() { "1" } else { "0" }.to_owned(),
             only_of.unwrap_or_default().to_owned(),
         ];
-        let removed: i64 = self
+        let reply: Vec<Value> = self
             .run(&scripts().delete, &self.record_key(id), &args)
             .await?;
-        Ok(match removed {
-            1 => Removed::Session,
-            2 => Removed::Placeholder,
-            -1 => Removed::OtherUser,
+        Ok(match reply.as_slice() {
+            [Value::Int(1)] => Removed::Session,
+            [Value::Int(2), successor] => {
+                let hex = text(successor.clone())?;
+                Removed::Forward(
+                    IdHash::from_hex(&hex)
+                        .ok_or_else(|| corrupt("a forwarding entry names an invalid successor"))?,
+                )
+            }
+            [Value::Int(2)] => Removed::Placeholder,
+            [Value::Int(-1)] => Removed::OtherUser,
             _ => Removed::Nothing,
         })
+    }
+
+    /// Deletes the session under `id`, following a renewal's forwarding
+    /// entry to the session it points to, so a session renewed a moment
+    /// ago cannot escape a logout, a revocation or an eviction. Returns the
+    /// hash of the session deleted, if one was.
+    async fn remove_following(
+        &self,
+        id: &IdHash,
+        only_of: Option<&str>,
+        keep: Option<&IdHash>,
+    ) -> Result<Option<IdHash>, StoreError> {
+        let mut current = *id;
+        for _ in 0..MAX_PASSES {
+            match self.remove(&current, only_of).await? {
+                Removed::Session => return Ok(Some(current)),
+                Removed::Forward(next) if Some(&next) != keep => current = next,
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Replaces the session under `old` with `placeholder` if it is still
@@ -948,7 +978,7 @@ impl RedisStore {
             for (id, result) in victims.iter().zip(results) {
                 match result? {
                     Removed::Session => evicted.push(*id),
-                    Removed::Placeholder => renewed = true,
+                    Removed::Placeholder | Removed::Forward(_) => renewed = true,
                     Removed::Nothing | Removed::OtherUser => {}
                 }
             }
@@ -991,7 +1021,9 @@ impl RedisStore {
                         deleted.push(*id);
                         found = true;
                     }
-                    Removed::Placeholder => found = true,
+                    // A renewed session's successor is already indexed:
+                    // the next pass finds it.
+                    Removed::Placeholder | Removed::Forward(_) => found = true,
                     Removed::Nothing | Removed::OtherUser => {}
                 }
             }
@@ -1060,10 +1092,7 @@ impl SessionStore for RedisStore {
 
     async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
         bounded(self.timeout, async {
-            Ok(matches!(
-                self.remove(id, None).await?,
-                Removed::Session | Removed::Placeholder
-            ))
+            Ok(self.remove_following(id, None, None).await?.is_some())
         })
         .await
     }
@@ -1162,7 +1191,10 @@ enum Applied {
 enum Removed {
     Nothing,
     Session,
+    /// A superseded marker (it points nowhere).
     Placeholder,
+    /// A renewal's forwarding entry, and the session it forwarded to.
+    Forward(IdHash),
     OtherUser,
 }
 
