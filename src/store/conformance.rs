@@ -85,6 +85,18 @@ async fn assert_superseded<S: SessionStore + ?Sized>(
     );
 }
 
+/// A renewal of `record` from `old` to `new` with a 10-second grace period.
+fn renewal(record: &SessionRecord, old: &SessionId, new: &SessionId) -> Regeneration {
+    Regeneration {
+        forward: Some(Forward {
+            sealed_id: old.seal(new),
+            until: record.created_at + 10_000,
+        }),
+        issued_at: record.created_at + 1,
+        ..Regeneration::default()
+    }
+}
+
 /// A fresh, unique user id for one check.
 fn user() -> String {
     format!("user-{}", SessionId::generate().fingerprint())
@@ -121,14 +133,7 @@ async fn renewal_leaves_a_forward_that_routes_updates<S: SessionStore + ?Sized>(
     let old_id = SessionId::generate();
     let new_id = SessionId::generate();
     let new = new_id.hash();
-    let regeneration = Regeneration {
-        forward: Some(Forward {
-            sealed_id: old_id.seal(&new_id),
-            until: record.created_at + 10_000,
-        }),
-        issued_at: record.created_at + 1,
-        ..Regeneration::default()
-    };
+    let regeneration = renewal(&record, &old_id, &new_id);
     must(
         "regenerate",
         store.regenerate(&record.id_hash, &new, &regeneration).await,
@@ -195,14 +200,7 @@ async fn delete_through_a_forward_ends_the_renewed_session<S: SessionStore + ?Si
     must("create", store.create(&record).await);
     let old_id = SessionId::generate();
     let new_id = SessionId::generate();
-    let renewal = Regeneration {
-        forward: Some(Forward {
-            sealed_id: old_id.seal(&new_id),
-            until: record.created_at + 10_000,
-        }),
-        issued_at: record.created_at + 1,
-        ..Regeneration::default()
-    };
+    let renewal = renewal(&record, &old_id, &new_id);
     must(
         "regenerate",
         store
@@ -251,14 +249,7 @@ async fn only_one_of_concurrent_renewals_wins<S: SessionStore + ?Sized>(store: &
     let attempts: Vec<(IdHash, Regeneration)> = (0..16)
         .map(|_| {
             let new_id = SessionId::generate();
-            let regeneration = Regeneration {
-                forward: Some(Forward {
-                    sealed_id: old_id.seal(&new_id),
-                    until: record.created_at + 10_000,
-                }),
-                ..Regeneration::default()
-            };
-            (new_id.hash(), regeneration)
+            (new_id.hash(), renewal(&record, &old_id, &new_id))
         })
         .collect();
     let results = join_all(
