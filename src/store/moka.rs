@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use moka::future::Cache;
+use moka::sync::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
@@ -158,7 +158,7 @@ impl MokaStore {
     async fn live_sessions(&self, user_id: &str, now: UnixMillis) -> Vec<Arc<SessionRecord>> {
         let mut live = Vec::new();
         for hash in self.users.hashes(user_id) {
-            match self.records.get(&hash).await {
+            match self.records.get(&hash) {
                 Some(record) if is_live_session_of(&record, user_id, now) => live.push(record),
                 // A forwarding entry leaves the index with its own removal.
                 Some(record) if record.is_placeholder() => {}
@@ -180,7 +180,6 @@ impl MokaStore {
             .records
             .entry(record.id_hash)
             .or_insert(Arc::clone(&record))
-            .await
             .is_fresh();
         if inserted {
             if let Some(user) = &record.user_id {
@@ -206,7 +205,7 @@ impl MokaStore {
     ///
     /// Not needed in production; useful in tests and memory measurements.
     pub async fn run_pending_tasks(&self) {
-        self.records.run_pending_tasks().await;
+        self.records.run_pending_tasks();
     }
 }
 
@@ -232,7 +231,7 @@ impl SessionStore for MokaStore {
     }
 
     async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        Ok(self.records.get(id).await)
+        Ok(self.records.get(id))
     }
 
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
@@ -256,9 +255,8 @@ impl SessionStore for MokaStore {
                         }
                         None => Op::Nop,
                     };
-                    std::future::ready(op)
-                })
-                .await;
+                    op
+                });
             match (result, successor) {
                 (CompResult::ReplacedWith(_), _) => return Ok(true),
                 (_, Some(next)) if target == *id => target = next,
@@ -284,7 +282,7 @@ impl SessionStore for MokaStore {
         // still the version that was copied (no write is lost), and of
         // concurrent renewals exactly one wins the swap.
         loop {
-            let Some(previous) = self.records.get(old).await else {
+            let Some(previous) = self.records.get(old) else {
                 return Ok(None);
             };
             if previous.is_placeholder() {
@@ -312,9 +310,8 @@ impl SessionStore for MokaStore {
                         }
                         None => Op::Nop,
                     };
-                    std::future::ready(op)
-                })
-                .await;
+                    op
+                });
             match outcome {
                 Swap::Done => return Ok(Some(moved)),
                 Swap::Changed => {
@@ -359,9 +356,8 @@ impl SessionStore for MokaStore {
                         }
                         _ => Op::Nop,
                     };
-                    std::future::ready(op)
-                })
-                .await;
+                    op
+                });
             if let Some(previous) = taken {
                 let moved = Arc::new(login.moved(&previous));
                 if !self.insert_new(Arc::clone(&moved)).await {
@@ -424,7 +420,7 @@ impl SessionStore for MokaStore {
                 if let Some(removed) = self.remove_following(&hash, Some(user_id), keep).await {
                     seen.insert(removed);
                     deleted.push(removed);
-                } else if self.records.get(&hash).await.is_none() {
+                } else if self.records.get(&hash).is_none() {
                     self.users.remove(user_id, &hash);
                 }
             }
@@ -488,9 +484,8 @@ impl MokaStore {
                     }
                     _ => Op::Nop,
                 };
-                std::future::ready(op)
-            })
-            .await;
+                op
+            });
         taken
     }
 
@@ -498,8 +493,7 @@ impl MokaStore {
     async fn put(&self, id: IdHash, record: Arc<SessionRecord>) {
         self.records
             .entry(id)
-            .and_compute_with(|_| std::future::ready(Op::Put(record)))
-            .await;
+            .and_compute_with(|_| Op::Put(record));
     }
 }
 
