@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use moka::sync::Cache;
 use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 use moka::Expiry;
 
 use super::{Login, LoginOutcome, Regeneration, SessionStore, StoreError};
@@ -239,24 +239,21 @@ impl SessionStore for MokaStore {
         // At most one hop: a forwarding entry points at a real session.
         for _ in 0..2 {
             let mut successor = None;
-            let result = self
-                .records
-                .entry(target)
-                .and_compute_with(|existing| {
-                    let op = match existing {
-                        Some(entry) if entry.value().is_placeholder() => {
-                            successor = entry.value().successor.map(|s| s.id_hash);
-                            Op::Nop
-                        }
-                        Some(entry) => {
-                            let mut record = SessionRecord::clone(entry.value());
-                            record.apply(change);
-                            Op::Put(Arc::new(record))
-                        }
-                        None => Op::Nop,
-                    };
-                    op
-                });
+            let result = self.records.entry(target).and_compute_with(|existing| {
+                let op = match existing {
+                    Some(entry) if entry.value().is_placeholder() => {
+                        successor = entry.value().successor.map(|s| s.id_hash);
+                        Op::Nop
+                    }
+                    Some(entry) => {
+                        let mut record = SessionRecord::clone(entry.value());
+                        record.apply(change);
+                        Op::Put(Arc::new(record))
+                    }
+                    None => Op::Nop,
+                };
+                op
+            });
             match (result, successor) {
                 (CompResult::ReplacedWith(_), _) => return Ok(true),
                 (_, Some(next)) if target == *id => target = next,
@@ -295,23 +292,21 @@ impl SessionStore for MokaStore {
                 ));
             }
             let mut outcome = Swap::Gone;
-            self.records
-                .entry(*old)
-                .and_compute_with(|existing| {
-                    let op = match existing {
-                        Some(entry) if entry.value().is_placeholder() => Op::Nop,
-                        Some(entry) if entry.value().version != previous.version => {
-                            outcome = Swap::Changed;
-                            Op::Nop
-                        }
-                        Some(entry) => {
-                            outcome = Swap::Done;
-                            Op::Put(Arc::new(regeneration.replacement(entry.value(), new)))
-                        }
-                        None => Op::Nop,
-                    };
-                    op
-                });
+            self.records.entry(*old).and_compute_with(|existing| {
+                let op = match existing {
+                    Some(entry) if entry.value().is_placeholder() => Op::Nop,
+                    Some(entry) if entry.value().version != previous.version => {
+                        outcome = Swap::Changed;
+                        Op::Nop
+                    }
+                    Some(entry) => {
+                        outcome = Swap::Done;
+                        Op::Put(Arc::new(regeneration.replacement(entry.value(), new)))
+                    }
+                    None => Op::Nop,
+                };
+                op
+            });
             match outcome {
                 Swap::Done => return Ok(Some(moved)),
                 Swap::Changed => {
@@ -474,26 +469,22 @@ impl MokaStore {
         condition: impl FnOnce(&SessionRecord) -> bool,
     ) -> Option<Arc<SessionRecord>> {
         let mut taken = None;
-        self.records
-            .entry(*id)
-            .and_compute_with(|existing| {
-                let op = match existing {
-                    Some(entry) if condition(entry.value()) => {
-                        taken = Some(Arc::clone(entry.value()));
-                        Op::Remove
-                    }
-                    _ => Op::Nop,
-                };
-                op
-            });
+        self.records.entry(*id).and_compute_with(|existing| {
+            let op = match existing {
+                Some(entry) if condition(entry.value()) => {
+                    taken = Some(Arc::clone(entry.value()));
+                    Op::Remove
+                }
+                _ => Op::Nop,
+            };
+            op
+        });
         taken
     }
 
     /// Writes `record` under `id` under the per-key lock.
     async fn put(&self, id: IdHash, record: Arc<SessionRecord>) {
-        self.records
-            .entry(id)
-            .and_compute_with(|_| Op::Put(record));
+        self.records.entry(id).and_compute_with(|_| Op::Put(record));
     }
 }
 
