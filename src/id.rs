@@ -14,6 +14,24 @@ use sha2::{Digest, Sha256};
 /// Number of random bytes in a session id (128 bits, OWASP asks for at least 64).
 pub const ID_LEN: usize = 16;
 
+/// Serializes a type with `to_hex`/`from_hex` as its hex text.
+macro_rules! hex_serde {
+    ($type:ty, $expected:literal) => {
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::from_hex(&text).ok_or_else(|| serde::de::Error::custom($expected))
+            }
+        }
+    };
+}
+
 /// A session id: 128 bits from the operating system's CSPRNG.
 ///
 /// The raw bytes are never shown: `Debug` and `Display` print the
@@ -143,19 +161,7 @@ impl fmt::Debug for SealedId {
     }
 }
 
-impl serde::Serialize for SealedId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SealedId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::from_hex(&text)
-            .ok_or_else(|| serde::de::Error::custom("a sealed id is 32 lower-case hex characters"))
-    }
-}
+hex_serde!(SealedId, "a sealed id is 32 lower-case hex characters");
 
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -223,19 +229,7 @@ impl fmt::Debug for IdHash {
     }
 }
 
-impl serde::Serialize for IdHash {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for IdHash {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::from_hex(&text)
-            .ok_or_else(|| serde::de::Error::custom("an id hash is 64 lower-case hex characters"))
-    }
-}
+hex_serde!(IdHash, "an id hash is 64 lower-case hex characters");
 
 /// A short one-way name of a session for logs, events and admin listings.
 ///

@@ -640,12 +640,12 @@ where
         } else {
             None
         },
-        client: visit.client.clone(),
+        // The client is not needed past this point but by the template.
+        client: std::mem::take(&mut visit.client),
         binding: config.binding.clone(),
     };
     let context = session::Context {
         store: Arc::clone(&config.store),
-        deadlines,
         limit: config.limit.clone(),
         template,
         login_allowed: cookies_allowed,

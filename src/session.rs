@@ -9,8 +9,7 @@ use serde_json::Value;
 
 use crate::client::{family_of, ClientContext};
 use crate::error::SessionError;
-use crate::id::IdHash;
-use crate::id::{Fingerprint, SessionId};
+use crate::id::{Fingerprint, IdHash, SessionId};
 use crate::policy::{initial_binding, ClientBinding, LimitRule};
 use crate::record::{Change, Deadlines, SessionData, SessionRecord};
 use crate::store::{Login, LoginOutcome, SessionStore, StoreError};
@@ -54,8 +53,6 @@ struct Inner {
 /// What a session needs from the layer for one request.
 pub(crate) struct Context {
     pub(crate) store: Arc<dyn SessionStore>,
-    /// Deadlines of a session created by this request (`created_at` is now).
-    pub(crate) deadlines: Deadlines,
     pub(crate) limit: Option<LimitRule>,
     /// What a session created by this request starts as (deadlines, client).
     pub(crate) template: Template,
@@ -351,7 +348,7 @@ impl Session {
             record,
             change: change.clone(),
             limit,
-            now: context.deadlines.created_at,
+            now: context.template.deadlines.created_at,
         };
         // A colliding new id (never expected: 128 random bits) is refused by
         // the store without any change and surfaces as a store error.

@@ -72,6 +72,16 @@ async fn login(app: &Router, user: &str) -> String {
     reply.token().unwrap()
 }
 
+/// `count` logins of `user` at once, alternating between the instances.
+async fn race_logins(a: &Instance, b: &Instance, user: &str, count: usize) -> Vec<Reply> {
+    let path = format!("/login/{user}");
+    join_all((0..count).map(|i| {
+        let app = if i % 2 == 0 { &a.app } else { &b.app };
+        send(app, "POST", &path, None)
+    }))
+    .await
+}
+
 async fn whoami(app: &Router, token: &str) -> Reply {
     send(app, "GET", "/whoami", Some(token)).await
 }
@@ -209,11 +219,7 @@ async fn the_session_limit_holds_when_20_logins_race_on_both_instances() {
     else {
         return;
     };
-    let replies = join_all((0..20).map(|i| {
-        let app = if i % 2 == 0 { &a.app } else { &b.app };
-        send(app, "POST", "/login/ann", None)
-    }))
-    .await;
+    let replies = race_logins(&a, &b, "ann", 20).await;
     assert!(replies.iter().all(|r| r.status == StatusCode::OK));
     let tokens: Vec<String> = replies.iter().map(|r| r.token().unwrap()).collect();
 
@@ -238,11 +244,7 @@ async fn a_full_limit_refuses_all_but_the_limit_of_20_racing_logins() {
     else {
         return;
     };
-    let replies = join_all((0..20).map(|i| {
-        let app = if i % 2 == 0 { &a.app } else { &b.app };
-        send(app, "POST", "/login/ann", None)
-    }))
-    .await;
+    let replies = race_logins(&a, &b, "ann", 20).await;
     let accepted = replies
         .iter()
         .filter(|r| r.status == StatusCode::OK)

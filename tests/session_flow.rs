@@ -189,11 +189,7 @@ async fn logging_in_as_another_user_keeps_none_of_the_previous_users_data() {
 
 #[tokio::test]
 async fn a_request_in_flight_across_a_login_keeps_the_new_cookie_and_reports_its_lost_write() {
-    use std::sync::Arc;
-    use tokio::sync::Notify;
-
-    let entered = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
+    let gate = common::Gate::default();
     // Build both routes on one layer so they share the store and key.
     let shared = layer();
     let app = common::app(shared.clone()).merge(
@@ -201,12 +197,11 @@ async fn a_request_in_flight_across_a_login_keeps_the_new_cookie_and_reports_its
             .route(
                 "/slow-write",
                 get({
-                    let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                    let gate = gate.clone();
                     move |session: Session| {
-                        let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                        let gate = gate.clone();
                         async move {
-                            entered.notify_one();
-                            release.notified().await;
+                            gate.hold().await;
                             session.insert("late", true).unwrap();
                             "written"
                         }
@@ -221,12 +216,12 @@ async fn a_request_in_flight_across_a_login_keeps_the_new_cookie_and_reports_its
         let token = token.clone();
         tokio::spawn(async move { send(&app, "GET", "/slow-write", Some(&token)).await })
     };
-    entered.notified().await;
+    gate.reached().await;
     let logged_in = send(&app, "POST", "/login/quinn", Some(&token))
         .await
         .token()
         .unwrap();
-    release.notify_one();
+    gate.open();
     let late = in_flight.await.unwrap();
     assert_eq!(
         late.status,

@@ -526,24 +526,20 @@ async fn revoking_a_handle_listed_before_a_renewal_ends_the_renewed_session() {
 
 #[tokio::test]
 async fn a_logout_racing_a_renewal_still_ends_the_session() {
-    use tokio::sync::Notify;
-
     let clock = ManualClock::new();
     let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
         .with_renewal_interval(Duration::from_secs(15 * 60), Duration::from_secs(30))
         .with_clock(clock.clone());
-    let entered = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
+    let gate = common::Gate::default();
     let slow = Router::new()
         .route(
             "/slow-logout",
             post({
-                let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                let gate = gate.clone();
                 move |session: Session| {
-                    let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                    let gate = gate.clone();
                     async move {
-                        entered.notify_one();
-                        release.notified().await;
+                        gate.hold().await;
                         session.logout().await.unwrap();
                         "bye"
                     }
@@ -558,13 +554,13 @@ async fn a_logout_racing_a_renewal_still_ends_the_session() {
         let old = old.clone();
         tokio::spawn(async move { send(&app, "POST", "/slow-logout", Some(&old)).await })
     };
-    entered.notified().await;
+    gate.reached().await;
     clock.advance(Duration::from_secs(16 * 60));
     let renewed = whoami(&app, &old)
         .await
         .token()
         .expect("renewed while the logout waited");
-    release.notify_one();
+    gate.open();
     logout.await.unwrap();
     assert_eq!(
         whoami(&app, &renewed).await.body,

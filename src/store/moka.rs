@@ -538,12 +538,7 @@ mod tests {
 
     #[test]
     fn the_backstop_lasts_to_the_earliest_deadline_plus_slack() {
-        let mut record = Deadlines {
-            created_at: 1_000,
-            idle_deadline: 61_000,
-            absolute_deadline: 3_601_000,
-        }
-        .record(SessionId::generate().hash(), None, SessionData::default());
+        let mut record = test_record(None);
         assert_eq!(
             Backstop::lifetime(&record),
             Duration::from_secs(60) + BACKSTOP_SLACK
@@ -561,20 +556,25 @@ mod tests {
         );
     }
 
+    /// A live session created at 1 s, idle until 61 s, over at 3601 s.
+    fn test_record(user: Option<&str>) -> SessionRecord {
+        Deadlines {
+            created_at: 1_000,
+            idle_deadline: 61_000,
+            absolute_deadline: 3_601_000,
+        }
+        .record(
+            SessionId::generate().hash(),
+            user.map(str::to_owned),
+            SessionData::default(),
+        )
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deleted_sessions_never_come_back_through_a_concurrent_update() {
         let store = MokaStore::new(10_000);
         for _ in 0..2_000 {
-            let record = Deadlines {
-                created_at: 1_000,
-                idle_deadline: 61_000,
-                absolute_deadline: 3_601_000,
-            }
-            .record(
-                SessionId::generate().hash(),
-                Some("u".into()),
-                SessionData::default(),
-            );
+            let record = test_record(Some("u"));
             let id = record.id_hash;
             store.create(&record).await.unwrap();
             let change = Change {
@@ -607,16 +607,7 @@ mod tests {
             let user = format!("u{round}");
             let mut last = None;
             for _ in 0..20 {
-                let record = Deadlines {
-                    created_at: 1_000,
-                    idle_deadline: 61_000,
-                    absolute_deadline: 3_601_000,
-                }
-                .record(
-                    SessionId::generate().hash(),
-                    Some(user.clone()),
-                    SessionData::default(),
-                );
+                let record = test_record(Some(&user));
                 store.create(&record).await.unwrap();
                 last = Some(record.id_hash);
             }

@@ -82,6 +82,32 @@ async fn get_key(session: Session, Path(key): Path<String>) -> Result<String, Se
     Ok(value.unwrap_or_else(|| "none".to_owned()))
 }
 
+/// Holds a handler at a point of its choosing until the test lets it go,
+/// to line a request up against another one.
+#[derive(Clone, Default)]
+pub struct Gate {
+    entered: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Gate {
+    /// In the handler: says it got here, then waits for [`Gate::open`].
+    pub async fn hold(&self) {
+        self.entered.notify_one();
+        self.release.notified().await;
+    }
+
+    /// In the test: waits until a handler is held.
+    pub async fn reached(&self) {
+        self.entered.notified().await;
+    }
+
+    /// In the test: lets the held handler go on.
+    pub fn open(&self) {
+        self.release.notify_one();
+    }
+}
+
 /// A response, read to the end.
 #[derive(Debug)]
 pub struct Reply {
