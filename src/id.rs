@@ -182,8 +182,16 @@ impl fmt::Display for SessionId {
 /// It is not a secret in the way the id is (it cannot be turned into a
 /// token), but it is the store's primary key, so `Debug` shows only its
 /// fingerprint too.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IdHash([u8; 32]);
+
+impl std::hash::Hash for IdHash {
+    /// Feeds eight of the 32 bytes: they are SHA-256 output, as uniform as
+    /// hash-table bits get, and equal hashes agree on them.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.table_bits());
+    }
+}
 
 impl IdHash {
     /// Wraps 32 bytes read back from a store.
@@ -210,6 +218,12 @@ impl IdHash {
         parse_hex(text).map(Self)
     }
 
+    fn table_bits(&self) -> u64 {
+        let mut bits = [0u8; 8];
+        bits.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(bits)
+    }
+
     /// The log-safe fingerprint of the session this hash belongs to.
     #[must_use]
     pub fn fingerprint(&self) -> Fingerprint {
@@ -230,6 +244,69 @@ impl fmt::Debug for IdHash {
 }
 
 hex_serde!(IdHash, "an id hash is 64 lower-case hex characters");
+
+/// The hasher of the in-memory stores' tables, keyed by [`IdHash`].
+///
+/// An `IdHash` is already a SHA-256 digest of a random id, so a table needs
+/// no second cryptographic hash of it: the default SipHash of 32 bytes was
+/// a fifth of a new session's time. Mixing the digest's first eight bytes
+/// with a per-table random seed is enough, and stays safe against crafted
+/// keys: a client chooses no `IdHash` without first forging a signed token
+/// (the layer looks nothing up for a token whose signature fails), and even
+/// then only a preimage of SHA-256 would place it in a chosen bucket.
+#[derive(Clone, Debug)]
+pub(crate) struct IdHashState {
+    seed: u64,
+}
+
+impl IdHashState {
+    pub(crate) fn new() -> Self {
+        let mut seed = [0u8; 8];
+        OsRng.try_fill_bytes(&mut seed).expect(
+            "the operating system's random number generator failed; \
+             tower-session-guard cannot seed its session tables without it",
+        );
+        Self {
+            seed: u64::from_le_bytes(seed),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for IdHashState {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.seed)
+    }
+}
+
+/// See [`IdHashState`].
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // A final avalanche, so that every output bit depends on every input bit.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+
+    fn write_u64(&mut self, bits: u64) {
+        self.0 = (self.0 ^ bits).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `IdHash` keys these tables, and it writes one `u64`; other
+        // input is folded in eight bytes at a time all the same.
+        for chunk in bytes.chunks(8) {
+            let mut bits = [0u8; 8];
+            bits[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(bits));
+        }
+    }
+}
 
 /// A short one-way name of a session for logs, events and admin listings.
 ///
@@ -282,7 +359,39 @@ fn hex_digit(c: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::hash::BuildHasher;
+
     use super::*;
+
+    #[test]
+    fn table_hashes_agree_on_equal_keys_and_spread_over_buckets() {
+        let state = IdHashState::new();
+        let id = SessionId::generate().hash();
+        assert_eq!(
+            state.hash_one(id),
+            state.hash_one(IdHash::from_bytes(*id.as_bytes()))
+        );
+
+        // 64 buckets, 64 000 keys: each bucket should get about 1000.
+        let mut buckets = [0u32; 64];
+        for _ in 0..64_000 {
+            let bucket = state.hash_one(SessionId::generate().hash()) % 64;
+            buckets[usize::try_from(bucket).unwrap()] += 1;
+        }
+        for (i, count) in buckets.iter().enumerate() {
+            assert!(
+                (800..1200).contains(count),
+                "bucket {i} got {count} of 64 000"
+            );
+        }
+    }
+
+    #[test]
+    fn table_hashes_depend_on_the_seed() {
+        let id = SessionId::generate().hash();
+        let (a, b) = (IdHashState::new(), IdHashState::new());
+        assert_ne!(a.hash_one(id), b.hash_one(id));
+    }
 
     #[test]
     fn generated_ids_differ() {

@@ -14,7 +14,7 @@ use super::{
     ChangeListener, Login, LoginOutcome, Regeneration, SessionStore, StoreChange, StoreError,
 };
 use crate::clock::{duration_millis, UnixMillis};
-use crate::id::IdHash;
+use crate::id::{IdHash, IdHashState};
 use crate::record::{Change, SessionRecord};
 
 /// How long [`CachedStore`] keeps a copy by default: 5 seconds.
@@ -81,7 +81,7 @@ pub struct CachedStore<S> {
 }
 
 struct Shared {
-    records: Cache<IdHash, Arc<SessionRecord>>,
+    records: Cache<IdHash, Arc<SessionRecord>, IdHashState>,
     ttl_ms: Arc<AtomicU64>,
     feed: AtomicU8,
     /// Bumped when everything is dropped (the feed connected or went down).
@@ -105,7 +105,7 @@ impl<S: SessionStore> CachedStore<S> {
         let records = Cache::builder()
             .max_capacity(max_sessions)
             .expire_after(CopyLifetime(Arc::clone(&ttl_ms)))
-            .build();
+            .build_with_hasher(IdHashState::new());
         let shared = Arc::new(Shared {
             records,
             ttl_ms,

@@ -15,7 +15,7 @@ use moka::Expiry;
 
 use super::{Login, LoginOutcome, Regeneration, SessionStore, StoreError};
 use crate::clock::UnixMillis;
-use crate::id::IdHash;
+use crate::id::{IdHash, IdHashState};
 use crate::policy::is_live_session_of;
 use crate::record::{Change, SessionRecord};
 
@@ -55,7 +55,7 @@ pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 /// ```
 #[derive(Clone)]
 pub struct MokaStore {
-    records: Cache<IdHash, Arc<SessionRecord>>,
+    records: Cache<IdHash, Arc<SessionRecord>, IdHashState>,
     users: Arc<UserIndex>,
 }
 
@@ -144,7 +144,7 @@ impl MokaStore {
                     }
                 }
             })
-            .build();
+            .build_with_hasher(IdHashState::new());
         Self { records, users }
     }
 
