@@ -3,12 +3,12 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
-use moka::ops::compute::{CompResult, Op};
+use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
@@ -31,6 +31,9 @@ const USER_LOCKS: usize = 64;
 /// expired record (and report *why* it expired) instead of finding nothing.
 const BACKSTOP_SLACK: Duration = Duration::from_secs(30);
 
+/// [`BACKSTOP_SLACK`] in the records' clock unit.
+const BACKSTOP_SLACK_MS: UnixMillis = 30_000;
+
 /// Sessions kept by [`MokaStore::default`].
 pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 
@@ -40,10 +43,11 @@ pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 ///   recently used session is dropped to make room (plain LRU, so a new
 ///   session is never refused).
 /// - **Expiry backstop**: each record is dropped some seconds after its
-///   idle or absolute deadline, measured from its last write, so memory held
-///   by abandoned sessions comes back without a sweeper task.
-/// - **Atomic**: updates are read-modify-write under moka's per-key lock, so
-///   concurrent requests writing different keys keep all their writes.
+///   idle or absolute deadline, so memory held by abandoned sessions comes
+///   back without a sweeper task.
+/// - **Atomic**: each session has its own lock; an update is a
+///   read-modify-write under it, so concurrent requests writing different
+///   keys keep all their writes, and a deleted session stays deleted.
 ///
 /// Clones share one cache: two layers (say, before and after a key
 /// rotation) can share a store.
@@ -55,8 +59,91 @@ pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 /// ```
 #[derive(Clone)]
 pub struct MokaStore {
-    records: Cache<IdHash, Arc<SessionRecord>, IdHashState>,
+    records: Cache<IdHash, Arc<Slot>, IdHashState>,
     users: Arc<UserIndex>,
+}
+
+/// One session's place in the cache: its current record behind its own lock.
+///
+/// Updates swap the record in place instead of writing the cache, which
+/// would take moka's per-key compute machinery on every request. Lock
+/// order: no cache operation is ever called while a slot is locked (the
+/// cache's listener and expiry callbacks lock slots themselves).
+struct Slot(Mutex<SlotState>);
+
+struct SlotState {
+    /// `None` once the session was removed: a request that fetched the slot
+    /// before that finds nothing, and cannot write the session back.
+    record: Option<Arc<SessionRecord>>,
+    /// The deadline the cache's backstop was last computed for.
+    scheduled_for: UnixMillis,
+}
+
+impl Slot {
+    fn new(record: Arc<SessionRecord>) -> Self {
+        Self(Mutex::new(SlotState {
+            scheduled_for: record.expires_at(),
+            record: Some(record),
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self) -> Option<Arc<SessionRecord>> {
+        self.state().record.clone()
+    }
+
+    /// Removes the record if `condition` holds for it.
+    fn take_if(
+        &self,
+        condition: impl FnOnce(&SessionRecord) -> bool,
+    ) -> Option<Arc<SessionRecord>> {
+        let mut state = self.state();
+        match &state.record {
+            Some(record) if condition(record) => state.record.take(),
+            _ => None,
+        }
+    }
+
+    /// Replaces the record with `replace(current)` unless that returns
+    /// `None`; says whether the cache's backstop must be rescheduled.
+    fn replace(
+        &self,
+        replace: impl FnOnce(&Arc<SessionRecord>) -> Option<SessionRecord>,
+    ) -> Replaced {
+        let mut state = self.state();
+        let Some(current) = &state.record else {
+            return Replaced::Gone;
+        };
+        let Some(next) = replace(current) else {
+            return Replaced::Kept(Arc::clone(current));
+        };
+        let deadline = next.expires_at();
+        let previous = state.record.replace(Arc::new(next));
+        // The backstop must never fall due before the record's deadline,
+        // nor hold a short-lived placeholder for the rest of a long session.
+        let reschedule = deadline > state.scheduled_for.saturating_add(BACKSTOP_SLACK_MS / 2)
+            || deadline.saturating_add(BACKSTOP_SLACK_MS) < state.scheduled_for;
+        Replaced::Done {
+            previous: previous.unwrap_or_else(|| unreachable!("checked above")),
+            reschedule,
+        }
+    }
+}
+
+/// What [`Slot::replace`] did.
+enum Replaced {
+    /// The session was removed meanwhile.
+    Gone,
+    /// The replacement declined; this is the record left in place.
+    Kept(Arc<SessionRecord>),
+    /// Replaced `previous`.
+    Done {
+        previous: Arc<SessionRecord>,
+        reschedule: bool,
+    },
 }
 
 /// The per-user index: user id → hashes of that user's sessions.
@@ -135,12 +222,15 @@ impl MokaStore {
             .max_capacity(max_sessions)
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(Backstop)
-            .eviction_listener(move |key: Arc<IdHash>, record: Arc<SessionRecord>, cause| {
-                // A replaced record keeps its key (and its user: ids change
-                // users only by moving to a new key).
+            .eviction_listener(move |key: Arc<IdHash>, slot: Arc<Slot>, cause| {
+                // A rescheduled slot stays where it is. A removal by this
+                // store has emptied its slot and updated the index already;
+                // an eviction (size, expiry) is done here.
                 if cause != RemovalCause::Replaced {
-                    if let Some(user) = &record.user_id {
-                        listener_users.remove(user, &key);
+                    if let Some(record) = slot.take_if(|_| true) {
+                        if let Some(user) = &record.user_id {
+                            listener_users.remove(user, &key);
+                        }
                     }
                 }
             })
@@ -154,17 +244,22 @@ impl MokaStore {
         self.users.users()
     }
 
+    /// The record under `id`, if there is one.
+    fn get(&self, id: &IdHash) -> Option<Arc<SessionRecord>> {
+        self.records.get(id)?.record()
+    }
+
     /// The user's live sessions; dead index entries are dropped on the way.
     async fn live_sessions(&self, user_id: &str, now: UnixMillis) -> Vec<Arc<SessionRecord>> {
         let mut live = Vec::new();
         for hash in self.users.hashes(user_id) {
-            match self.records.get(&hash) {
+            match self.get(&hash) {
                 Some(record) if is_live_session_of(&record, user_id, now) => live.push(record),
                 // A forwarding entry leaves the index with its own removal.
                 Some(record) if record.is_placeholder() => {}
                 Some(record) if record.user_id.as_deref() == Some(user_id) => {
                     // Expired: the policy would refuse it anyway.
-                    self.take(&hash, |r| now >= r.expires_at()).await;
+                    self.take(&hash, |r| now >= r.expires_at());
                 }
                 _ => self.users.remove(user_id, &hash),
             }
@@ -173,20 +268,26 @@ impl MokaStore {
     }
 
     /// Inserts `record` unless its key is taken; returns whether it was inserted.
-    async fn insert_new(&self, record: Arc<SessionRecord>) -> bool {
-        // `or_insert` is moka's atomic insert-if-absent, lighter than a
-        // compute; `is_fresh` says whether this call inserted.
-        let inserted = self
-            .records
-            .entry(record.id_hash)
-            .or_insert(Arc::clone(&record))
-            .is_fresh();
-        if inserted {
-            if let Some(user) = &record.user_id {
-                self.users.add(user, record.id_hash);
-            }
+    ///
+    /// The look-up and the insert are two steps (as in moka's own
+    /// `or_insert`; an atomic insert-if-absent would go through moka's
+    /// per-key compute, which costs more than the rest of a new session).
+    /// Two inserts of one key could only race with two equal 128-bit ids
+    /// drawn from the OS CSPRNG at the same instant; the check is there for
+    /// the sequential case, such as a store shared by two layers.
+    fn insert_new(&self, record: Arc<SessionRecord>) -> bool {
+        let id = record.id_hash;
+        if self.records.contains_key(&id) {
+            return false;
         }
-        inserted
+        let user = record.user_id.clone();
+        self.records.insert(id, Arc::new(Slot::new(record)));
+        // After the insert: an index entry without its record would be
+        // dropped as dead by a `delete_user` pass running meanwhile.
+        if let Some(user) = &user {
+            self.users.add(user, id);
+        }
+        true
     }
 
     /// The number of sessions held, approximately (moka counts lazily).
@@ -227,44 +328,46 @@ impl fmt::Debug for MokaStore {
 #[async_trait]
 impl SessionStore for MokaStore {
     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
-        Ok(self.insert_new(Arc::new(record.clone())).await)
+        Ok(self.insert_new(Arc::new(record.clone())))
     }
 
     async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        Ok(self.records.get(id))
+        Ok(self.get(id))
     }
 
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
         let mut target = *id;
         // At most one hop: a forwarding entry points at a real session.
         for _ in 0..2 {
-            let mut successor = None;
-            let result = self.records.entry(target).and_compute_with(|existing| {
-                let op = match existing {
-                    Some(entry) if entry.value().is_placeholder() => {
-                        successor = entry.value().successor.map(|s| s.id_hash);
-                        Op::Nop
-                    }
-                    Some(entry) => {
-                        let mut record = SessionRecord::clone(entry.value());
-                        record.apply(change);
-                        Op::Put(Arc::new(record))
-                    }
-                    None => Op::Nop,
-                };
-                op
+            let Some(slot) = self.records.get(&target) else {
+                return Ok(false);
+            };
+            let replaced = slot.replace(|current| {
+                (!current.is_placeholder()).then(|| {
+                    let mut record = SessionRecord::clone(current);
+                    record.apply(change);
+                    record
+                })
             });
-            match (result, successor) {
-                (CompResult::ReplacedWith(_), _) => return Ok(true),
-                (_, Some(next)) if target == *id => target = next,
-                _ => return Ok(false),
+            match replaced {
+                Replaced::Done { reschedule, .. } => {
+                    if reschedule {
+                        self.reschedule(&target, &slot);
+                    }
+                    return Ok(true);
+                }
+                Replaced::Kept(placeholder) => match placeholder.successor {
+                    Some(next) if target == *id => target = next.id_hash,
+                    _ => return Ok(false),
+                },
+                Replaced::Gone => return Ok(false),
             }
         }
         Ok(false)
     }
 
     async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
-        Ok(self.remove_following(id, None, None).await.is_some())
+        Ok(self.remove_following(id, None, None).is_some())
     }
 
     async fn regenerate(
@@ -276,45 +379,38 @@ impl SessionStore for MokaStore {
         // The new record is stored before the old one is swapped for its
         // placeholder, so a request that finds a forwarding entry always
         // finds its successor. The swap only happens if the old record is
-        // still the version that was copied (no write is lost), and of
+        // still the one that was copied (no write is lost), and of
         // concurrent renewals exactly one wins the swap.
+        let Some(slot) = self.records.get(old) else {
+            return Ok(None);
+        };
         loop {
-            let Some(previous) = self.records.get(old) else {
-                return Ok(None);
+            let previous = match slot.record() {
+                Some(previous) if !previous.is_placeholder() => previous,
+                _ => return Ok(None),
             };
-            if previous.is_placeholder() {
-                return Ok(None);
-            }
             let moved = Arc::new(regeneration.apply_to(&previous, new));
-            if !self.insert_new(Arc::clone(&moved)).await {
+            if !self.insert_new(Arc::clone(&moved)) {
                 return Err(StoreError::Unavailable(
                     "the new session id was already taken; nothing was changed".into(),
                 ));
             }
-            let mut outcome = Swap::Gone;
-            self.records.entry(*old).and_compute_with(|existing| {
-                let op = match existing {
-                    Some(entry) if entry.value().is_placeholder() => Op::Nop,
-                    Some(entry) if entry.value().version != previous.version => {
-                        outcome = Swap::Changed;
-                        Op::Nop
-                    }
-                    Some(entry) => {
-                        outcome = Swap::Done;
-                        Op::Put(Arc::new(regeneration.replacement(entry.value(), new)))
-                    }
-                    None => Op::Nop,
-                };
-                op
+            let swapped = slot.replace(|current| {
+                Arc::ptr_eq(current, &previous).then(|| regeneration.replacement(current, new))
             });
-            match outcome {
-                Swap::Done => return Ok(Some(moved)),
-                Swap::Changed => {
-                    // Written meanwhile: copy again.
-                    self.take(new, |_| true).await;
+            match swapped {
+                Replaced::Done { reschedule, .. } => {
+                    if reschedule {
+                        self.reschedule(old, &slot);
+                    }
+                    return Ok(Some(moved));
                 }
-                Swap::Gone => {
-                    self.take(new, |_| true).await;
+                // Written meanwhile: copy again.
+                Replaced::Kept(current) if !current.is_placeholder() => {
+                    self.take(new, |_| true);
+                }
+                Replaced::Kept(_) | Replaced::Gone => {
+                    self.take(new, |_| true);
                     return Ok(None);
                 }
             }
@@ -338,44 +434,41 @@ impl SessionStore for MokaStore {
 
         // Move the previous session, if it is still a session.
         if let Some(previous_id) = &login.previous {
-            let mut taken = None;
-            self.records
-                .entry(*previous_id)
-                .and_compute_with(|existing| {
-                    let op = match existing {
-                        Some(entry) if !entry.value().is_placeholder() => {
-                            let record = Arc::clone(entry.value());
-                            let op = Op::Put(Arc::new(login.superseded(&record)));
-                            taken = Some(record);
-                            op
-                        }
-                        _ => Op::Nop,
-                    };
-                    op
+            if let Some(slot) = self.records.get(previous_id) {
+                let superseded = slot.replace(|current| {
+                    (!current.is_placeholder()).then(|| login.superseded(current))
                 });
-            if let Some(previous) = taken {
-                let moved = Arc::new(login.moved(&previous));
-                if !self.insert_new(Arc::clone(&moved)).await {
-                    self.put(*previous_id, previous).await;
-                    return Err(StoreError::Unavailable(
-                        "the new session id was already taken; nothing was changed".into(),
-                    ));
+                if let Replaced::Done {
+                    previous,
+                    reschedule,
+                } = superseded
+                {
+                    if reschedule {
+                        self.reschedule(previous_id, &slot);
+                    }
+                    let moved = Arc::new(login.moved(&previous));
+                    if !self.insert_new(Arc::clone(&moved)) {
+                        slot.replace(|_| Some(SessionRecord::clone(&previous)));
+                        return Err(StoreError::Unavailable(
+                            "the new session id was already taken; nothing was changed".into(),
+                        ));
+                    }
+                    self.evict(&evicted);
+                    return Ok(LoginOutcome::LoggedIn {
+                        record: moved,
+                        moved: true,
+                        evicted,
+                    });
                 }
-                self.evict(&evicted).await;
-                return Ok(LoginOutcome::LoggedIn {
-                    record: moved,
-                    moved: true,
-                    evicted,
-                });
             }
         }
         let record = Arc::new(login.record.clone());
-        if !self.insert_new(Arc::clone(&record)).await {
+        if !self.insert_new(Arc::clone(&record)) {
             return Err(StoreError::Unavailable(
                 "the new session id was already taken; nothing was changed".into(),
             ));
         }
-        self.evict(&evicted).await;
+        self.evict(&evicted);
         Ok(LoginOutcome::LoggedIn {
             record,
             moved: false,
@@ -412,10 +505,10 @@ impl SessionStore for MokaStore {
                 break;
             }
             for hash in pending {
-                if let Some(removed) = self.remove_following(&hash, Some(user_id), keep).await {
+                if let Some(removed) = self.remove_following(&hash, Some(user_id), keep) {
                     seen.insert(removed);
                     deleted.push(removed);
-                } else if self.records.get(&hash).is_none() {
+                } else if self.get(&hash).is_none() {
                     self.users.remove(user_id, &hash);
                 }
             }
@@ -425,9 +518,9 @@ impl SessionStore for MokaStore {
 }
 
 impl MokaStore {
-    async fn evict(&self, victims: &[IdHash]) {
+    fn evict(&self, victims: &[IdHash]) {
         for victim in victims {
-            self.remove_following(victim, None, None).await;
+            self.remove_following(victim, None, None);
         }
     }
 
@@ -436,7 +529,7 @@ impl MokaStore {
     /// it forwards to as well (unless that is `keep`), so a session renewed
     /// a moment ago cannot escape a logout, a revocation or an eviction.
     /// Returns the hash of the session deleted, if one was.
-    async fn remove_following(
+    fn remove_following(
         &self,
         id: &IdHash,
         user: Option<&str>,
@@ -445,7 +538,7 @@ impl MokaStore {
         let owned = |r: &SessionRecord| user.map_or(true, |u| r.user_id.as_deref() == Some(u));
         let mut current = *id;
         for _ in 0..MAX_PASSES {
-            let removed = self.take(&current, owned).await?;
+            let removed = self.take(&current, owned)?;
             if !removed.is_placeholder() {
                 return Some(current);
             }
@@ -460,43 +553,43 @@ impl MokaStore {
         None
     }
 
-    /// Removes the record under `id` if `condition` holds for it, under the
-    /// same per-key lock as updates: a concurrent update can never write a
-    /// removed session back.
-    async fn take(
+    /// Removes the record under `id` if `condition` holds for it. The slot
+    /// is emptied under its lock first, so an update that fetched it
+    /// meanwhile finds nothing and cannot write the session back.
+    fn take(
         &self,
         id: &IdHash,
         condition: impl FnOnce(&SessionRecord) -> bool,
     ) -> Option<Arc<SessionRecord>> {
-        let mut taken = None;
-        self.records.entry(*id).and_compute_with(|existing| {
-            let op = match existing {
-                Some(entry) if condition(entry.value()) => {
-                    taken = Some(Arc::clone(entry.value()));
-                    Op::Remove
-                }
+        let slot = self.records.get(id)?;
+        let taken = slot.take_if(condition)?;
+        if let Some(user) = &taken.user_id {
+            self.users.remove(user, id);
+        }
+        self.records
+            .entry(*id)
+            .and_compute_with(|existing| match existing {
+                Some(entry) if Arc::ptr_eq(entry.value(), &slot) => Op::Remove,
                 _ => Op::Nop,
-            };
-            op
-        });
-        taken
+            });
+        Some(taken)
     }
 
-    /// Writes `record` under `id` under the per-key lock.
-    async fn put(&self, id: IdHash, record: Arc<SessionRecord>) {
-        self.records.entry(id).and_compute_with(|_| Op::Put(record));
+    /// Puts `slot` back under `id` so that the cache recomputes its
+    /// backstop from the slot's current record.
+    ///
+    /// A plain insert, not a compute: if the session was removed meanwhile,
+    /// this puts back an emptied slot, which reads as no session and which
+    /// the backstop drops within a second.
+    fn reschedule(&self, id: &IdHash, slot: &Arc<Slot>) {
+        self.records.insert(*id, Arc::clone(slot));
     }
 }
 
-/// How the swap of an old record for its placeholder went.
-enum Swap {
-    Done,
-    Changed,
-    Gone,
-}
-
-/// Per-record lifetime in the cache: the time left to the record's earliest
-/// deadline as of its last write, plus [`BACKSTOP_SLACK`].
+/// The cache's lifetime for a slot: the time left to its record's earliest
+/// deadline, plus [`BACKSTOP_SLACK`], from the time the slot is stored or
+/// rescheduled (the store reschedules when a write moves the deadline by
+/// more than half the slack either way).
 ///
 /// Measured from the record's own `last_seen`, not the wall clock, so a
 /// record written under a test clock is not dropped early.
@@ -507,26 +600,34 @@ impl Backstop {
         let left = record.expires_at().saturating_sub(record.last_seen);
         Duration::from_millis(left) + BACKSTOP_SLACK
     }
+
+    fn schedule(slot: &Slot) -> Option<Duration> {
+        let mut state = slot.state();
+        let record = state.record.clone()?;
+        state.scheduled_for = record.expires_at();
+        Some(Self::lifetime(&record))
+    }
 }
 
-impl Expiry<IdHash, Arc<SessionRecord>> for Backstop {
+impl Expiry<IdHash, Arc<Slot>> for Backstop {
     fn expire_after_create(
         &self,
         _key: &IdHash,
-        value: &Arc<SessionRecord>,
+        slot: &Arc<Slot>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(Self::lifetime(value))
+        // An emptied slot is on its way out: a second is plenty.
+        Some(Self::schedule(slot).unwrap_or(Duration::from_secs(1)))
     }
 
     fn expire_after_update(
         &self,
         _key: &IdHash,
-        value: &Arc<SessionRecord>,
+        slot: &Arc<Slot>,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(Self::lifetime(value))
+        Some(Self::schedule(slot).unwrap_or(Duration::from_secs(1)))
     }
 }
 
