@@ -29,6 +29,7 @@ mod changes;
 mod moka;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod table;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;

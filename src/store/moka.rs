@@ -1,21 +1,17 @@
-//! The default store: a bounded in-memory cache on moka.
+//! The default store: a bounded in-memory table of sessions.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use moka::notification::RemovalCause;
-use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
-use moka::Expiry;
 
+use super::table::{Replaced, Table};
 use super::{Login, LoginOutcome, Regeneration, SessionStore, StoreError};
 use crate::clock::UnixMillis;
-use crate::id::{IdHash, IdHashState};
+use crate::id::IdHash;
 use crate::policy::is_live_session_of;
 use crate::record::{Change, SessionRecord};
 
@@ -25,31 +21,38 @@ const MAX_PASSES: usize = 4;
 /// Number of per-user login locks (users hash onto them).
 const USER_LOCKS: usize = 64;
 
-/// How long after its deadline a record may linger before the cache drops it.
+/// How long after its deadline a record may linger before the store drops it.
 ///
-/// The policy, not the cache, decides expiry: the slack lets the layer see an
+/// The policy, not the store, decides expiry: the slack lets the layer see an
 /// expired record (and report *why* it expired) instead of finding nothing.
 const BACKSTOP_SLACK: Duration = Duration::from_secs(30);
-
-/// [`BACKSTOP_SLACK`] in the records' clock unit.
-const BACKSTOP_SLACK_MS: UnixMillis = 30_000;
 
 /// Sessions kept by [`MokaStore::default`].
 pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 
 /// An in-memory store for a single process, bounded by a number of sessions.
 ///
-/// - **Bounded**: at most `max_sessions` records; when full, the least
-///   recently used session is dropped to make room (plain LRU, so a new
-///   session is never refused).
-/// - **Expiry backstop**: each record is dropped some seconds after its
-///   idle or absolute deadline, so memory held by abandoned sessions comes
-///   back without a sweeper task.
-/// - **Atomic**: each session has its own lock; an update is a
-///   read-modify-write under it, so concurrent requests writing different
-///   keys keep all their writes, and a deleted session stays deleted.
+/// - **Bounded**: at most `max_sessions` records. When full, a new session
+///   is never refused: room is made by dropping, of a few sessions sampled
+///   at random, one past its deadline if there is one, else the least
+///   recently used (the approximation of LRU that Redis uses).
+/// - **Expiry backstop**: a record may be dropped 30 seconds after its idle
+///   or absolute deadline. Every new session checks a few stored ones in
+///   turn, so the memory of abandoned sessions comes back as new ones
+///   arrive, without a sweeper task; [`run_pending_tasks`](Self::run_pending_tasks)
+///   checks them all.
+/// - **Atomic**: the table is split into shards, each behind a read-write
+///   lock. Reads share it; every write (an update's read-modify-write, a
+///   delete, the swap of a renewal) holds it, so concurrent requests
+///   writing different keys keep all their writes, and a deleted session
+///   stays deleted.
+/// - **Small**: per session, the table keeps the id's hash, a pointer to
+///   the record and 16 bytes of bookkeeping, in one shard's arrays. The
+///   store was first built on the `moka` cache, hence its name; moka's
+///   per-entry bookkeeping cost more memory and time than the session, so
+///   the store now keeps its own table.
 ///
-/// Clones share one cache: two layers (say, before and after a key
+/// Clones share one table: two layers (say, before and after a key
 /// rotation) can share a store.
 ///
 /// ```
@@ -59,105 +62,37 @@ pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 /// ```
 #[derive(Clone)]
 pub struct MokaStore {
-    records: Cache<IdHash, Arc<Slot>, IdHashState>,
+    records: Arc<Table>,
     users: Arc<UserIndex>,
-}
-
-/// One session's place in the cache: its current record behind its own lock.
-///
-/// Updates swap the record in place instead of writing the cache, which
-/// would take moka's per-key compute machinery on every request. Lock
-/// order: no cache operation is ever called while a slot is locked (the
-/// cache's listener and expiry callbacks lock slots themselves).
-struct Slot(Mutex<SlotState>);
-
-struct SlotState {
-    /// `None` once the session was removed: a request that fetched the slot
-    /// before that finds nothing, and cannot write the session back.
-    record: Option<Arc<SessionRecord>>,
-    /// The deadline the cache's backstop was last computed for.
-    scheduled_for: UnixMillis,
-}
-
-impl Slot {
-    fn new(record: Arc<SessionRecord>) -> Self {
-        Self(Mutex::new(SlotState {
-            scheduled_for: record.expires_at(),
-            record: Some(record),
-        }))
-    }
-
-    fn state(&self) -> MutexGuard<'_, SlotState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn record(&self) -> Option<Arc<SessionRecord>> {
-        self.state().record.clone()
-    }
-
-    /// Removes the record if `condition` holds for it.
-    fn take_if(
-        &self,
-        condition: impl FnOnce(&SessionRecord) -> bool,
-    ) -> Option<Arc<SessionRecord>> {
-        let mut state = self.state();
-        match &state.record {
-            Some(record) if condition(record) => state.record.take(),
-            _ => None,
-        }
-    }
-
-    /// Replaces the record with `replace(current)` unless that returns
-    /// `None`; says whether the cache's backstop must be rescheduled.
-    fn replace(
-        &self,
-        replace: impl FnOnce(&Arc<SessionRecord>) -> Option<SessionRecord>,
-    ) -> Replaced {
-        let mut state = self.state();
-        let Some(current) = &state.record else {
-            return Replaced::Gone;
-        };
-        let Some(next) = replace(current) else {
-            return Replaced::Kept(Arc::clone(current));
-        };
-        let deadline = next.expires_at();
-        let previous = state.record.replace(Arc::new(next));
-        // The backstop must never fall due before the record's deadline,
-        // nor hold a short-lived placeholder for the rest of a long session.
-        let reschedule = deadline > state.scheduled_for.saturating_add(BACKSTOP_SLACK_MS / 2)
-            || deadline.saturating_add(BACKSTOP_SLACK_MS) < state.scheduled_for;
-        Replaced::Done {
-            previous: previous.unwrap_or_else(|| unreachable!("checked above")),
-            reschedule,
-        }
-    }
-}
-
-/// What [`Slot::replace`] did.
-enum Replaced {
-    /// The session was removed meanwhile.
-    Gone,
-    /// The replacement declined; this is the record left in place.
-    Kept(Arc<SessionRecord>),
-    /// Replaced `previous`.
-    Done {
-        previous: Arc<SessionRecord>,
-        reschedule: bool,
-    },
 }
 
 /// The per-user index: user id → hashes of that user's sessions.
 ///
-/// Entries leave it when the cache drops their record for any reason
-/// (deletion, expiry, eviction by size), through the cache's removal
-/// listener, so it never holds more entries than there are records.
+/// Entries leave it when their record leaves the table for any reason
+/// (deletion, eviction, backstop), so it never holds more entries than
+/// there are records.
 #[derive(Default)]
 struct UserIndex {
-    sessions: Mutex<HashMap<String, Vec<IdHash>>>,
+    sessions: Mutex<HashMap<Box<str>, Sessions>>,
     /// Serialises logins and mass deletions per user (striped), so that the
     /// limit check and the write it allows happen as one step.
     locks: Vec<async_lock::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// One user's sessions: most users have one, kept inline.
+enum Sessions {
+    One(IdHash),
+    Many(Vec<IdHash>),
+}
+
+impl Sessions {
+    fn as_slice(&self) -> &[IdHash] {
+        match self {
+            Self::One(id) => std::slice::from_ref(id),
+            Self::Many(ids) => ids,
+        }
+    }
 }
 
 impl UserIndex {
@@ -178,33 +113,45 @@ impl UserIndex {
         &self.locks[stripe]
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<IdHash>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Sessions>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn add(&self, user_id: &str, id: IdHash) {
         let mut map = self.map();
-        // Most users have one session: no room reserved for four.
-        let entry = map
-            .entry(user_id.to_owned())
-            .or_insert_with(|| Vec::with_capacity(1));
-        if !entry.contains(&id) {
-            entry.push(id);
+        match map.get_mut(user_id) {
+            None => {
+                map.insert(user_id.into(), Sessions::One(id));
+            }
+            Some(sessions) if sessions.as_slice().contains(&id) => {}
+            Some(Sessions::One(first)) => {
+                let first = *first;
+                map.insert(user_id.into(), Sessions::Many(vec![first, id]));
+            }
+            Some(Sessions::Many(ids)) => ids.push(id),
         }
     }
 
     fn remove(&self, user_id: &str, id: &IdHash) {
         let mut map = self.map();
-        if let Some(entry) = map.get_mut(user_id) {
-            entry.retain(|h| h != id);
-            if entry.is_empty() {
-                map.remove(user_id);
+        let now_empty = match map.get_mut(user_id) {
+            None => false,
+            Some(Sessions::One(only)) => only == id,
+            Some(Sessions::Many(ids)) => {
+                ids.retain(|h| h != id);
+                ids.is_empty()
             }
+        };
+        if now_empty {
+            map.remove(user_id);
         }
     }
 
     fn hashes(&self, user_id: &str) -> Vec<IdHash> {
-        self.map().get(user_id).cloned().unwrap_or_default()
+        self.map()
+            .get(user_id)
+            .map(|sessions| sessions.as_slice().to_vec())
+            .unwrap_or_default()
     }
 
     fn users(&self) -> usize {
@@ -213,29 +160,26 @@ impl UserIndex {
 }
 
 impl MokaStore {
-    /// A store holding at most `max_sessions` sessions.
+    /// A store holding at most `max_sessions` sessions (at least one).
     #[must_use]
     pub fn new(max_sessions: u64) -> Self {
         let users = Arc::new(UserIndex::new());
-        let listener_users = Arc::clone(&users);
-        let records = Cache::builder()
-            .max_capacity(max_sessions)
-            .eviction_policy(EvictionPolicy::lru())
-            .expire_after(Backstop)
-            .eviction_listener(move |key: Arc<IdHash>, slot: Arc<Slot>, cause| {
-                // A rescheduled slot stays where it is. A removal by this
-                // store has emptied its slot and updated the index already;
-                // an eviction (size, expiry) is done here.
-                if cause != RemovalCause::Replaced {
-                    if let Some(record) = slot.take_if(|_| true) {
-                        if let Some(user) = &record.user_id {
-                            listener_users.remove(user, &key);
-                        }
-                    }
+        let dropped_users = Arc::clone(&users);
+        let records = Table::new(
+            max_sessions,
+            BACKSTOP_SLACK,
+            // Evicted or past the backstop: out of the user's index too.
+            // (Removals by the store itself update the index themselves.)
+            Box::new(move |id, record| {
+                if let Some(user) = &record.user_id {
+                    dropped_users.remove(user, id);
                 }
-            })
-            .build_with_hasher(IdHashState::new());
-        Self { records, users }
+            }),
+        );
+        Self {
+            records: Arc::new(records),
+            users,
+        }
     }
 
     /// The number of users with at least one indexed session, approximately.
@@ -246,7 +190,7 @@ impl MokaStore {
 
     /// The record under `id`, if there is one.
     fn get(&self, id: &IdHash) -> Option<Arc<SessionRecord>> {
-        self.records.get(id)?.record()
+        self.records.get(id)
     }
 
     /// The user's live sessions; dead index entries are dropped on the way.
@@ -267,21 +211,14 @@ impl MokaStore {
         live
     }
 
-    /// Inserts `record` unless its key is taken; returns whether it was inserted.
-    ///
-    /// The look-up and the insert are two steps (as in moka's own
-    /// `or_insert`; an atomic insert-if-absent would go through moka's
-    /// per-key compute, which costs more than the rest of a new session).
-    /// Two inserts of one key could only race with two equal 128-bit ids
-    /// drawn from the OS CSPRNG at the same instant; the check is there for
-    /// the sequential case, such as a store shared by two layers.
+    /// Inserts `record` unless its key is taken, atomically; returns whether
+    /// it was inserted.
     fn insert_new(&self, record: Arc<SessionRecord>) -> bool {
         let id = record.id_hash;
-        if self.records.contains_key(&id) {
+        let user = record.user_id.clone();
+        if !self.records.insert_new(record) {
             return false;
         }
-        let user = record.user_id.clone();
-        self.records.insert(id, Arc::new(Slot::new(record)));
         // After the insert: an index entry without its record would be
         // dropped as dead by a `delete_user` pass running meanwhile.
         if let Some(user) = &user {
@@ -290,23 +227,24 @@ impl MokaStore {
         true
     }
 
-    /// The number of sessions held, approximately (moka counts lazily).
+    /// The number of sessions held.
     #[must_use]
     pub fn len(&self) -> u64 {
-        self.records.entry_count()
+        self.records.len()
     }
 
-    /// Whether the store holds no sessions, approximately.
+    /// Whether the store holds no sessions.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Runs moka's pending housekeeping now (evictions, expiries, counts).
+    /// Drops every record past its backstop now, instead of as new
+    /// sessions arrive.
     ///
     /// Not needed in production; useful in tests and memory measurements.
     pub async fn run_pending_tasks(&self) {
-        self.records.run_pending_tasks();
+        self.records.sweep_all();
     }
 }
 
@@ -320,7 +258,7 @@ impl Default for MokaStore {
 impl fmt::Debug for MokaStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MokaStore")
-            .field("sessions", &self.records.entry_count())
+            .field("sessions", &self.records.len())
             .finish()
     }
 }
@@ -339,10 +277,7 @@ impl SessionStore for MokaStore {
         let mut target = *id;
         // At most one hop: a forwarding entry points at a real session.
         for _ in 0..2 {
-            let Some(slot) = self.records.get(&target) else {
-                return Ok(false);
-            };
-            let replaced = slot.replace(|current| {
+            let replaced = self.records.replace(&target, |current| {
                 (!current.is_placeholder()).then(|| {
                     let mut record = SessionRecord::clone(current);
                     record.apply(change);
@@ -350,12 +285,7 @@ impl SessionStore for MokaStore {
                 })
             });
             match replaced {
-                Replaced::Done { reschedule, .. } => {
-                    if reschedule {
-                        self.reschedule(&target, &slot);
-                    }
-                    return Ok(true);
-                }
+                Replaced::Done { .. } => return Ok(true),
                 Replaced::Kept(placeholder) => match placeholder.successor {
                     Some(next) if target == *id => target = next.id_hash,
                     _ => return Ok(false),
@@ -381,11 +311,8 @@ impl SessionStore for MokaStore {
         // finds its successor. The swap only happens if the old record is
         // still the one that was copied (no write is lost), and of
         // concurrent renewals exactly one wins the swap.
-        let Some(slot) = self.records.get(old) else {
-            return Ok(None);
-        };
         loop {
-            let previous = match slot.record() {
+            let previous = match self.get(old) {
                 Some(previous) if !previous.is_placeholder() => previous,
                 _ => return Ok(None),
             };
@@ -395,16 +322,11 @@ impl SessionStore for MokaStore {
                     "the new session id was already taken; nothing was changed".into(),
                 ));
             }
-            let swapped = slot.replace(|current| {
+            let swapped = self.records.replace(old, |current| {
                 Arc::ptr_eq(current, &previous).then(|| regeneration.replacement(current, new))
             });
             match swapped {
-                Replaced::Done { reschedule, .. } => {
-                    if reschedule {
-                        self.reschedule(old, &slot);
-                    }
-                    return Ok(Some(moved));
-                }
+                Replaced::Done { .. } => return Ok(Some(moved)),
                 // Written meanwhile: copy again.
                 Replaced::Kept(current) if !current.is_placeholder() => {
                     self.take(new, |_| true);
@@ -434,32 +356,24 @@ impl SessionStore for MokaStore {
 
         // Move the previous session, if it is still a session.
         if let Some(previous_id) = &login.previous {
-            if let Some(slot) = self.records.get(previous_id) {
-                let superseded = slot.replace(|current| {
-                    (!current.is_placeholder()).then(|| login.superseded(current))
-                });
-                if let Replaced::Done {
-                    previous,
-                    reschedule,
-                } = superseded
-                {
-                    if reschedule {
-                        self.reschedule(previous_id, &slot);
-                    }
-                    let moved = Arc::new(login.moved(&previous));
-                    if !self.insert_new(Arc::clone(&moved)) {
-                        slot.replace(|_| Some(SessionRecord::clone(&previous)));
-                        return Err(StoreError::Unavailable(
-                            "the new session id was already taken; nothing was changed".into(),
-                        ));
-                    }
-                    self.evict(&evicted);
-                    return Ok(LoginOutcome::LoggedIn {
-                        record: moved,
-                        moved: true,
-                        evicted,
-                    });
+            let superseded = self.records.replace(previous_id, |current| {
+                (!current.is_placeholder()).then(|| login.superseded(current))
+            });
+            if let Replaced::Done { previous } = superseded {
+                let moved = Arc::new(login.moved(&previous));
+                if !self.insert_new(Arc::clone(&moved)) {
+                    self.records
+                        .replace(previous_id, |_| Some(SessionRecord::clone(&previous)));
+                    return Err(StoreError::Unavailable(
+                        "the new session id was already taken; nothing was changed".into(),
+                    ));
                 }
+                self.evict(&evicted);
+                return Ok(LoginOutcome::LoggedIn {
+                    record: moved,
+                    moved: true,
+                    evicted,
+                });
             }
         }
         let record = Arc::new(login.record.clone());
@@ -553,86 +467,24 @@ impl MokaStore {
         None
     }
 
-    /// Removes the record under `id` if `condition` holds for it. The slot
-    /// is emptied under its lock first, so an update that fetched it
-    /// meanwhile finds nothing and cannot write the session back.
+    /// Removes the record under `id` if `condition` holds for it, under
+    /// the shard's write lock: an update cannot write it back afterwards.
     fn take(
         &self,
         id: &IdHash,
         condition: impl FnOnce(&SessionRecord) -> bool,
     ) -> Option<Arc<SessionRecord>> {
-        let slot = self.records.get(id)?;
-        let taken = slot.take_if(condition)?;
+        let taken = self.records.take_if(id, condition)?;
         if let Some(user) = &taken.user_id {
             self.users.remove(user, id);
         }
-        self.records
-            .entry(*id)
-            .and_compute_with(|existing| match existing {
-                Some(entry) if Arc::ptr_eq(entry.value(), &slot) => Op::Remove,
-                _ => Op::Nop,
-            });
         Some(taken)
-    }
-
-    /// Puts `slot` back under `id` so that the cache recomputes its
-    /// backstop from the slot's current record.
-    ///
-    /// A plain insert, not a compute: if the session was removed meanwhile,
-    /// this puts back an emptied slot, which reads as no session and which
-    /// the backstop drops within a second.
-    fn reschedule(&self, id: &IdHash, slot: &Arc<Slot>) {
-        self.records.insert(*id, Arc::clone(slot));
-    }
-}
-
-/// The cache's lifetime for a slot: the time left to its record's earliest
-/// deadline, plus [`BACKSTOP_SLACK`], from the time the slot is stored or
-/// rescheduled (the store reschedules when a write moves the deadline by
-/// more than half the slack either way).
-///
-/// Measured from the record's own `last_seen`, not the wall clock, so a
-/// record written under a test clock is not dropped early.
-struct Backstop;
-
-impl Backstop {
-    fn lifetime(record: &SessionRecord) -> Duration {
-        let left = record.expires_at().saturating_sub(record.last_seen);
-        Duration::from_millis(left) + BACKSTOP_SLACK
-    }
-
-    fn schedule(slot: &Slot) -> Option<Duration> {
-        let mut state = slot.state();
-        let record = state.record.clone()?;
-        state.scheduled_for = record.expires_at();
-        Some(Self::lifetime(&record))
-    }
-}
-
-impl Expiry<IdHash, Arc<Slot>> for Backstop {
-    fn expire_after_create(
-        &self,
-        _key: &IdHash,
-        slot: &Arc<Slot>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        // An emptied slot is on its way out: a second is plenty.
-        Some(Self::schedule(slot).unwrap_or(Duration::from_secs(1)))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &IdHash,
-        slot: &Arc<Slot>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(Self::schedule(slot).unwrap_or(Duration::from_secs(1)))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::table::lifetime;
     use super::*;
     use crate::id::SessionId;
     use crate::record::{Deadlines, SessionData};
@@ -641,17 +493,17 @@ mod tests {
     fn the_backstop_lasts_to_the_earliest_deadline_plus_slack() {
         let mut record = test_record(None);
         assert_eq!(
-            Backstop::lifetime(&record),
+            lifetime(&record, BACKSTOP_SLACK),
             Duration::from_secs(60) + BACKSTOP_SLACK
         );
         record.last_seen = 31_000;
         assert_eq!(
-            Backstop::lifetime(&record),
+            lifetime(&record, BACKSTOP_SLACK),
             Duration::from_secs(30) + BACKSTOP_SLACK
         );
         record.idle_deadline = 10_000_000;
         assert_eq!(
-            Backstop::lifetime(&record),
+            lifetime(&record, BACKSTOP_SLACK),
             Duration::from_millis(3_601_000 - 31_000) + BACKSTOP_SLACK,
             "capped by the absolute deadline"
         );

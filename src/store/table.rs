@@ -1,0 +1,478 @@
+//! The bounded, sharded in-memory table behind [`MokaStore`](super::MokaStore).
+//!
+//! Each shard is an insertion-ordered hash map (`indexmap`) behind a
+//! read-write lock. Records are `Arc`s: a read clones a pointer under the
+//! read lock, a write swaps the pointer under the write lock. Per entry the
+//! table keeps 16 bytes besides the key and the record pointer: when it was
+//! last used (for eviction) and when it may be dropped (the backstop).
+//!
+//! - **Eviction** when a shard is full: of a few entries sampled at random,
+//!   one past its backstop if there is one, else the least recently used
+//!   (the approximation of LRU that Redis uses).
+//! - **Backstop**: every insert checks the next few entries in turn and
+//!   drops those past their backstop, so the memory of abandoned sessions
+//!   comes back as new sessions arrive, without a sweeper task.
+//!
+//! Dropped entries (eviction, backstop) are reported to a callback, called
+//! under the shard's write lock; it must not call back into the table.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+
+use crate::clock::UnixMillis;
+use crate::id::{IdHash, IdHashState};
+use crate::record::SessionRecord;
+
+/// Most shards a table is split into.
+const MAX_SHARDS: u64 = 64;
+
+/// Fewest entries a shard is made for (small tables get fewer shards).
+const MIN_SHARD_CAPACITY: u64 = 1024;
+
+/// Entries compared to choose an eviction victim.
+const SAMPLE: usize = 8;
+
+/// Entries checked for their backstop on every insert.
+const SWEEP: usize = 2;
+
+/// What to do with an entry the table drops on its own.
+pub(super) type OnDrop = Box<dyn Fn(&IdHash, &SessionRecord) + Send + Sync>;
+
+pub(super) struct Table {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: IdHashState,
+    shard_capacity: usize,
+    /// The origin of the entries' backstop times (milliseconds since).
+    epoch: Instant,
+    slack: Duration,
+    on_drop: OnDrop,
+}
+
+struct Shard {
+    entries: IndexMap<IdHash, Entry, IdHashState>,
+    /// Recency clock: bumped by every use of an entry of this shard.
+    tick: AtomicU64,
+    /// Where the backstop check resumes.
+    cursor: usize,
+    /// State of the sampling generator (xorshift; not a secret).
+    sampler: u64,
+}
+
+struct Entry {
+    record: Arc<SessionRecord>,
+    /// The shard's tick when the entry was last used.
+    used: AtomicU64,
+    /// When the entry may be dropped, in milliseconds since the epoch.
+    drop_at: u64,
+}
+
+/// What [`Table::replace`] did.
+pub(super) enum Replaced {
+    /// Nothing is stored under the id.
+    Gone,
+    /// The replacement declined; this is the record left in place.
+    Kept(Arc<SessionRecord>),
+    /// Replaced `previous`.
+    Done { previous: Arc<SessionRecord> },
+}
+
+impl Table {
+    /// A table for at most `max_entries` entries (at least one).
+    ///
+    /// Entries are dropped `slack` after their record's earliest deadline,
+    /// counted from their last write.
+    pub(super) fn new(max_entries: u64, slack: Duration, on_drop: OnDrop) -> Self {
+        let max_entries = max_entries.max(1);
+        // A power of two, so that each shard holds at least
+        // MIN_SHARD_CAPACITY entries and the total never exceeds the bound.
+        let mut shards = 1;
+        while shards < MAX_SHARDS && max_entries / (shards * 2) >= MIN_SHARD_CAPACITY {
+            shards *= 2;
+        }
+        let shard_capacity = usize::try_from(max_entries / shards).unwrap_or(usize::MAX);
+        let hasher = IdHashState::new();
+        let shards = (0..shards)
+            .map(|n| {
+                RwLock::new(Shard {
+                    entries: IndexMap::with_hasher(hasher.clone()),
+                    tick: AtomicU64::new(0),
+                    cursor: 0,
+                    sampler: 0x9e37_79b9_7f4a_7c15 ^ (n + 1),
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            hasher,
+            shard_capacity,
+            epoch: Instant::now(),
+            slack,
+            on_drop,
+        }
+    }
+
+    fn shard(&self, id: &IdHash) -> &RwLock<Shard> {
+        // The top bits: the shard's own map indexes by the low ones.
+        let bits = self.hasher.hash_one(id) >> 40;
+        // In range by the mask; truncation is intended.
+        #[allow(clippy::cast_possible_truncation)]
+        let index = bits as usize & (self.shards.len() - 1);
+        &self.shards[index]
+    }
+
+    fn read(&self, id: &IdHash) -> RwLockReadGuard<'_, Shard> {
+        self.shard(id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, id: &IdHash) -> RwLockWriteGuard<'_, Shard> {
+        self.shard(id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When an entry written now with `record` may be dropped.
+    fn drop_at(&self, now: u64, record: &SessionRecord) -> u64 {
+        let lifetime = lifetime(record, self.slack);
+        now.saturating_add(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The record under `id`, if there is one.
+    pub(super) fn get(&self, id: &IdHash) -> Option<Arc<SessionRecord>> {
+        let shard = self.read(id);
+        let entry = shard.entries.get(id)?;
+        entry.used.store(shard.bump(), Ordering::Relaxed);
+        Some(Arc::clone(&entry.record))
+    }
+
+    /// Stores `record` under its id unless something is stored there;
+    /// returns whether it was stored. Makes room in a full shard first.
+    pub(super) fn insert_new(&self, record: Arc<SessionRecord>) -> bool {
+        let id = record.id_hash;
+        let now = self.now();
+        let drop_at = self.drop_at(now, &record);
+        let mut shard = self.write(&id);
+        if shard.entries.contains_key(&id) {
+            return false;
+        }
+        self.sweep(&mut shard, now, SWEEP);
+        if shard.entries.len() >= self.shard_capacity {
+            self.evict_one(&mut shard, now);
+        }
+        let used = AtomicU64::new(shard.bump());
+        shard.entries.insert(
+            id,
+            Entry {
+                record,
+                used,
+                drop_at,
+            },
+        );
+        true
+    }
+
+    /// Replaces the record under `id` with `replace(current)`, unless that
+    /// returns `None`.
+    pub(super) fn replace(
+        &self,
+        id: &IdHash,
+        replace: impl FnOnce(&Arc<SessionRecord>) -> Option<SessionRecord>,
+    ) -> Replaced {
+        let now = self.now();
+        let mut shard = self.write(id);
+        let tick = shard.bump();
+        let Some(entry) = shard.entries.get_mut(id) else {
+            return Replaced::Gone;
+        };
+        let Some(next) = replace(&entry.record) else {
+            return Replaced::Kept(Arc::clone(&entry.record));
+        };
+        entry.drop_at = self.drop_at(now, &next);
+        *entry.used.get_mut() = tick;
+        let previous = std::mem::replace(&mut entry.record, Arc::new(next));
+        Replaced::Done { previous }
+    }
+
+    /// Removes the record under `id` if `condition` holds for it.
+    pub(super) fn take_if(
+        &self,
+        id: &IdHash,
+        condition: impl FnOnce(&SessionRecord) -> bool,
+    ) -> Option<Arc<SessionRecord>> {
+        let mut shard = self.write(id);
+        let index = shard.entries.get_index_of(id)?;
+        let (_, entry) = shard.entries.get_index(index)?;
+        if !condition(&entry.record) {
+            return None;
+        }
+        let (_, entry) = shard.entries.swap_remove_index(index)?;
+        Some(entry.record)
+    }
+
+    /// The number of entries.
+    pub(super) fn len(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entries
+                    .len() as u64
+            })
+            .sum()
+    }
+
+    /// Drops every entry past its backstop now.
+    pub(super) fn sweep_all(&self) {
+        let now = self.now();
+        for shard in &self.shards[..] {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let len = shard.entries.len();
+            shard.cursor = 0;
+            self.sweep(&mut shard, now, len);
+        }
+    }
+
+    /// Checks `count` entries from the shard's cursor on and drops those
+    /// past their backstop.
+    fn sweep(&self, shard: &mut Shard, now: u64, count: usize) {
+        for _ in 0..count {
+            let len = shard.entries.len();
+            if len == 0 {
+                return;
+            }
+            let at = shard.cursor % len;
+            let expired = shard
+                .entries
+                .get_index(at)
+                .is_some_and(|(_, entry)| entry.drop_at <= now);
+            if expired {
+                // The last entry moves into `at`: check that spot again.
+                self.drop_index(shard, at);
+                shard.cursor = at;
+            } else {
+                shard.cursor = at + 1;
+            }
+        }
+    }
+
+    /// Drops one entry of a full shard: of a random sample, one past its
+    /// backstop if any, else the least recently used.
+    fn evict_one(&self, shard: &mut Shard, now: u64) {
+        let len = shard.entries.len();
+        if len == 0 {
+            return;
+        }
+        let mut victim: Option<(usize, u64)> = None;
+        for _ in 0..SAMPLE.min(len) {
+            let at = shard.sample(len);
+            let Some((_, entry)) = shard.entries.get_index(at) else {
+                continue;
+            };
+            if entry.drop_at <= now {
+                victim = Some((at, 0));
+                break;
+            }
+            let used = entry.used.load(Ordering::Relaxed);
+            if victim.map_or(true, |(_, oldest)| used < oldest) {
+                victim = Some((at, used));
+            }
+        }
+        if let Some((at, _)) = victim {
+            self.drop_index(shard, at);
+        }
+    }
+
+    fn drop_index(&self, shard: &mut Shard, at: usize) {
+        if let Some((id, entry)) = shard.entries.swap_remove_index(at) {
+            (self.on_drop)(&id, &entry.record);
+        }
+    }
+}
+
+impl Shard {
+    /// The next recency tick.
+    fn bump(&self) -> u64 {
+        self.tick.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A pseudo-random index below `len` (xorshift64; eviction sampling
+    /// needs spread, not secrecy).
+    fn sample(&mut self, len: usize) -> usize {
+        let mut x = self.sampler;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.sampler = x;
+        // The remainder is below `len`, which fits a usize.
+        #[allow(clippy::cast_possible_truncation)]
+        let at = (x % len as u64) as usize;
+        at
+    }
+}
+
+/// How long after a write an entry holding `record` is kept: the time left
+/// to the record's earliest deadline, plus `slack`.
+///
+/// Measured from the record's own `last_seen`, not the wall clock, so a
+/// record written under a test clock is not dropped early.
+pub(super) fn lifetime(record: &SessionRecord, slack: Duration) -> Duration {
+    let left: UnixMillis = record.expires_at().saturating_sub(record.last_seen);
+    Duration::from_millis(left) + slack
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::id::SessionId;
+    use crate::record::{Deadlines, SessionData};
+
+    /// A record idle for `idle_ms` from 1 s on.
+    fn record(idle_ms: u64) -> Arc<SessionRecord> {
+        Arc::new(
+            Deadlines {
+                created_at: 1_000,
+                idle_deadline: 1_000 + idle_ms,
+                absolute_deadline: 1_000 + 10 * idle_ms,
+            }
+            .record(SessionId::generate().hash(), None, SessionData::default()),
+        )
+    }
+
+    fn recording_table(max: u64, slack: Duration) -> (Table, Arc<Mutex<Vec<IdHash>>>) {
+        let dropped = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&dropped);
+        let table = Table::new(
+            max,
+            slack,
+            Box::new(move |id, _| sink.lock().unwrap().push(*id)),
+        );
+        (table, dropped)
+    }
+
+    #[test]
+    fn shards_never_add_up_to_more_than_the_bound() {
+        for max in [1, 7, 100, 1_023, 2_048, 100_000, 1_000_000, 10_000_000] {
+            let (table, _) = recording_table(max, Duration::ZERO);
+            let total = table.shard_capacity as u64 * table.shards.len() as u64;
+            assert!(total <= max, "{max}: {total}");
+            assert!(
+                total * 100 >= max * 99 || max < 2_048,
+                "{max}: only {total}"
+            );
+            assert!(table.shard_capacity >= 1);
+        }
+    }
+
+    #[test]
+    fn a_full_table_drops_a_rarely_used_entry_and_reports_it() {
+        let (table, dropped) = recording_table(100, Duration::from_secs(60));
+        let first: Vec<_> = (0..100).map(|_| record(60_000)).collect();
+        for r in &first {
+            assert!(table.insert_new(Arc::clone(r)));
+        }
+        // Keep every entry but the first ten in use.
+        for r in &first[10..] {
+            assert!(table.get(&r.id_hash).is_some());
+        }
+        for _ in 0..10 {
+            assert!(table.insert_new(record(60_000)));
+        }
+        assert_eq!(table.len(), 100);
+        let dropped = dropped.lock().unwrap();
+        assert_eq!(dropped.len(), 10);
+        let old: Vec<_> = first[..10].iter().map(|r| r.id_hash).collect();
+        let from_old = dropped.iter().filter(|id| old.contains(id)).count();
+        // Sampling eight at a time, the ten idle entries are found far more
+        // often than the ninety in use; a plain FIFO or random choice would
+        // take about one of them.
+        assert!(
+            from_old >= 5,
+            "only {from_old} of 10 victims were idle entries"
+        );
+    }
+
+    #[test]
+    fn inserts_never_overwrite_and_take_removes() {
+        let (table, _) = recording_table(10, Duration::from_secs(60));
+        let r = record(60_000);
+        assert!(table.insert_new(Arc::clone(&r)));
+        let mut twin = SessionRecord::clone(&r);
+        twin.version = 99;
+        assert!(
+            !table.insert_new(Arc::new(twin)),
+            "an existing id was overwritten"
+        );
+        assert_eq!(table.get(&r.id_hash).unwrap().version, r.version);
+        assert!(table.take_if(&r.id_hash, |_| false).is_none());
+        assert!(table.take_if(&r.id_hash, |_| true).is_some());
+        assert!(table.get(&r.id_hash).is_none());
+        assert!(matches!(
+            table.replace(&r.id_hash, |_| None),
+            Replaced::Gone
+        ));
+    }
+
+    #[test]
+    fn entries_past_their_backstop_are_dropped_by_later_inserts_and_by_a_sweep() {
+        let (table, dropped) = recording_table(1_000, Duration::ZERO);
+        let short: Vec<_> = (0..4).map(|_| record(20)).collect();
+        for r in &short {
+            table.insert_new(Arc::clone(r));
+        }
+        let long = record(60_000);
+        table.insert_new(Arc::clone(&long));
+        std::thread::sleep(Duration::from_millis(60));
+        // Each insert checks two entries in turn; a handful reach all four.
+        for _ in 0..5 {
+            table.insert_new(record(60_000));
+        }
+        assert_eq!(
+            dropped.lock().unwrap().len(),
+            4,
+            "abandoned entries were kept"
+        );
+        assert!(table.get(&long.id_hash).is_some());
+
+        let late = record(20);
+        table.insert_new(Arc::clone(&late));
+        std::thread::sleep(Duration::from_millis(60));
+        let before = table.len();
+        table.sweep_all();
+        assert!(table.get(&late.id_hash).is_none());
+        assert_eq!(table.len(), before - 1);
+    }
+
+    #[test]
+    fn a_write_extends_the_backstop() {
+        let (table, dropped) = recording_table(1_000, Duration::ZERO);
+        let r = record(40);
+        table.insert_new(Arc::clone(&r));
+        std::thread::sleep(Duration::from_millis(25));
+        // A touch: the record is good for another 40 ms from its new last_seen.
+        table.replace(&r.id_hash, |current| {
+            let mut next = SessionRecord::clone(current);
+            next.last_seen += 25;
+            next.idle_deadline += 25;
+            Some(next)
+        });
+        std::thread::sleep(Duration::from_millis(25));
+        table.sweep_all();
+        assert!(
+            dropped.lock().unwrap().is_empty(),
+            "dropped before its deadline"
+        );
+        assert!(table.get(&r.id_hash).is_some());
+    }
+}
