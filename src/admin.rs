@@ -166,7 +166,7 @@ impl SessionInfo {
             last_seen: system_time(record.last_seen),
             expires: system_time(record.expires_at()),
             ip: record.ip,
-            user_agent: record.user_agent.clone(),
+            user_agent: record.user_agent.as_deref().map(str::to_owned),
         }
     }
 }

@@ -750,7 +750,7 @@ async fn load(
             visit.reject(Some(&id), RejectReason::UnknownSession);
             return Ok(None);
         }
-        let (current, record, issued) = match record.successor {
+        let (current, record, issued) = match record.successor.as_deref().copied() {
             None => (id.clone(), record, false),
             Some(successor) => {
                 let next = id.unseal(&successor.sealed_id);
@@ -787,7 +787,7 @@ async fn load(
             Some(rules) => {
                 let location = rules.locate(visit.client.ip);
                 match policy::check_binding(
-                    record.binding.as_ref(),
+                    record.binding.as_deref(),
                     &visit.client,
                     location.as_ref(),
                     now,

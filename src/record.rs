@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::fmt;
 use std::net::IpAddr;
 
 use crate::client::Network;
@@ -44,12 +45,15 @@ pub struct SessionRecord {
     pub ip: Option<IpAddr>,
     /// The client's User-Agent family (browser and platform, no versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Box<str>>,
     /// Set on a forwarding entry left under an old id after a renewal with
     /// a grace period: requests holding the old id are sent here until the
     /// entry's idle deadline (the end of the grace period).
+    ///
+    /// Boxed, like `binding`: most records have neither, and an in-memory
+    /// store keeps every record's inline size for each session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub successor: Option<Successor>,
+    pub successor: Option<Box<Successor>>,
     /// Set on the entry left under an id replaced by a login or a
     /// regeneration: requests still carrying that id get no session, but
     /// keep their cookie untouched until the entry's idle deadline, so a
@@ -58,7 +62,7 @@ pub struct SessionRecord {
     pub superseded: bool,
     /// What the session is bound to (client binding), when that is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binding: Option<Binding>,
+    pub binding: Option<Box<Binding>>,
 }
 
 /// The client a session is bound to: browser family, recent networks and
@@ -152,7 +156,7 @@ impl SessionRecord {
     #[must_use]
     pub fn forward_to(&self, successor: Successor, until: UnixMillis) -> SessionRecord {
         let mut forward = self.placeholder(until);
-        forward.successor = Some(successor);
+        forward.successor = Some(Box::new(successor));
         forward
     }
 
@@ -165,7 +169,7 @@ impl SessionRecord {
             self.data.insert(key.clone(), value.clone());
         }
         if let Some(binding) = &change.binding {
-            self.binding = Some(binding.clone());
+            self.binding = Some(Box::new(binding.clone()));
         }
         if let Some(touch) = change.touch {
             self.last_seen = self.last_seen.max(touch.last_seen);
@@ -220,33 +224,89 @@ impl Deadlines {
 /// A session's key/value data: a small map kept in insertion order.
 ///
 /// Sessions hold a handful of keys, so a flat vector is both smaller and
-/// faster than a hash map here.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// faster than a hash map here; keys of up to 22 bytes are kept inline.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(
     from = "serde_json::Map<String, Value>",
     into = "serde_json::Map<String, Value>"
 )]
-pub struct SessionData(Vec<(String, Value)>);
+pub struct SessionData(Vec<(DataKey, Value)>);
+
+/// A data key. Session keys are short names ("cart", "csrf_token"), so up
+/// to 22 bytes live inline, in the 24 bytes a `String` would take for its
+/// pointer alone; longer ones are boxed. Each key has one representation,
+/// so the derived equality compares the text.
+#[derive(Clone, PartialEq)]
+enum DataKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Boxed(Box<str>),
+}
+
+const INLINE_KEY: usize = 22;
+
+impl DataKey {
+    fn new(key: &str) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..key.len()].copy_from_slice(key.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Boxed(key.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Boxed(key) => key.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `str` whole: always valid.
+            Self::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
+            Self::Boxed(key) => key,
+        }
+    }
+
+    fn is(&self, key: &str) -> bool {
+        self.as_bytes() == key.as_bytes()
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Debug for SessionData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
 
 impl SessionData {
     /// The value under `key`.
     #[must_use]
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| k.is(key)).map(|(_, v)| v)
     }
 
     /// Sets `key` to `value`, returning the previous value.
     pub fn insert(&mut self, key: String, value: Value) -> Option<Value> {
-        if let Some(slot) = self.0.iter_mut().find(|(k, _)| *k == key) {
+        if let Some(slot) = self.0.iter_mut().find(|(k, _)| k.is(&key)) {
             return Some(std::mem::replace(&mut slot.1, value));
         }
-        self.0.push((key, value));
+        self.0.push((DataKey::new(&key), value));
         None
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let index = self.0.iter().position(|(k, _)| k == key)?;
+        let index = self.0.iter().position(|(k, _)| k.is(key))?;
         Some(self.0.remove(index).1)
     }
 
@@ -270,19 +330,25 @@ impl SessionData {
 
 impl From<serde_json::Map<String, Value>> for SessionData {
     fn from(map: serde_json::Map<String, Value>) -> Self {
-        Self(map.into_iter().collect())
+        map.into_iter().collect()
     }
 }
 
 impl From<SessionData> for serde_json::Map<String, Value> {
     fn from(data: SessionData) -> Self {
-        data.0.into_iter().collect()
+        data.0
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v))
+            .collect()
     }
 }
 
 impl FromIterator<(String, Value)> for SessionData {
     fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
-        let mut data = Self::default();
+        let iter = iter.into_iter();
+        // Room for exactly what is known to come: stored sessions keep
+        // their data vector for as long as they live.
+        let mut data = Self(Vec::with_capacity(iter.size_hint().0));
         for (k, v) in iter {
             data.insert(k, v);
         }
@@ -336,6 +402,45 @@ mod tests {
     use super::*;
     use crate::id::SessionId;
     use serde_json::json;
+
+    #[test]
+    fn keys_of_any_length_round_trip_and_short_ones_take_no_allocation() {
+        assert_eq!(
+            std::mem::size_of::<DataKey>(),
+            std::mem::size_of::<String>()
+        );
+        let mut data = SessionData::default();
+        let keys = [
+            "",
+            "k",
+            &"a".repeat(22),
+            &"b".repeat(23),
+            "é😀",
+            &"ü".repeat(40),
+        ];
+        for (n, key) in keys.iter().enumerate() {
+            assert_eq!(data.insert((*key).to_owned(), json!(n)), None);
+        }
+        assert!(matches!(data.0[2].0, DataKey::Inline { .. }));
+        assert!(matches!(data.0[3].0, DataKey::Boxed(_)));
+        for (n, key) in keys.iter().enumerate() {
+            assert_eq!(data.get(key), Some(&json!(n)), "{key:?}");
+        }
+        assert_eq!(data.get(&"a".repeat(21)), None, "a prefix is another key");
+        assert_eq!(data.insert("k".into(), json!("again")), Some(json!(1)));
+        let read: Vec<&str> = data.iter().map(|(k, _)| k).collect();
+        assert_eq!(read, keys);
+
+        let text = serde_json::to_string(&data).unwrap();
+        let back: SessionData = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.len(), data.len());
+        for (key, value) in data.iter() {
+            assert_eq!(back.get(key), Some(value), "{key:?}");
+        }
+        assert_eq!(data.remove(&"b".repeat(23)), Some(json!(3)));
+        assert_eq!(data.len(), keys.len() - 1);
+        assert_eq!(format!("{data:?}").matches("\"k\"").count(), 1);
+    }
 
     fn record() -> SessionRecord {
         SessionRecord {

@@ -519,14 +519,14 @@ impl Template {
                 ..self.client.clone()
             };
             let location = rules.locate(client.ip);
-            record.binding = Some(initial_binding(
+            record.binding = Some(Box::new(initial_binding(
                 &client,
                 location.as_ref(),
                 self.deadlines.created_at,
                 rules,
-            ));
+            )));
         }
-        record.user_agent = user_agent;
+        record.user_agent = user_agent.map(String::into_boxed_str);
         record
     }
 }

@@ -256,7 +256,7 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             .records
             .get(id)
             .await
-            .and_then(|record| record.successor.map(|s| s.id_hash));
+            .and_then(|record| record.successor.as_ref().map(|s| s.id_hash));
         let result = self.inner.update(id, change).await;
         // Forgotten even on error: the write may have landed anyway.
         self.shared.forget(id).await;

@@ -143,6 +143,7 @@ async fn renewal_leaves_a_forward_that_routes_updates<S: SessionStore + ?Sized>(
         .expect("store contract: a renewal with grace must leave a forwarding entry");
     let successor = forward
         .successor
+        .as_deref()
         .expect("store contract: the forwarding entry must name its successor");
     assert_eq!(
         successor.id_hash, new,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::table::{Replaced, Table};
 use super::{Login, LoginOutcome, Regeneration, SessionStore, StoreError};
 use crate::clock::UnixMillis;
-use crate::id::IdHash;
+use crate::id::{IdHash, IdHashState};
 use crate::policy::is_live_session_of;
 use crate::record::{Change, SessionRecord};
 
@@ -71,9 +71,13 @@ pub struct MokaStore {
 /// Entries leave it when their record leaves the table for any reason
 /// (deletion, eviction, backstop), so it never holds more entries than
 /// there are records.
-#[derive(Default)]
+///
+/// Users are keyed by a keyed 64-bit hash of their id, not by a copy of
+/// it. Two users whose ids share a hash would share one list; every
+/// reader checks the record's own user id, so they would still see and
+/// delete only their own sessions.
 struct UserIndex {
-    sessions: Mutex<HashMap<Box<str>, Sessions>>,
+    sessions: Mutex<HashMap<u64, Sessions, IdHashState>>,
     /// Serialises logins and mass deletions per user (striped), so that the
     /// limit check and the write it allows happen as one step.
     locks: Vec<async_lock::Mutex<()>>,
@@ -98,7 +102,8 @@ impl Sessions {
 impl UserIndex {
     fn new() -> Self {
         Self {
-            sessions: Mutex::default(),
+            // The keys are SipHash outputs already: the table only mixes them.
+            sessions: Mutex::new(HashMap::with_hasher(IdHashState::new())),
             locks: (0..USER_LOCKS)
                 .map(|_| async_lock::Mutex::new(()))
                 .collect(),
@@ -106,35 +111,41 @@ impl UserIndex {
         }
     }
 
+    fn key(&self, user_id: &str) -> u64 {
+        self.hasher.hash_one(user_id)
+    }
+
     fn lock_for(&self, user_id: &str) -> &async_lock::Mutex<()> {
         // The modulo keeps the index in range; truncation is intended.
         #[allow(clippy::cast_possible_truncation)]
-        let stripe = (self.hasher.hash_one(user_id) % USER_LOCKS as u64) as usize;
+        let stripe = (self.key(user_id) % USER_LOCKS as u64) as usize;
         &self.locks[stripe]
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Sessions>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sessions, IdHashState>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn add(&self, user_id: &str, id: IdHash) {
+        let key = self.key(user_id);
         let mut map = self.map();
-        match map.get_mut(user_id) {
+        match map.get_mut(&key) {
             None => {
-                map.insert(user_id.into(), Sessions::One(id));
+                map.insert(key, Sessions::One(id));
             }
             Some(sessions) if sessions.as_slice().contains(&id) => {}
-            Some(Sessions::One(first)) => {
-                let first = *first;
-                map.insert(user_id.into(), Sessions::Many(vec![first, id]));
+            Some(sessions @ Sessions::One(_)) => {
+                let first = sessions.as_slice()[0];
+                *sessions = Sessions::Many(vec![first, id]);
             }
             Some(Sessions::Many(ids)) => ids.push(id),
         }
     }
 
     fn remove(&self, user_id: &str, id: &IdHash) {
+        let key = self.key(user_id);
         let mut map = self.map();
-        let now_empty = match map.get_mut(user_id) {
+        let now_empty = match map.get_mut(&key) {
             None => false,
             Some(Sessions::One(only)) => only == id,
             Some(Sessions::Many(ids)) => {
@@ -143,13 +154,14 @@ impl UserIndex {
             }
         };
         if now_empty {
-            map.remove(user_id);
+            map.remove(&key);
         }
     }
 
     fn hashes(&self, user_id: &str) -> Vec<IdHash> {
+        let key = self.key(user_id);
         self.map()
-            .get(user_id)
+            .get(&key)
             .map(|sessions| sessions.as_slice().to_vec())
             .unwrap_or_default()
     }
@@ -198,14 +210,16 @@ impl MokaStore {
         let mut live = Vec::new();
         for hash in self.users.hashes(user_id) {
             match self.get(&hash) {
+                None => self.users.remove(user_id, &hash),
+                // Another user's, sharing this user's index key.
+                Some(record) if record.user_id.as_deref() != Some(user_id) => {}
                 Some(record) if is_live_session_of(&record, user_id, now) => live.push(record),
                 // A forwarding entry leaves the index with its own removal.
                 Some(record) if record.is_placeholder() => {}
-                Some(record) if record.user_id.as_deref() == Some(user_id) => {
+                Some(_) => {
                     // Expired: the policy would refuse it anyway.
                     self.take(&hash, |r| now >= r.expires_at());
                 }
-                _ => self.users.remove(user_id, &hash),
             }
         }
         live
@@ -286,7 +300,7 @@ impl SessionStore for MokaStore {
             });
             match replaced {
                 Replaced::Done { .. } => return Ok(true),
-                Replaced::Kept(placeholder) => match placeholder.successor {
+                Replaced::Kept(placeholder) => match placeholder.successor.as_deref() {
                     Some(next) if target == *id => target = next.id_hash,
                     _ => return Ok(false),
                 },
@@ -458,7 +472,7 @@ impl MokaStore {
             }
             // A superseded marker points nowhere: its id was replaced by a
             // login or a regeneration, a new session that is not this one.
-            let next = removed.successor.map(|s| s.id_hash)?;
+            let next = removed.successor.as_ref().map(|s| s.id_hash)?;
             if Some(&next) == keep {
                 return None;
             }
@@ -521,6 +535,26 @@ mod tests {
             user.map(str::to_owned),
             SessionData::default(),
         )
+    }
+
+    #[tokio::test]
+    async fn users_sharing_an_index_key_see_and_delete_only_their_own_sessions() {
+        let store = MokaStore::new(100);
+        let (a, b) = (test_record(Some("a")), test_record(Some("b")));
+        store.create(&a).await.unwrap();
+        store.create(&b).await.unwrap();
+        // As if "a" and "b" hashed alike: b's session also listed under a's key.
+        store.users.add("a", b.id_hash);
+
+        let listed = store.list_user("a", 2_000).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id_hash, a.id_hash);
+        assert_eq!(store.delete_user("a", None).await.unwrap(), vec![a.id_hash]);
+        assert!(
+            store.load(&b.id_hash).await.unwrap().is_some(),
+            "b's session was deleted"
+        );
+        assert_eq!(store.list_user("b", 2_000).await.unwrap().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

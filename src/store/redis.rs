@@ -1450,7 +1450,7 @@ fn encode_record(record: &SessionRecord) -> Result<Vec<(String, String)>, StoreE
         fields.push(("ip".to_owned(), ip.to_string()));
     }
     if let Some(user_agent) = &record.user_agent {
-        fields.push(("ua".to_owned(), user_agent.clone()));
+        fields.push(("ua".to_owned(), user_agent.to_string()));
     }
     if let Some(binding) = &record.binding {
         fields.push(("bind".to_owned(), encode_json(binding)?));
@@ -1504,7 +1504,7 @@ fn decode_record(id: IdHash, fields: Vec<(String, String)>) -> Result<SessionRec
                         .map_err(|_| corrupt("a stored client address is not an IP address"))?,
                 );
             }
-            "ua" => user_agent = Some(value),
+            "ua" => user_agent = Some(value.into_boxed_str()),
             "bind" => {
                 binding = Some(
                     serde_json::from_str(&value)
@@ -1540,7 +1540,9 @@ fn decode_record(id: IdHash, fields: Vec<(String, String)>) -> Result<SessionRec
     };
     let kind = kind.ok_or_else(|| corrupt("a stored session has no kind"))?;
     let successor = match (kind.as_str(), successor_hash, sealed) {
-        (KIND_FORWARD, Some(id_hash), Some(sealed_id)) => Some(Successor { id_hash, sealed_id }),
+        (KIND_FORWARD, Some(id_hash), Some(sealed_id)) => {
+            Some(Box::new(Successor { id_hash, sealed_id }))
+        }
         (KIND_FORWARD, _, _) => return Err(corrupt("a forwarding entry has no successor")),
         _ => None,
     };
@@ -1586,7 +1588,7 @@ fn writes_between(
         }
     }
     if own.binding.is_none() && current.binding != read.binding {
-        late.binding.clone_from(&current.binding);
+        late.binding = current.binding.as_deref().cloned();
     }
     if current.last_seen > read.last_seen || current.idle_deadline > read.idle_deadline {
         late.touch = Some(Touch {

@@ -3,8 +3,8 @@
 //! Each shard is an insertion-ordered hash map (`indexmap`) behind a
 //! read-write lock. Records are `Arc`s: a read clones a pointer under the
 //! read lock, a write swaps the pointer under the write lock. Per entry the
-//! table keeps 16 bytes besides the key and the record pointer: when it was
-//! last used (for eviction) and when it may be dropped (the backstop).
+//! table keeps 8 bytes besides the key and the record pointer: when it was
+//! last used (for eviction) and the second it may be dropped (the backstop).
 //!
 //! - **Eviction** when a shard is full: of a few entries sampled at random,
 //!   one past its backstop if there is one, else the least recently used
@@ -17,7 +17,7 @@
 //! under the shard's write lock; it must not call back into the table.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -54,8 +54,9 @@ pub(super) struct Table {
 
 struct Shard {
     entries: IndexMap<IdHash, Entry, IdHashState>,
-    /// Recency clock: bumped by every use of an entry of this shard.
-    tick: AtomicU64,
+    /// Recency clock: bumped by every use of an entry of this shard. Ages
+    /// are compared with wrapping arithmetic, so it may wrap.
+    tick: AtomicU32,
     /// Where the backstop check resumes.
     cursor: usize,
     /// State of the sampling generator (xorshift; not a secret).
@@ -65,9 +66,10 @@ struct Shard {
 struct Entry {
     record: Arc<SessionRecord>,
     /// The shard's tick when the entry was last used.
-    used: AtomicU64,
-    /// When the entry may be dropped, in milliseconds since the epoch.
-    drop_at: u64,
+    used: AtomicU32,
+    /// When the entry may be dropped, in whole seconds since the epoch
+    /// (rounded up: a backstop may run late, never early).
+    drop_at: u32,
 }
 
 /// What [`Table::replace`] did.
@@ -99,7 +101,7 @@ impl Table {
             .map(|n| {
                 RwLock::new(Shard {
                     entries: IndexMap::with_hasher(hasher.clone()),
-                    tick: AtomicU64::new(0),
+                    tick: AtomicU32::new(0),
                     cursor: 0,
                     sampler: 0x9e37_79b9_7f4a_7c15 ^ (n + 1),
                 })
@@ -136,14 +138,21 @@ impl Table {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Milliseconds since the epoch.
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// When an entry written now with `record` may be dropped.
-    fn drop_at(&self, now: u64, record: &SessionRecord) -> u64 {
-        let lifetime = lifetime(record, self.slack);
-        now.saturating_add(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX))
+    /// The second after which an entry written at `now` (milliseconds) with
+    /// `record` may be dropped.
+    fn drop_at(&self, now: u64, record: &SessionRecord) -> u32 {
+        let lifetime = u64::try_from(lifetime(record, self.slack).as_millis()).unwrap_or(u64::MAX);
+        u32::try_from(now.saturating_add(lifetime).div_ceil(1000)).unwrap_or(u32::MAX)
+    }
+
+    /// Whether an entry dropped after `drop_at` may go at `now` (milliseconds).
+    fn past(drop_at: u32, now: u64) -> bool {
+        u64::from(drop_at) * 1000 <= now
     }
 
     /// The record under `id`, if there is one.
@@ -168,7 +177,7 @@ impl Table {
         if shard.entries.len() >= self.shard_capacity {
             self.evict_one(&mut shard, now);
         }
-        let used = AtomicU64::new(shard.bump());
+        let used = AtomicU32::new(shard.bump());
         shard.entries.insert(
             id,
             Entry {
@@ -254,7 +263,7 @@ impl Table {
             let expired = shard
                 .entries
                 .get_index(at)
-                .is_some_and(|(_, entry)| entry.drop_at <= now);
+                .is_some_and(|(_, entry)| Self::past(entry.drop_at, now));
             if expired {
                 // The last entry moves into `at`: check that spot again.
                 self.drop_index(shard, at);
@@ -272,19 +281,20 @@ impl Table {
         if len == 0 {
             return;
         }
-        let mut victim: Option<(usize, u64)> = None;
+        let tick = shard.tick.load(Ordering::Relaxed);
+        let mut victim: Option<(usize, u32)> = None;
         for _ in 0..SAMPLE.min(len) {
             let at = shard.sample(len);
             let Some((_, entry)) = shard.entries.get_index(at) else {
                 continue;
             };
-            if entry.drop_at <= now {
-                victim = Some((at, 0));
+            if Self::past(entry.drop_at, now) {
+                victim = Some((at, u32::MAX));
                 break;
             }
-            let used = entry.used.load(Ordering::Relaxed);
-            if victim.map_or(true, |(_, oldest)| used < oldest) {
-                victim = Some((at, used));
+            let age = tick.wrapping_sub(entry.used.load(Ordering::Relaxed));
+            if victim.map_or(true, |(_, oldest)| age > oldest) {
+                victim = Some((at, age));
             }
         }
         if let Some((at, _)) = victim {
@@ -301,7 +311,7 @@ impl Table {
 
 impl Shard {
     /// The next recency tick.
-    fn bump(&self) -> u64 {
+    fn bump(&self) -> u32 {
         self.tick.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -433,7 +443,8 @@ mod tests {
         }
         let long = record(60_000);
         table.insert_new(Arc::clone(&long));
-        std::thread::sleep(Duration::from_millis(60));
+        // Backstops are kept to the second.
+        std::thread::sleep(Duration::from_millis(1_050));
         // Each insert checks two entries in turn; a handful reach all four.
         for _ in 0..5 {
             table.insert_new(record(60_000));
@@ -447,7 +458,7 @@ mod tests {
 
         let late = record(20);
         table.insert_new(Arc::clone(&late));
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(1_050));
         let before = table.len();
         table.sweep_all();
         assert!(table.get(&late.id_hash).is_none());
@@ -457,17 +468,18 @@ mod tests {
     #[test]
     fn a_write_extends_the_backstop() {
         let (table, dropped) = recording_table(1_000, Duration::ZERO);
-        let r = record(40);
+        let r = record(1_000);
         table.insert_new(Arc::clone(&r));
-        std::thread::sleep(Duration::from_millis(25));
-        // A touch: the record is good for another 40 ms from its new last_seen.
+        std::thread::sleep(Duration::from_millis(700));
+        // A touch: the record is good for another second from its new last_seen.
         table.replace(&r.id_hash, |current| {
             let mut next = SessionRecord::clone(current);
-            next.last_seen += 25;
-            next.idle_deadline += 25;
+            next.last_seen += 700;
+            next.idle_deadline += 700;
             Some(next)
         });
-        std::thread::sleep(Duration::from_millis(25));
+        // 1.4 s in: past the first backstop (1 s), short of the new one (2 s).
+        std::thread::sleep(Duration::from_millis(700));
         table.sweep_all();
         assert!(
             dropped.lock().unwrap().is_empty(),
