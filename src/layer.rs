@@ -460,7 +460,7 @@ struct Loaded {
     record: Arc<SessionRecord>,
     touch: Option<Touch>,
     /// A new client-binding state to store.
-    binding: Option<Binding>,
+    binding: Option<Box<Binding>>,
     /// Signed with a fallback key: re-issue with the primary.
     resign: bool,
     /// The id was issued by this request (a renewal): send it.
@@ -600,7 +600,15 @@ where
     // Steps 3–5: the record and the policy's verdict.
     let loaded = match verified {
         None => None,
-        Some(verified) => match load(&config, verified.id, verified.needs_resign, &mut visit).await
+        // Boxed, like the commit below: their states are larger than the
+        // rest of the request's, which would otherwise carry room for them.
+        Some(verified) => match Box::pin(load(
+            &config,
+            verified.id,
+            verified.needs_resign,
+            &mut visit,
+        ))
+        .await
         {
             Ok(loaded) => loaded,
             Err(err) => {
@@ -658,14 +666,14 @@ where
     let state = session.take_state();
     let logged_out = state.logged_out;
     let outcome = if cookies_allowed {
-        commit(
+        Box::pin(commit(
             &config,
             state,
             arrival,
             now,
             session.template(),
             &mut visit.events,
-        )
+        ))
         .await
     } else {
         // Over plain HTTP nothing can be handed to the client, so nothing
@@ -793,7 +801,7 @@ async fn load(
                     now,
                     rules,
                 ) {
-                    BindingVerdict::Accept(update) => update,
+                    BindingVerdict::Accept(update) => update.map(Box::new),
                     BindingVerdict::Reject(reason) => {
                         destroy(config, &current, "a rejected session").await;
                         visit.reject(Some(&current), reason);
@@ -827,7 +835,7 @@ async fn renew(
     config: &Config,
     id: &SessionId,
     touch: Option<Touch>,
-    binding: Option<Binding>,
+    binding: Option<Box<Binding>>,
     visit: &mut Visit,
 ) -> Result<Option<Loaded>, StoreError> {
     let Some(renewal) = config.renewal else {
@@ -838,7 +846,7 @@ async fn renew(
     let regeneration = Regeneration {
         change: Change {
             touch,
-            binding,
+            binding: binding.map(|b| *b),
             ..Change::default()
         },
         user_id: None,
@@ -902,7 +910,7 @@ struct Arrival {
     /// Activity to record.
     touch: Option<Touch>,
     /// A new client-binding state to record.
-    binding: Option<Binding>,
+    binding: Option<Box<Binding>>,
     /// The client must be sent its (current) token again.
     resign: bool,
     /// The token named an id replaced moments ago.
@@ -971,7 +979,7 @@ async fn commit(
     let mut change = state.pending.into_change();
     let has_writes = !change.is_empty();
     change.touch = arrival.touch;
-    change.binding = arrival.binding;
+    change.binding = arrival.binding.map(|b| *b);
 
     if state.regenerate {
         let new_id = SessionId::generate();
