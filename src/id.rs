@@ -14,6 +14,56 @@ use sha2::{Digest, Sha256};
 /// Number of random bytes in a session id (128 bits, OWASP asks for at least 64).
 pub const ID_LEN: usize = 16;
 
+/// Ids fetched from the operating system per system call.
+const IDS_PER_FETCH: usize = 16;
+
+/// A thread's batch of operating-system random bytes for new ids.
+///
+/// - Every byte handed out comes straight from the OS CSPRNG; nothing is
+///   derived or stretched in user space.
+/// - Each id's bytes are zeroed in the batch as they are handed out, so
+///   the batch never holds an id that is in use.
+/// - The batch belongs to one process: a forked child would otherwise hand
+///   out its parent's next ids, so a change of process id discards it.
+struct OsBytes {
+    bytes: [u8; ID_LEN * IDS_PER_FETCH],
+    next: usize,
+    pid: u32,
+}
+
+thread_local! {
+    static OS_BYTES: std::cell::RefCell<OsBytes> = const {
+        std::cell::RefCell::new(OsBytes {
+            bytes: [0; ID_LEN * IDS_PER_FETCH],
+            // Empty: the first draw fetches.
+            next: ID_LEN * IDS_PER_FETCH,
+            pid: 0,
+        })
+    };
+}
+
+impl OsBytes {
+    fn draw() -> [u8; ID_LEN] {
+        OS_BYTES.with(|batch| batch.borrow_mut().take(std::process::id()))
+    }
+
+    fn take(&mut self, pid: u32) -> [u8; ID_LEN] {
+        if self.next + ID_LEN > self.bytes.len() || self.pid != pid {
+            OsRng.try_fill_bytes(&mut self.bytes).expect(
+                "the operating system's random number generator failed; refusing to issue session ids",
+            );
+            self.next = 0;
+            self.pid = pid;
+        }
+        let range = self.next..self.next + ID_LEN;
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&self.bytes[range.clone()]);
+        self.bytes[range].fill(0);
+        self.next += ID_LEN;
+        id
+    }
+}
+
 /// Serializes a type with `to_hex`/`from_hex` as its hex text.
 macro_rules! hex_serde {
     ($type:ty, $expected:literal) => {
@@ -46,6 +96,10 @@ pub struct SessionId {
 impl SessionId {
     /// Draws a new id from the operating system's CSPRNG.
     ///
+    /// The bytes are the operating system's own, fetched a few ids' worth
+    /// per system call (see [`OsBytes`]): a call per id was a tenth of the
+    /// cost of a new session.
+    ///
     /// # Panics
     ///
     /// If the operating system cannot supply random bytes. A process that
@@ -53,11 +107,7 @@ impl SessionId {
     /// fallback.
     #[must_use]
     pub fn generate() -> Self {
-        let mut bytes = [0u8; ID_LEN];
-        OsRng.try_fill_bytes(&mut bytes).expect(
-            "the operating system's random number generator failed; refusing to issue session ids",
-        );
-        Self::from_bytes(bytes)
+        Self::from_bytes(OsBytes::draw())
     }
 
     /// Builds an id from raw bytes (used when a verified token is decoded).
@@ -391,6 +441,42 @@ mod tests {
         let id = SessionId::generate().hash();
         let (a, b) = (IdHashState::new(), IdHashState::new());
         assert_ne!(a.hash_one(id), b.hash_one(id));
+    }
+
+    #[test]
+    fn batched_ids_are_distinct_zeroed_after_use_and_refetched_after_a_fork() {
+        let mut batch = OsBytes {
+            bytes: [0; ID_LEN * IDS_PER_FETCH],
+            next: ID_LEN * IDS_PER_FETCH,
+            pid: 7,
+        };
+        let mut seen = std::collections::HashSet::new();
+        // Three batches' worth: every id distinct and non-zero.
+        for _ in 0..3 * IDS_PER_FETCH {
+            let id = batch.take(7);
+            assert_ne!(id, [0; ID_LEN]);
+            assert!(seen.insert(id), "an id came out twice");
+            assert!(
+                batch.bytes[..batch.next].iter().all(|b| *b == 0),
+                "a handed-out id stayed in the batch"
+            );
+        }
+        // Half a batch in, a child process (another pid) must not get the
+        // ids its parent would have drawn next.
+        let mut parent = OsBytes {
+            bytes: [0; ID_LEN * IDS_PER_FETCH],
+            next: ID_LEN * IDS_PER_FETCH,
+            pid: 7,
+        };
+        for _ in 0..IDS_PER_FETCH / 2 {
+            parent.take(7);
+        }
+        let mut child = OsBytes {
+            bytes: parent.bytes,
+            next: parent.next,
+            pid: parent.pid,
+        };
+        assert_ne!(parent.take(7), child.take(8));
     }
 
     #[test]
