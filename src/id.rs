@@ -14,56 +14,6 @@ use sha2::{Digest, Sha256};
 /// Number of random bytes in a session id (128 bits, OWASP asks for at least 64).
 pub const ID_LEN: usize = 16;
 
-/// Ids fetched from the operating system per system call.
-const IDS_PER_FETCH: usize = 16;
-
-/// A thread's batch of operating-system random bytes for new ids.
-///
-/// - Every byte handed out comes straight from the OS CSPRNG; nothing is
-///   derived or stretched in user space.
-/// - Each id's bytes are zeroed in the batch as they are handed out, so
-///   the batch never holds an id that is in use.
-/// - The batch belongs to one process: a forked child would otherwise hand
-///   out its parent's next ids, so a change of process id discards it.
-struct OsBytes {
-    bytes: [u8; ID_LEN * IDS_PER_FETCH],
-    next: usize,
-    pid: u32,
-}
-
-thread_local! {
-    static OS_BYTES: std::cell::RefCell<OsBytes> = const {
-        std::cell::RefCell::new(OsBytes {
-            bytes: [0; ID_LEN * IDS_PER_FETCH],
-            // Empty: the first draw fetches.
-            next: ID_LEN * IDS_PER_FETCH,
-            pid: 0,
-        })
-    };
-}
-
-impl OsBytes {
-    fn draw() -> [u8; ID_LEN] {
-        OS_BYTES.with(|batch| batch.borrow_mut().take(std::process::id()))
-    }
-
-    fn take(&mut self, pid: u32) -> [u8; ID_LEN] {
-        if self.next + ID_LEN > self.bytes.len() || self.pid != pid {
-            OsRng.try_fill_bytes(&mut self.bytes).expect(
-                "the operating system's random number generator failed; refusing to issue session ids",
-            );
-            self.next = 0;
-            self.pid = pid;
-        }
-        let range = self.next..self.next + ID_LEN;
-        let mut id = [0u8; ID_LEN];
-        id.copy_from_slice(&self.bytes[range.clone()]);
-        self.bytes[range].fill(0);
-        self.next += ID_LEN;
-        id
-    }
-}
-
 /// Serializes a type with `to_hex`/`from_hex` as its hex text.
 macro_rules! hex_serde {
     ($type:ty, $expected:literal) => {
@@ -94,11 +44,9 @@ pub struct SessionId {
 }
 
 impl SessionId {
-    /// Draws a new id from the operating system's CSPRNG.
-    ///
-    /// The bytes are the operating system's own, fetched a few ids' worth
-    /// per system call (see [`OsBytes`]): a call per id was a tenth of the
-    /// cost of a new session.
+    /// Draws a new id from the operating system's CSPRNG, one system call
+    /// per id: no future id is ever held in memory, and a forked process
+    /// cannot repeat its parent's.
     ///
     /// # Panics
     ///
@@ -107,7 +55,11 @@ impl SessionId {
     /// fallback.
     #[must_use]
     pub fn generate() -> Self {
-        Self::from_bytes(OsBytes::draw())
+        let mut bytes = [0u8; ID_LEN];
+        OsRng.try_fill_bytes(&mut bytes).expect(
+            "the operating system's random number generator failed; refusing to issue session ids",
+        );
+        Self::from_bytes(bytes)
     }
 
     /// Builds an id from raw bytes (used when a verified token is decoded).
@@ -232,16 +184,8 @@ impl fmt::Display for SessionId {
 /// It is not a secret in the way the id is (it cannot be turned into a
 /// token), but it is the store's primary key, so `Debug` shows only its
 /// fingerprint too.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdHash([u8; 32]);
-
-impl std::hash::Hash for IdHash {
-    /// Feeds eight of the 32 bytes: they are SHA-256 output, as uniform as
-    /// hash-table bits get, and equal hashes agree on them.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.table_bits());
-    }
-}
 
 impl IdHash {
     /// Wraps 32 bytes read back from a store.
@@ -268,12 +212,6 @@ impl IdHash {
         parse_hex(text).map(Self)
     }
 
-    fn table_bits(&self) -> u64 {
-        let mut bits = [0u8; 8];
-        bits.copy_from_slice(&self.0[..8]);
-        u64::from_le_bytes(bits)
-    }
-
     /// The log-safe fingerprint of the session this hash belongs to.
     #[must_use]
     pub fn fingerprint(&self) -> Fingerprint {
@@ -295,15 +233,21 @@ impl fmt::Debug for IdHash {
 
 hex_serde!(IdHash, "an id hash is 64 lower-case hex characters");
 
-/// The hasher of the in-memory stores' tables, keyed by [`IdHash`].
+/// The hasher of the crate's private in-memory tables, keyed by [`IdHash`]
+/// (or by a `u64` that is itself a keyed hash).
 ///
 /// An `IdHash` is already a SHA-256 digest of a random id, so a table needs
 /// no second cryptographic hash of it: the default SipHash of 32 bytes was
-/// a fifth of a new session's time. Mixing the digest's first eight bytes
-/// with a per-table random seed is enough, and stays safe against crafted
-/// keys: a client chooses no `IdHash` without first forging a signed token
-/// (the layer looks nothing up for a token whose signature fails), and even
-/// then only a preimage of SHA-256 would place it in a chosen bucket.
+/// a fifth of a new session's time. Mixing eight bytes of the digest with a
+/// per-table random seed is enough, and stays safe against crafted keys:
+/// these tables only ever store ids the server generated, a client chooses
+/// no `IdHash` to look up without first forging a signed token (the layer
+/// looks nothing up for a token whose signature fails), and even then only
+/// a preimage of SHA-256 would place it in a chosen bucket.
+///
+/// `IdHash` itself keeps the full-width `Hash`: applications may put ids
+/// parsed from untrusted input ([`SessionHandle`](crate::SessionHandle)) in
+/// their own hash maps, under a hasher that reads every byte.
 #[derive(Clone, Debug)]
 pub(crate) struct IdHashState {
     seed: u64,
@@ -347,14 +291,18 @@ impl std::hash::Hasher for IdHasher {
         self.0 = (self.0 ^ bits).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 
+    fn write_usize(&mut self, n: usize) {
+        // Length prefixes: the same for every key of a table.
+        self.write_u64(n as u64);
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        // Only `IdHash` keys these tables, and it writes one `u64`; other
-        // input is folded in eight bytes at a time all the same.
-        for chunk in bytes.chunks(8) {
-            let mut bits = [0u8; 8];
-            bits[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(bits));
-        }
+        // The keys are SHA-256 digests: their first eight bytes spread as
+        // well as all 32 (see the type's docs for why that is safe here).
+        let mut bits = [0u8; 8];
+        let len = bytes.len().min(8);
+        bits[..len].copy_from_slice(&bytes[..len]);
+        self.write_u64(u64::from_le_bytes(bits));
     }
 }
 
@@ -422,18 +370,35 @@ mod tests {
             state.hash_one(IdHash::from_bytes(*id.as_bytes()))
         );
 
-        // 64 buckets, 64 000 keys: each bucket should get about 1000.
-        let mut buckets = [0u32; 64];
+        // 64 buckets, 64 000 keys: each bucket should get about 1000, both
+        // by the low bits (a shard's map) and by bits 40-45 (the shard).
+        let mut buckets = [[0u32; 64]; 2];
         for _ in 0..64_000 {
-            let bucket = state.hash_one(SessionId::generate().hash()) % 64;
-            buckets[usize::try_from(bucket).unwrap()] += 1;
+            let hash = state.hash_one(SessionId::generate().hash());
+            for (n, bits) in [hash, hash >> 40].into_iter().enumerate() {
+                buckets[n][usize::try_from(bits % 64).unwrap()] += 1;
+            }
         }
-        for (i, count) in buckets.iter().enumerate() {
-            assert!(
-                (800..1200).contains(count),
-                "bucket {i} got {count} of 64 000"
-            );
+        for (n, counts) in buckets.iter().enumerate() {
+            for (i, count) in counts.iter().enumerate() {
+                assert!(
+                    (800..1200).contains(count),
+                    "bucket {i} of set {n} got {count} of 64 000"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn the_public_hash_of_an_id_hash_reads_every_byte() {
+        // Applications may hash ids parsed from untrusted input: keys that
+        // differ only at the end must not collide whatever the hasher.
+        let state = std::collections::hash_map::RandomState::new();
+        let mut last = [7u8; 32];
+        let a = IdHash::from_bytes(last);
+        last[31] = 8;
+        let b = IdHash::from_bytes(last);
+        assert_ne!(state.hash_one(a), state.hash_one(b));
     }
 
     #[test]
@@ -441,42 +406,6 @@ mod tests {
         let id = SessionId::generate().hash();
         let (a, b) = (IdHashState::new(), IdHashState::new());
         assert_ne!(a.hash_one(id), b.hash_one(id));
-    }
-
-    #[test]
-    fn batched_ids_are_distinct_zeroed_after_use_and_refetched_after_a_fork() {
-        let mut batch = OsBytes {
-            bytes: [0; ID_LEN * IDS_PER_FETCH],
-            next: ID_LEN * IDS_PER_FETCH,
-            pid: 7,
-        };
-        let mut seen = std::collections::HashSet::new();
-        // Three batches' worth: every id distinct and non-zero.
-        for _ in 0..3 * IDS_PER_FETCH {
-            let id = batch.take(7);
-            assert_ne!(id, [0; ID_LEN]);
-            assert!(seen.insert(id), "an id came out twice");
-            assert!(
-                batch.bytes[..batch.next].iter().all(|b| *b == 0),
-                "a handed-out id stayed in the batch"
-            );
-        }
-        // Half a batch in, a child process (another pid) must not get the
-        // ids its parent would have drawn next.
-        let mut parent = OsBytes {
-            bytes: [0; ID_LEN * IDS_PER_FETCH],
-            next: ID_LEN * IDS_PER_FETCH,
-            pid: 7,
-        };
-        for _ in 0..IDS_PER_FETCH / 2 {
-            parent.take(7);
-        }
-        let mut child = OsBytes {
-            bytes: parent.bytes,
-            next: parent.next,
-            pid: parent.pid,
-        };
-        assert_ne!(parent.take(7), child.take(8));
     }
 
     #[test]

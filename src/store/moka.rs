@@ -32,10 +32,12 @@ pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 
 /// An in-memory store for a single process, bounded by a number of sessions.
 ///
-/// - **Bounded**: at most `max_sessions` records. When full, a new session
-///   is never refused: room is made by dropping, of a few sessions sampled
-///   at random, one past its deadline if there is one, else the least
-///   recently used (the approximation of LRU that Redis uses).
+/// - **Bounded**: at most `max_sessions` records (at least one). A new
+///   session is never refused: room is made by dropping, of a few sessions
+///   sampled at random, one past its deadline if there is one, else the
+///   least recently used (the approximation of LRU that Redis uses). The
+///   bound is shared out among the table's shards, so dropping starts when
+///   the first shard fills, a few percent short of `max_sessions`.
 /// - **Expiry backstop**: a record may be dropped 30 seconds after its idle
 ///   or absolute deadline. Every new session checks a few stored ones in
 ///   turn, so the memory of abandoned sessions comes back as new ones
@@ -47,7 +49,7 @@ pub const DEFAULT_MAX_SESSIONS: u64 = 100_000;
 ///   writing different keys keep all their writes, and a deleted session
 ///   stays deleted.
 /// - **Small**: per session, the table keeps the id's hash, a pointer to
-///   the record and 16 bytes of bookkeeping, in one shard's arrays. The
+///   the record and 8 bytes of bookkeeping, in one shard's arrays. The
 ///   store was first built on the `moka` cache, hence its name; moka's
 ///   per-entry bookkeeping cost more memory and time than the session, so
 ///   the store now keeps its own table.
@@ -78,6 +80,8 @@ pub struct MokaStore {
 /// delete only their own sessions.
 struct UserIndex {
     sessions: Mutex<HashMap<u64, Sessions, IdHashState>>,
+    /// The index key of a user id: `key_of(&hasher, user_id)`.
+    key_of: fn(&std::collections::hash_map::RandomState, &str) -> u64,
     /// Serialises logins and mass deletions per user (striped), so that the
     /// limit check and the write it allows happen as one step.
     locks: Vec<async_lock::Mutex<()>>,
@@ -104,6 +108,7 @@ impl UserIndex {
         Self {
             // The keys are SipHash outputs already: the table only mixes them.
             sessions: Mutex::new(HashMap::with_hasher(IdHashState::new())),
+            key_of: |hasher, user_id| hasher.hash_one(user_id),
             locks: (0..USER_LOCKS)
                 .map(|_| async_lock::Mutex::new(()))
                 .collect(),
@@ -112,7 +117,7 @@ impl UserIndex {
     }
 
     fn key(&self, user_id: &str) -> u64 {
-        self.hasher.hash_one(user_id)
+        (self.key_of)(&self.hasher, user_id)
     }
 
     fn lock_for(&self, user_id: &str) -> &async_lock::Mutex<()> {
@@ -210,7 +215,7 @@ impl MokaStore {
         let mut live = Vec::new();
         for hash in self.users.hashes(user_id) {
             match self.get(&hash) {
-                None => self.users.remove(user_id, &hash),
+                None => self.forget_if_gone(user_id, &hash),
                 // Another user's, sharing this user's index key.
                 Some(record) if record.user_id.as_deref() != Some(user_id) => {}
                 Some(record) if is_live_session_of(&record, user_id, now) => live.push(record),
@@ -227,18 +232,24 @@ impl MokaStore {
 
     /// Inserts `record` unless its key is taken, atomically; returns whether
     /// it was inserted.
+    ///
+    /// The user's index entry is added under the table's lock, with the
+    /// record: an eviction cannot slip in between and leave an entry for a
+    /// record that is gone, nor can a reader see the entry before the record.
     fn insert_new(&self, record: Arc<SessionRecord>) -> bool {
-        let id = record.id_hash;
-        let user = record.user_id.clone();
-        if !self.records.insert_new(record) {
-            return false;
-        }
-        // After the insert: an index entry without its record would be
-        // dropped as dead by a `delete_user` pass running meanwhile.
-        if let Some(user) = &user {
-            self.users.add(user, id);
-        }
-        true
+        self.records.insert_new(record, |stored| {
+            if let Some(user) = &stored.user_id {
+                self.users.add(user, stored.id_hash);
+            }
+        })
+    }
+
+    /// Drops `id` from the user's index if the table holds nothing under
+    /// it, checked under the table's lock: a session (re)inserted under
+    /// `id` meanwhile keeps its entry.
+    fn forget_if_gone(&self, user_id: &str, id: &IdHash) {
+        self.records
+            .if_absent(id, || self.users.remove(user_id, id));
     }
 
     /// The number of sessions held.
@@ -436,8 +447,8 @@ impl SessionStore for MokaStore {
                 if let Some(removed) = self.remove_following(&hash, Some(user_id), keep) {
                     seen.insert(removed);
                     deleted.push(removed);
-                } else if self.get(&hash).is_none() {
-                    self.users.remove(user_id, &hash);
+                } else {
+                    self.forget_if_gone(user_id, &hash);
                 }
             }
         }
@@ -488,11 +499,11 @@ impl MokaStore {
         id: &IdHash,
         condition: impl FnOnce(&SessionRecord) -> bool,
     ) -> Option<Arc<SessionRecord>> {
-        let taken = self.records.take_if(id, condition)?;
-        if let Some(user) = &taken.user_id {
-            self.users.remove(user, id);
-        }
-        Some(taken)
+        self.records.take_if(id, condition, |taken| {
+            if let Some(user) = &taken.user_id {
+                self.users.remove(user, id);
+            }
+        })
     }
 }
 
@@ -539,12 +550,18 @@ mod tests {
 
     #[tokio::test]
     async fn users_sharing_an_index_key_see_and_delete_only_their_own_sessions() {
+        let mut users = UserIndex::new();
+        // Every user id hashes alike: one list for all.
+        users.key_of = |_, _| 42;
         let store = MokaStore::new(100);
+        let store = MokaStore {
+            users: Arc::new(users),
+            ..store
+        };
         let (a, b) = (test_record(Some("a")), test_record(Some("b")));
         store.create(&a).await.unwrap();
         store.create(&b).await.unwrap();
-        // As if "a" and "b" hashed alike: b's session also listed under a's key.
-        store.users.add("a", b.id_hash);
+        assert_eq!(store.indexed_users(), 1, "the keys were meant to collide");
 
         let listed = store.list_user("a", 2_000).await.unwrap();
         assert_eq!(listed.len(), 1);
@@ -555,6 +572,32 @@ mod tests {
             "b's session was deleted"
         );
         assert_eq!(store.list_user("b", 2_000).await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn evicted_sessions_leave_the_user_index_even_under_concurrent_inserts() {
+        let store = MokaStore::new(1);
+        let workers: Vec<_> = (0..2)
+            .map(|worker| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for n in 0..20_000 {
+                        assert!(store.insert_new(Arc::new(test_record(Some(&format!(
+                            "user-{worker}-{n}"
+                        ))))));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert_eq!(store.len(), 1);
+        assert_eq!(
+            store.indexed_users(),
+            1,
+            "index entries outlived their sessions"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
