@@ -960,7 +960,7 @@ async fn commit(
         }
         // Lazy creation: only a session that holds something is stored.
         let (id, record) =
-            create_session(&*config.store, template, state.pending.to_data()).await?;
+            create_session(&*config.store, template, state.pending.into_data()).await?;
         events.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });

@@ -161,8 +161,8 @@ impl Pending {
     }
 
     /// The data of a brand-new session holding these writes.
-    pub(crate) fn to_data(&self) -> SessionData {
-        self.set.iter().cloned().collect()
+    pub(crate) fn into_data(self) -> SessionData {
+        self.set.into_iter().collect()
     }
 
     /// Drops the writes that `sent` already delivered (unless overwritten since).
@@ -538,12 +538,14 @@ pub(crate) async fn create_session(
     template: &Template,
     data: SessionData,
 ) -> Result<(SessionId, SessionRecord), StoreError> {
+    let mut id = SessionId::generate();
+    let mut record = template.record(id.hash(), None, data);
     for _ in 0..CREATE_ATTEMPTS {
-        let id = SessionId::generate();
-        let record = template.record(id.hash(), None, data.clone());
         if store.create(&record).await? {
             return Ok((id, record));
         }
+        id = SessionId::generate();
+        record.id_hash = id.hash();
     }
     Err(StoreError::Unavailable(
         "the store reported a collision for every new session id".into(),
