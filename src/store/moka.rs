@@ -199,22 +199,17 @@ impl MokaStore {
         }
     }
 
-    /// The number of users with at least one indexed session, approximately.
+    /// The number of users with at least one indexed session.
     #[must_use]
     pub fn indexed_users(&self) -> usize {
         self.users.users()
     }
 
-    /// The record under `id`, if there is one.
-    fn get(&self, id: &IdHash) -> Option<Arc<SessionRecord>> {
-        self.records.get(id)
-    }
-
     /// The user's live sessions; dead index entries are dropped on the way.
-    async fn live_sessions(&self, user_id: &str, now: UnixMillis) -> Vec<Arc<SessionRecord>> {
+    fn live_sessions(&self, user_id: &str, now: UnixMillis) -> Vec<Arc<SessionRecord>> {
         let mut live = Vec::new();
         for hash in self.users.hashes(user_id) {
-            match self.get(&hash) {
+            match self.records.get(&hash) {
                 None => self.forget_if_gone(user_id, &hash),
                 // Another user's, sharing this user's index key.
                 Some(record) if record.user_id.as_deref() != Some(user_id) => {}
@@ -295,7 +290,7 @@ impl SessionStore for MokaStore {
     }
 
     async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        Ok(self.get(id))
+        Ok(self.records.get(id))
     }
 
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
@@ -337,7 +332,7 @@ impl SessionStore for MokaStore {
         // still the one that was copied (no write is lost), and of
         // concurrent renewals exactly one wins the swap.
         loop {
-            let previous = match self.get(old) {
+            let previous = match self.records.get(old) {
                 Some(previous) if !previous.is_placeholder() => previous,
                 _ => return Ok(None),
             };
@@ -371,7 +366,7 @@ impl SessionStore for MokaStore {
         // Without a limit there is nothing to count: a login costs the same
         // however many sessions the user already has.
         let live = if login.limit.is_some() {
-            self.live_sessions(user_id, login.now).await
+            self.live_sessions(user_id, login.now)
         } else {
             Vec::new()
         };
@@ -420,7 +415,7 @@ impl SessionStore for MokaStore {
         user_id: &str,
         now: UnixMillis,
     ) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
-        Ok(self.live_sessions(user_id, now).await)
+        Ok(self.live_sessions(user_id, now))
     }
 
     async fn delete_user(

@@ -236,8 +236,7 @@ impl Table {
         taken: impl FnOnce(&SessionRecord),
     ) -> Option<Arc<SessionRecord>> {
         let mut shard = self.write(id);
-        let index = shard.entries.get_index_of(id)?;
-        let (_, entry) = shard.entries.get_index(index)?;
+        let (index, _, entry) = shard.entries.get_full(id)?;
         if !condition(&entry.record) {
             return None;
         }
