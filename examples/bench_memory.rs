@@ -1,5 +1,5 @@
 //! Memory per stored session: 1,000,000 sessions, each holding a user id and
-//! two small values, in this crate's `MokaStore` and in tower-sessions' moka
+//! two small values, in this crate's `MemoryStore` and in tower-sessions' moka
 //! store.
 //!
 //! ```text

@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 use tower_session_guard::{
-    CookieConfig, Key, MokaStore, Session, SessionError, SessionEvent, SessionLayer,
+    CookieConfig, Key, MemoryStore, Session, SessionError, SessionEvent, SessionLayer,
 };
 
 #[tokio::main]
@@ -31,7 +31,7 @@ async fn main() {
         .parse()
         .expect("DEMO_ADDR must be an address such as 127.0.0.1:3000");
 
-    let sessions = SessionLayer::new(MokaStore::default(), Key::generate())
+    let sessions = SessionLayer::new(MemoryStore::default(), Key::generate())
         .with_idle_timeout(Duration::from_secs(30 * 60))
         .with_absolute_timeout(Duration::from_secs(8 * 3600))
         // Plain-HTTP development cookie; see the module docs.

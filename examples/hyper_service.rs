@@ -28,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tower::{service_fn, ServiceBuilder};
-use tower_session_guard::{CookieConfig, Key, MokaStore, Session, SessionError, SessionLayer};
+use tower_session_guard::{CookieConfig, Key, MemoryStore, Session, SessionError, SessionLayer};
 
 #[tokio::main]
 async fn main() {
@@ -37,7 +37,7 @@ async fn main() {
         .parse()
         .expect("DEMO_ADDR must be an address such as 127.0.0.1:3000");
 
-    let sessions = SessionLayer::new(MokaStore::default(), Key::generate())
+    let sessions = SessionLayer::new(MemoryStore::default(), Key::generate())
         // Plain-HTTP development cookie; see the module docs.
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false));
 

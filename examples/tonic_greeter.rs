@@ -19,7 +19,7 @@ use tonic::body::Body;
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
-use tower_session_guard::{Key, MokaStore, SessionLayer, TonicSessionExt, Transport};
+use tower_session_guard::{Key, MemoryStore, SessionLayer, TonicSessionExt, Transport};
 
 /// The metadata entry (HTTP/2 header) that carries the session token.
 pub const TOKEN_HEADER: &str = "x-session-token";
@@ -137,7 +137,7 @@ impl tower::Service<http::Request<Body>> for GreeterServer {
 
 /// The session layer this service runs behind: tokens in `x-session-token`.
 pub fn sessions() -> SessionLayer {
-    SessionLayer::new(MokaStore::default(), Key::generate())
+    SessionLayer::new(MemoryStore::default(), Key::generate())
         .with_transport(Transport::header(TOKEN_HEADER))
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::{Clock, UnixMillis};
 use crate::event::{self, EventHandler, SessionEvent};
 use crate::id::{Fingerprint, IdHash};
+use crate::lifecycle;
 use crate::record::SessionRecord;
 use crate::store::{SessionStore, StoreError};
 
@@ -21,9 +22,9 @@ use crate::store::{SessionStore, StoreError};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower_session_guard::StoreError> {
-/// use tower_session_guard::{Key, MokaStore, SessionLayer};
+/// use tower_session_guard::{Key, MemoryStore, SessionLayer};
 ///
-/// let layer = SessionLayer::new(MokaStore::default(), Key::generate());
+/// let layer = SessionLayer::new(MemoryStore::default(), Key::generate());
 /// let admin = layer.sessions();
 ///
 /// // An admin page: what is "alice" signed in on?
@@ -71,12 +72,12 @@ impl SessionAdmin {
         if user_id.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sessions: Vec<SessionInfo> = (*self.store)
-            .list_user(user_id, self.clock.now())
-            .await?
-            .iter()
-            .map(|record| SessionInfo::from_record(record))
-            .collect();
+        let mut sessions: Vec<SessionInfo> =
+            lifecycle::sessions_of(&*self.store, user_id, self.clock.now())
+                .await?
+                .iter()
+                .map(|record| SessionInfo::from_record(record))
+                .collect();
         sessions.sort_by_key(|info| info.last_seen);
         Ok(sessions)
     }
@@ -89,10 +90,10 @@ impl SessionAdmin {
     ///
     /// [`StoreError`] when the store fails.
     pub async fn revoke(&self, handle: &SessionHandle) -> Result<bool, StoreError> {
-        let record = (*self.store).load(&handle.0).await?;
-        let deleted = (*self.store).delete(&handle.0).await?;
-        if deleted {
-            let user_id = record.and_then(|r| r.user_id.clone());
+        let revoked = lifecycle::revoke(&*self.store, &handle.0).await?;
+        let deleted = revoked.is_some();
+        if let Some(record) = revoked {
+            let user_id = record.user_id.clone();
             event::emit(
                 self.events.as_ref(),
                 &SessionEvent::Revoked {
@@ -114,12 +115,12 @@ impl SessionAdmin {
         if user_id.is_empty() {
             return Ok(0);
         }
-        let deleted = (*self.store).delete_user(user_id, None).await?;
-        for hash in &deleted {
+        let deleted = lifecycle::logout_user(&*self.store, user_id, None, self.clock.now()).await?;
+        for record in &deleted {
             event::emit(
                 self.events.as_ref(),
                 &SessionEvent::Revoked {
-                    session: hash.fingerprint(),
+                    session: record.id_hash.fingerprint(),
                     user_id: Some(user_id.to_owned()),
                 },
             );

@@ -21,15 +21,16 @@ use crate::client::{ClientContext, Network, TrustedProxies};
 use crate::clock::{duration_millis, Clock, SystemClock, UnixMillis};
 use crate::event::{self, EventHandler, RejectReason, SessionEvent};
 use crate::guessing::{Guard, GuessingDetection};
-use crate::id::SessionId;
+use crate::id::{IdHash, SessionId};
 use crate::key::{Key, Keyring};
+use crate::lifecycle::{self, Found};
 use crate::policy::{
     self, BindingVerdict, ClientBinding, LimitRule, OnLimit, RejectAction, Renewal, SessionLimit,
     Timeouts, Verdict,
 };
 use crate::record::{Binding, Change, SessionRecord, Touch};
-use crate::session::{self, create_session, Happening, Session, State};
-use crate::store::{Forward, Regeneration, SessionStore, StoreError};
+use crate::session::{self, Happening, Session, State};
+use crate::store::{SessionStore, StoreError};
 use crate::transport::{CookieConfig, CookieWriter, TokenRead, Transport};
 
 /// Adds validated sessions to every request of the service it wraps.
@@ -41,7 +42,7 @@ use crate::transport::{CookieConfig, CookieWriter, TokenRead, Transport};
 /// ```
 /// use std::time::Duration;
 /// use axum::{routing::get, Router};
-/// use tower_session_guard::{Key, MokaStore, Session, SessionError, SessionLayer};
+/// use tower_session_guard::{Key, MemoryStore, Session, SessionError, SessionLayer};
 ///
 /// async fn handler(session: Session) -> Result<String, SessionError> {
 ///     let n: u64 = session.get("n")?.unwrap_or(0);
@@ -49,7 +50,7 @@ use crate::transport::{CookieConfig, CookieWriter, TokenRead, Transport};
 ///     Ok(n.to_string())
 /// }
 ///
-/// let layer = SessionLayer::new(MokaStore::new(100_000), Key::generate())
+/// let layer = SessionLayer::new(MemoryStore::new(100_000), Key::generate())
 ///     .with_idle_timeout(Duration::from_secs(30 * 60))
 ///     .with_absolute_timeout(Duration::from_secs(8 * 3600));
 /// let app: Router = Router::new().route("/", get(handler)).layer(layer);
@@ -744,43 +745,34 @@ async fn load(
     // Two rounds at most: a renewal lost to a concurrent request is retried
     // once, through the forwarding entry the winner left.
     for _ in 0..2 {
-        let hash = id.hash();
-        let Some(record) = (*config.store).load(&hash).await? else {
-            visit.reject(Some(&id), RejectReason::UnknownSession);
-            visit.guess_failed(config);
-            return Ok(None);
-        };
-        if record.superseded {
-            // Replaced by a login or regeneration moments ago: this request
-            // was in flight. No session, but the client's cookie (by now
-            // probably the new one) is left alone while the marker lasts.
-            visit.superseded = policy::forward_alive(&record, now);
-            visit.reject(Some(&id), RejectReason::UnknownSession);
-            return Ok(None);
-        }
-        let (current, record, issued) = match record.successor.as_deref().copied() {
-            None => (id.clone(), record, false),
-            Some(successor) => {
-                let next = id.unseal(&successor.sealed_id);
-                let followed =
-                    if policy::forward_alive(&record, now) && next.hash() == successor.id_hash {
-                        (*config.store).load(&successor.id_hash).await?
-                    } else {
-                        None
-                    };
-                match followed {
-                    Some(next_record) if !next_record.is_placeholder() => (next, next_record, true),
-                    _ => {
-                        visit.reject(Some(&id), RejectReason::UnknownSession);
-                        return Ok(None);
-                    }
-                }
+        let (current, record, issued) = match lifecycle::load(&*config.store, &id, now).await? {
+            Found::Session {
+                id,
+                record,
+                forwarded,
+            } => (id, record, forwarded),
+            Found::Missing => {
+                visit.reject(Some(&id), RejectReason::UnknownSession);
+                visit.guess_failed(config);
+                return Ok(None);
+            }
+            Found::InFlight => {
+                // Replaced by a login or regeneration moments ago: this
+                // request was in flight. No session, but the client's cookie
+                // (by now probably the new one) is left alone.
+                visit.superseded = true;
+                visit.reject(Some(&id), RejectReason::UnknownSession);
+                return Ok(None);
+            }
+            Found::Gone => {
+                visit.reject(Some(&id), RejectReason::UnknownSession);
+                return Ok(None);
             }
         };
         let touch = match policy::evaluate(&record, now, &config.timeouts) {
             Verdict::Valid { touch } => touch,
             Verdict::Expired(reason) => {
-                destroy(config, &current, "an expired session").await;
+                destroy(config, &current, &record, "an expired session").await;
                 let network = visit.event_network();
                 visit.events.push(|| SessionEvent::Expired {
                     session: current.fingerprint(),
@@ -803,7 +795,7 @@ async fn load(
                 ) {
                     BindingVerdict::Accept(update) => update.map(Box::new),
                     BindingVerdict::Reject(reason) => {
-                        destroy(config, &current, "a rejected session").await;
+                        destroy(config, &current, &record, "a rejected session").await;
                         visit.reject(Some(&current), reason);
                         visit.respond_unauthorized = rules.action() == RejectAction::Respond;
                         return Ok(None);
@@ -842,23 +834,13 @@ async fn renew(
         return Ok(None);
     };
     let now = visit.now;
-    let new_id = SessionId::generate();
-    let regeneration = Regeneration {
-        change: Change {
-            touch,
-            binding: binding.map(|b| *b),
-            ..Change::default()
-        },
-        user_id: None,
-        issued_at: now,
-        forward: (renewal.grace > 0).then(|| Forward {
-            sealed_id: id.seal(&new_id),
-            until: now.saturating_add(renewal.grace),
-        }),
+    let change = Change {
+        touch,
+        binding: binding.map(|b| *b),
+        ..Change::default()
     };
-    let Some(record) = (*config.store)
-        .regenerate(&id.hash(), &new_id.hash(), &regeneration)
-        .await?
+    let Some((new_id, record)) =
+        lifecycle::regenerate(&*config.store, id, &change, now, Some(renewal.grace)).await?
     else {
         return Ok(None);
     };
@@ -878,8 +860,9 @@ async fn renew(
 
 /// Deletes a session the policy refused. The policy refuses it whatever
 /// happens here, so a store failure is logged, not fatal.
-async fn destroy(config: &Config, id: &SessionId, what: &str) {
-    if let Err(err) = (*config.store).delete(&id.hash()).await {
+async fn destroy(config: &Config, id: &SessionId, record: &SessionRecord, what: &str) {
+    let removed = lifecycle::logout(&*config.store, &id.hash(), record.user_id.as_deref()).await;
+    if let Err(err) = removed {
         tracing::error!(
             target: "tower_session_guard",
             session = %id.fingerprint(),
@@ -959,8 +942,8 @@ async fn commit(
             return Ok(Outcome::NoSession);
         }
         // Lazy creation: only a session that holds something is stored.
-        let (id, record) =
-            create_session(&*config.store, template, state.pending.into_data()).await?;
+        let record = template.record(IdHash::from_bytes([0; 32]), None, state.pending.into_data());
+        let (id, record) = lifecycle::create(&*config.store, record).await?;
         events.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
@@ -982,18 +965,8 @@ async fn commit(
     change.binding = arrival.binding.map(|b| *b);
 
     if state.regenerate {
-        let new_id = SessionId::generate();
-        let regeneration = Regeneration {
-            change,
-            user_id: None,
-            issued_at: now,
-            forward: None,
-        };
-        return match (*config.store)
-            .regenerate(&id.hash(), &new_id.hash(), &regeneration)
-            .await?
-        {
-            Some(record) => {
+        return match lifecycle::regenerate(&*config.store, &id, &change, now, None).await? {
+            Some((new_id, record)) => {
                 events.push(|| SessionEvent::Regenerated {
                     session: new_id.fingerprint(),
                     previous: id.fingerprint(),
@@ -1007,7 +980,7 @@ async fn commit(
         };
     }
 
-    if !change.is_empty() && !(*config.store).update(&id.hash(), &change).await? {
+    if !change.is_empty() && !lifecycle::commit(&*config.store, &id.hash(), &change).await? {
         return Ok(session_vanished(&id, has_writes));
     }
     if state.id_issued || arrival.resign {

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use axum::{routing::get, Router};
-//! use tower_session_guard::{Key, MokaStore, Session, SessionError, SessionLayer};
+//! use tower_session_guard::{Key, MemoryStore, Session, SessionError, SessionLayer};
 //!
 //! async fn handler(session: Session) -> Result<String, SessionError> {
 //!     let visits: u64 = session.get("visits")?.unwrap_or(0);
@@ -14,7 +14,7 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/", get(handler))
-//!     .layer(SessionLayer::new(MokaStore::default(), Key::generate()));
+//!     .layer(SessionLayer::new(MemoryStore::default(), Key::generate()));
 //! ```
 //!
 //! # What the layer does for every request
@@ -65,6 +65,7 @@ mod guessing;
 pub mod id;
 mod key;
 mod layer;
+mod lifecycle;
 pub mod policy;
 pub mod record;
 mod session;
@@ -88,7 +89,7 @@ pub use crate::session::TonicSessionExt;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
-pub use crate::store::{CachedStore, MokaStore, SessionStore, StoreError};
+pub use crate::store::{CachedStore, MemoryStore, SessionStore, StoreError};
 pub use crate::transport::{CookieConfig, Transport};
 
 /// The `redis` crate this one is built with, for [`RedisStore::from_client`] and friends.

@@ -128,11 +128,6 @@ pub(crate) fn renewal_due(
     renewal.is_some_and(|r| now.saturating_sub(record.id_issued_at) >= r.every)
 }
 
-/// Whether a forwarding entry left by a renewal still forwards at `now`.
-pub(crate) fn forward_alive(forward: &SessionRecord, now: UnixMillis) -> bool {
-    now < forward.expires_at()
-}
-
 /// What `login` does when the user already has the maximum number of sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -159,14 +154,14 @@ pub struct LimitReached;
 /// Which of a user's live sessions must go so that one more fits under `limit`.
 ///
 /// `live` are the user's other live sessions (not the one logging in).
-/// Stores call this inside the critical section of their login operation,
-/// so that concurrent logins cannot overshoot the limit.
+/// The lifecycle calls this under the user's lock, so that concurrent
+/// logins cannot overshoot the limit.
 ///
 /// # Errors
 ///
 /// [`LimitReached`] when the limit is full and the rule is
 /// [`OnLimit::RejectLogin`].
-pub fn sessions_to_evict(
+pub(crate) fn sessions_to_evict(
     live: &[&SessionRecord],
     limit: &SessionLimit,
 ) -> Result<Vec<IdHash>, LimitReached> {
@@ -217,14 +212,6 @@ impl fmt::Debug for LimitRule {
             Self::PerUser(_, on_limit) => f.debug_tuple("PerUser").field(on_limit).finish(),
         }
     }
-}
-
-/// Whether `record` counts as a live session of `user_id` at `now`.
-#[must_use]
-pub fn is_live_session_of(record: &SessionRecord, user_id: &str, now: UnixMillis) -> bool {
-    !record.is_placeholder()
-        && record.user_id.as_deref() == Some(user_id)
-        && now < record.expires_at()
 }
 
 /// What a session is bound to, and how strictly.

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use crate::client::Network;
 use crate::clock::UnixMillis;
 use crate::id::{IdHash, SealedId};
+use std::sync::Arc;
 
 /// One stored session.
 ///
@@ -46,20 +47,6 @@ pub struct SessionRecord {
     /// The client's User-Agent family (browser and platform, no versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<Box<str>>,
-    /// Set on a forwarding entry left under an old id after a renewal with
-    /// a grace period: requests holding the old id are sent here until the
-    /// entry's idle deadline (the end of the grace period).
-    ///
-    /// Boxed, like `binding`: most records have neither, and an in-memory
-    /// store keeps every record's inline size for each session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub successor: Option<Box<Successor>>,
-    /// Set on the entry left under an id replaced by a login or a
-    /// regeneration: requests still carrying that id get no session, but
-    /// keep their cookie untouched until the entry's idle deadline, so a
-    /// request that was in flight cannot clear the new cookie.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub superseded: bool,
     /// What the session is bound to (client binding), when that is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<Box<Binding>>,
@@ -100,64 +87,11 @@ pub struct SeenLocation {
     pub at: UnixMillis,
 }
 
-/// Where a renewed session went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Successor {
-    /// The at-rest hash of the new id.
-    pub id_hash: IdHash,
-    /// The new id, readable only with the old id.
-    pub sealed_id: SealedId,
-}
-
 impl SessionRecord {
     /// The earliest deadline: the instant after which no policy accepts this record.
     #[must_use]
     pub fn expires_at(&self) -> UnixMillis {
         self.idle_deadline.min(self.absolute_deadline)
-    }
-
-    /// Whether this is an entry left under a replaced id (a renewal's
-    /// forwarding entry or a superseded marker), not a session.
-    #[must_use]
-    pub fn is_placeholder(&self) -> bool {
-        self.successor.is_some() || self.superseded
-    }
-
-    /// The entry to leave under this record's id when a login or a
-    /// regeneration replaces it: no data, no successor, valid until `until`.
-    #[must_use]
-    pub fn superseded_marker(&self, until: UnixMillis) -> SessionRecord {
-        let mut marker = self.placeholder(until);
-        marker.superseded = true;
-        marker
-    }
-
-    fn placeholder(&self, until: UnixMillis) -> SessionRecord {
-        SessionRecord {
-            id_hash: self.id_hash,
-            user_id: self.user_id.clone(),
-            data: SessionData::default(),
-            created_at: self.created_at,
-            last_seen: self.last_seen,
-            idle_deadline: until.min(self.absolute_deadline),
-            absolute_deadline: self.absolute_deadline,
-            id_issued_at: self.id_issued_at,
-            version: self.version,
-            ip: None,
-            user_agent: None,
-            successor: None,
-            superseded: false,
-            binding: None,
-        }
-    }
-
-    /// The forwarding entry to leave under this record's old id for a
-    /// renewal: no data, just the successor, valid until `until`.
-    #[must_use]
-    pub fn forward_to(&self, successor: Successor, until: UnixMillis) -> SessionRecord {
-        let mut forward = self.placeholder(until);
-        forward.successor = Some(Box::new(successor));
-        forward
     }
 
     /// Applies a delta in place (what every store does under its own atomicity).
@@ -179,6 +113,87 @@ impl SessionRecord {
                 .min(self.absolute_deadline);
         }
         self.version = self.version.wrapping_add(1);
+    }
+}
+
+/// What a store keeps under one key: a session, or what is left under an
+/// id after the session moved to a new one.
+///
+/// Stores keep and return entries as they are given; only the session
+/// protocol (the crate's `lifecycle`) creates and interprets the two
+/// placeholders.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// A live (or expired, not yet removed) session.
+    Session(Arc<SessionRecord>),
+    /// Left by a renewal under the old id: requests still holding it are
+    /// served the successor until [`Forward::until`].
+    Forward(Forward),
+    /// Left by a login or `regenerate()` under the old id: requests still
+    /// holding it get no session, but keep their cookie until
+    /// [`Superseded::until`] (a request that was in flight must not clear
+    /// the new cookie).
+    Superseded(Superseded),
+}
+
+/// A renewal's forward from an old id to its successor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// The at-rest hash of the successor's id.
+    pub successor: IdHash,
+    /// The successor's id, readable only with the old id.
+    pub sealed_id: SealedId,
+    /// When the old id stops working.
+    pub until: UnixMillis,
+}
+
+/// The marker left under an id that a login or a regeneration replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Superseded {
+    /// The at-rest hash of the id that replaced this one (a logout racing
+    /// the move follows it).
+    pub successor: IdHash,
+    /// When the marker may go.
+    pub until: UnixMillis,
+}
+
+impl Entry {
+    /// The instant after which nothing reads this entry any more: a
+    /// session's earliest deadline, a placeholder's end. Stores may drop the
+    /// entry some time after it (their expiry backstop).
+    #[must_use]
+    pub fn expires_at(&self) -> UnixMillis {
+        match self {
+            Self::Session(record) => record.expires_at(),
+            Self::Forward(forward) => forward.until,
+            Self::Superseded(marker) => marker.until,
+        }
+    }
+
+    /// The session, if this entry is one.
+    #[must_use]
+    pub fn session(&self) -> Option<&Arc<SessionRecord>> {
+        match self {
+            Self::Session(record) => Some(record),
+            _ => None,
+        }
+    }
+
+    /// The id this entry's session moved to, if it is a placeholder.
+    #[must_use]
+    pub fn successor(&self) -> Option<IdHash> {
+        match self {
+            Self::Session(_) => None,
+            Self::Forward(forward) => Some(forward.successor),
+            Self::Superseded(marker) => Some(marker.successor),
+        }
+    }
+
+    /// The user signed in on this entry's session (`None` for a placeholder
+    /// or an anonymous session).
+    #[must_use]
+    pub fn user_id(&self) -> Option<&str> {
+        self.session().and_then(|r| r.user_id.as_deref())
     }
 }
 
@@ -214,8 +229,6 @@ impl Deadlines {
             version: 0,
             ip: None,
             user_agent: None,
-            successor: None,
-            superseded: false,
             binding: None,
         }
     }
@@ -225,7 +238,7 @@ impl Deadlines {
 ///
 /// Sessions hold a handful of keys, so a flat vector is both smaller and
 /// faster than a hash map here; keys of up to 22 bytes are kept inline.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(
     from = "serde_json::Map<String, Value>",
     into = "serde_json::Map<String, Value>"
@@ -285,6 +298,17 @@ impl fmt::Debug for DataKey {
 impl fmt::Debug for SessionData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Two data sets are equal when they hold the same keys with the same
+/// values, in any order: stores need not keep the order keys were set in.
+impl PartialEq for SessionData {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .all(|(key, value)| other.get(key) == Some(value))
     }
 }
 
@@ -455,8 +479,6 @@ mod tests {
             version: 0,
             ip: None,
             user_agent: None,
-            successor: None,
-            superseded: false,
             binding: None,
         }
     }
@@ -492,6 +514,23 @@ mod tests {
             ..Change::default()
         });
         assert_eq!((r.last_seen, r.idle_deadline), (1_000, 2_000));
+    }
+
+    #[test]
+    fn data_equality_ignores_the_order_keys_were_set_in() {
+        let a: SessionData = [("x".to_owned(), json!(1)), ("y".to_owned(), json!(2))]
+            .into_iter()
+            .collect();
+        let b: SessionData = [("y".to_owned(), json!(2)), ("x".to_owned(), json!(1))]
+            .into_iter()
+            .collect();
+        assert_eq!(a, b);
+        let c: SessionData = [("x".to_owned(), json!(1))].into_iter().collect();
+        assert_ne!(a, c);
+        let d: SessionData = [("x".to_owned(), json!(1)), ("y".to_owned(), json!(3))]
+            .into_iter()
+            .collect();
+        assert_ne!(a, d);
     }
 
     #[test]

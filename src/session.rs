@@ -10,16 +10,13 @@ use serde_json::Value;
 use crate::client::{family_of, ClientContext};
 use crate::error::SessionError;
 use crate::id::{Fingerprint, IdHash, SessionId};
+use crate::lifecycle::{self, Login, LoginOutcome};
 use crate::policy::{initial_binding, ClientBinding, LimitRule};
 use crate::record::{Change, Deadlines, SessionData, SessionRecord};
-use crate::store::{Login, LoginOutcome, SessionStore, StoreError};
+use crate::store::SessionStore;
 
 /// The longest user id `login` accepts, in bytes.
 pub const MAX_USER_ID_LEN: usize = 1024;
-
-/// How many fresh ids to try when a store reports a collision (it never
-/// should: ids are 128 random bits).
-const CREATE_ATTEMPTS: usize = 3;
 
 /// The current request's session.
 ///
@@ -346,13 +343,13 @@ impl Session {
         let login = Login {
             previous: previous.as_ref().map(SessionId::hash),
             record,
-            change: change.clone(),
+            change: &change,
             limit,
             now: context.template.deadlines.created_at,
         };
-        // A colliding new id (never expected: 128 random bits) is refused by
-        // the store without any change and surfaces as a store error.
-        let outcome = (*context.store).login(&login).await?;
+        // A colliding new id (never expected: 128 random bits) changes
+        // nothing and surfaces as a store error.
+        let outcome = lifecycle::login(&*context.store, login).await?;
         let (record, moved, evicted) = match outcome {
             LoginOutcome::LoggedIn {
                 record,
@@ -407,17 +404,17 @@ impl Session {
             self.logout().await?;
             return Ok(usize::from(had_session));
         };
-        let deleted = (*self.inner.context.store)
-            .delete_user(&user_id, None)
-            .await?;
+        let context = &self.inner.context;
+        let now = context.template.deadlines.created_at;
+        let deleted = lifecycle::logout_user(&*context.store, &user_id, None, now).await?;
         let current = self.lock().id.as_ref().map(SessionId::hash);
         let count = deleted.len();
         {
             let mut state = self.lock();
-            for hash in &deleted {
-                if Some(*hash) != current {
+            for record in &deleted {
+                if Some(record.id_hash) != current {
                     state.happenings.push(Happening::LoggedOut {
-                        session: hash.fingerprint(),
+                        session: record.id_hash.fingerprint(),
                         user_id: Some(user_id.clone()),
                     });
                 }
@@ -441,13 +438,14 @@ impl Session {
             return Ok(0);
         };
         let current = self.lock().id.as_ref().map(SessionId::hash);
-        let deleted = (*self.inner.context.store)
-            .delete_user(&user_id, current.as_ref())
-            .await?;
+        let context = &self.inner.context;
+        let now = context.template.deadlines.created_at;
+        let deleted =
+            lifecycle::logout_user(&*context.store, &user_id, current.as_ref(), now).await?;
         let mut state = self.lock();
-        for hash in &deleted {
+        for record in &deleted {
             state.happenings.push(Happening::LoggedOut {
-                session: hash.fingerprint(),
+                session: record.id_hash.fingerprint(),
                 user_id: Some(user_id.clone()),
             });
         }
@@ -463,13 +461,16 @@ impl Session {
     ///
     /// [`SessionError::Store`] when the store fails; the session is then unchanged.
     pub async fn logout(&self) -> Result<(), SessionError> {
-        let id = self.lock().id.clone();
+        let (id, user_id) = {
+            let state = self.lock();
+            let user_id = state.record.as_ref().and_then(|r| r.user_id.clone());
+            (state.id.clone(), user_id)
+        };
         if let Some(id) = &id {
-            (*self.inner.context.store).delete(&id.hash()).await?;
+            lifecycle::logout(&*self.inner.context.store, &id.hash(), user_id.as_deref()).await?;
         }
         let mut state = self.lock();
         if let Some(id) = id {
-            let user_id = state.record.as_ref().and_then(|r| r.user_id.clone());
             state.happenings.push(Happening::LoggedOut {
                 session: id.fingerprint(),
                 user_id,
@@ -529,27 +530,6 @@ impl Template {
         record.user_agent = user_agent.map(String::into_boxed_str);
         record
     }
-}
-
-/// Stores a new session like `template` holding `data`, under a fresh id;
-/// another id is drawn on the (never expected) collision.
-pub(crate) async fn create_session(
-    store: &dyn SessionStore,
-    template: &Template,
-    data: SessionData,
-) -> Result<(SessionId, SessionRecord), StoreError> {
-    let mut id = SessionId::generate();
-    let mut record = template.record(id.hash(), None, data);
-    for _ in 0..CREATE_ATTEMPTS {
-        if store.create(&record).await? {
-            return Ok((id, record));
-        }
-        id = SessionId::generate();
-        record.id_hash = id.hash();
-    }
-    Err(StoreError::Unavailable(
-        "the store reported a collision for every new session id".into(),
-    ))
 }
 
 fn validate_user_id(user_id: &str) -> Result<(), SessionError> {

@@ -303,11 +303,11 @@ fn is_token_byte(b: u8) -> bool {
 /// `Authorization` headers of other schemes (`Basic ...`) are left alone.
 ///
 /// ```
-/// use tower_session_guard::{Key, MokaStore, SessionLayer, Transport};
+/// use tower_session_guard::{Key, MemoryStore, SessionLayer, Transport};
 ///
-/// let api = SessionLayer::new(MokaStore::default(), Key::generate())
+/// let api = SessionLayer::new(MemoryStore::default(), Key::generate())
 ///     .with_transport(Transport::header("x-session-token"));
-/// let both = SessionLayer::new(MokaStore::default(), Key::generate())
+/// let both = SessionLayer::new(MemoryStore::default(), Key::generate())
 ///     .with_transport(Transport::cookie_or_bearer());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]

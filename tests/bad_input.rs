@@ -10,7 +10,7 @@ use common::{app, send, send_cookies, FlakyStore, COOKIE};
 use http::{HeaderValue, StatusCode};
 use proptest::prelude::*;
 use tower_session_guard::clock::ManualClock;
-use tower_session_guard::{Key, MokaStore, SessionLayer};
+use tower_session_guard::{Key, MemoryStore, SessionLayer};
 
 /// An app, a store that counts loads, and a valid token holding `n = 1`.
 async fn setup() -> (axum::Router, FlakyStore, String) {
@@ -145,7 +145,7 @@ async fn a_valid_token_replayed_after_logout_is_no_session() {
 #[tokio::test]
 async fn a_valid_token_replayed_after_idle_expiry_is_no_session() {
     let clock = ManualClock::new();
-    let app = app(SessionLayer::new(MokaStore::new(10), Key::generate())
+    let app = app(SessionLayer::new(MemoryStore::new(10), Key::generate())
         .with_idle_timeout(Duration::from_secs(60))
         .with_clock(clock.clone()));
     let token = send(&app, "GET", "/count", None).await.token().unwrap();
@@ -158,7 +158,7 @@ async fn a_valid_token_replayed_after_idle_expiry_is_no_session() {
 #[tokio::test]
 async fn a_valid_token_replayed_after_absolute_expiry_is_no_session() {
     let clock = ManualClock::new();
-    let app = app(SessionLayer::new(MokaStore::new(10), Key::generate())
+    let app = app(SessionLayer::new(MemoryStore::new(10), Key::generate())
         .with_idle_timeout(Duration::from_secs(600))
         .with_absolute_timeout(Duration::from_secs(900))
         .with_clock(clock.clone()));
@@ -175,8 +175,8 @@ async fn an_unknown_but_authentic_id_is_never_adopted() {
     // Strict mode: a correctly signed token whose session the store does not
     // hold (e.g. a store was flushed) gets a fresh session with a new id.
     let key = Key::generate();
-    let app_a = app(SessionLayer::new(MokaStore::new(10), key.clone()));
-    let app_b = app(SessionLayer::new(MokaStore::new(10), key));
+    let app_a = app(SessionLayer::new(MemoryStore::new(10), key.clone()));
+    let app_b = app(SessionLayer::new(MemoryStore::new(10), key));
     let token = send(&app_a, "GET", "/count", None).await.token().unwrap();
     let reply = send(&app_b, "GET", "/count", Some(&token)).await;
     assert_eq!(reply.body, "1");

@@ -16,7 +16,7 @@ use common::{send_request, LogCapture, Reply, COOKIE};
 use http::{Request, StatusCode};
 use tower_session_guard::clock::ManualClock;
 use tower_session_guard::{
-    ClientBinding, GuessingDetection, Key, Location, MokaStore, RejectAction, RejectReason,
+    ClientBinding, GuessingDetection, Key, Location, MemoryStore, RejectAction, RejectReason,
     Session, SessionEvent, SessionLayer, TrustedProxies,
 };
 
@@ -108,7 +108,7 @@ fn rejections(events: &Events) -> Vec<RejectReason> {
 }
 
 fn layer(clock: &ManualClock) -> SessionLayer {
-    SessionLayer::new(MokaStore::new(1_000), Key::generate()).with_clock(clock.clone())
+    SessionLayer::new(MemoryStore::new(1_000), Key::generate()).with_clock(clock.clone())
 }
 
 /// Starts a session (counter = 1) from `peer` with `agent`; returns its token.
@@ -588,7 +588,7 @@ async fn odd_forwarding_and_user_agent_headers_never_break_a_request() {
 
 #[tokio::test]
 async fn the_peer_address_comes_from_connect_info_over_a_real_socket() {
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate()).with_cookie(
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate()).with_cookie(
         tower_session_guard::CookieConfig::default()
             .with_name("id")
             .with_secure(false),

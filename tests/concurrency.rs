@@ -3,11 +3,11 @@
 mod common;
 
 use common::{app, send};
-use tower_session_guard::{Key, MokaStore, SessionLayer};
+use tower_session_guard::{Key, MemoryStore, SessionLayer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_requests_writing_distinct_keys_all_persist() {
-    let app = app(SessionLayer::new(MokaStore::new(100), Key::generate()));
+    let app = app(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let token = send(&app, "GET", "/count", None).await.token().unwrap();
     let tasks: Vec<_> = (0..64)
         .map(|i| {

@@ -10,7 +10,7 @@ use axum::Router;
 use common::{send_request, Reply};
 use http::{HeaderMap, Request, StatusCode};
 use tower_session_guard::clock::ManualClock;
-use tower_session_guard::{Key, MokaStore, OnLimit, SessionEvent, SessionLayer, Transport};
+use tower_session_guard::{Key, MemoryStore, OnLimit, SessionEvent, SessionLayer, Transport};
 
 const HEADER: &str = "x-session-token";
 
@@ -39,7 +39,7 @@ fn header_app(layer: SessionLayer) -> Router {
 
 #[tokio::test]
 async fn a_header_token_carries_the_session_and_comes_back_in_the_same_header() {
-    let app = header_app(SessionLayer::new(MokaStore::new(100), Key::generate()));
+    let app = header_app(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let first = call(&app, "GET", "/count", &[]).await;
     assert!(
         first.headers.get(http::header::SET_COOKIE).is_none(),
@@ -75,7 +75,7 @@ async fn logout_answers_an_empty_header_and_an_event() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&events);
     let app = header_app(
-        SessionLayer::new(MokaStore::new(100), Key::generate())
+        SessionLayer::new(MemoryStore::new(100), Key::generate())
             .with_event_handler(move |e: &SessionEvent| sink.lock().unwrap().push(e.clone())),
     );
     let token = header(&call(&app, "POST", "/login/bo", &[]).await.headers, HEADER).unwrap();
@@ -99,7 +99,8 @@ async fn logout_answers_an_empty_header_and_an_event() {
 #[tokio::test]
 async fn bearer_tokens_work_in_any_case_and_other_schemes_are_ignored() {
     let app = common::app(
-        SessionLayer::new(MokaStore::new(100), Key::generate()).with_transport(Transport::bearer()),
+        SessionLayer::new(MemoryStore::new(100), Key::generate())
+            .with_transport(Transport::bearer()),
     );
     let login = call(&app, "POST", "/login/cat", &[]).await;
     let value = header(&login.headers, "authorization").unwrap();
@@ -135,7 +136,7 @@ async fn bearer_tokens_work_in_any_case_and_other_schemes_are_ignored() {
 
 #[tokio::test]
 async fn odd_header_values_are_no_session_never_an_error() {
-    let app = header_app(SessionLayer::new(MokaStore::new(100), Key::generate()));
+    let app = header_app(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let token = header(&call(&app, "GET", "/count", &[]).await.headers, HEADER).unwrap();
     let spaced = format!("   {token}  ");
     assert_eq!(
@@ -169,7 +170,7 @@ async fn odd_header_values_are_no_session_never_an_error() {
 #[tokio::test]
 async fn cookie_or_header_prefers_the_cookie_and_answers_the_way_the_token_came() {
     let app = common::app(
-        SessionLayer::new(MokaStore::new(100), Key::generate())
+        SessionLayer::new(MemoryStore::new(100), Key::generate())
             .with_transport(Transport::cookie_or_header(HEADER)),
     );
     let browser = call(&app, "GET", "/count", &[]).await;
@@ -199,13 +200,13 @@ async fn cookie_or_header_prefers_the_cookie_and_answers_the_way_the_token_came(
 async fn every_rule_applies_to_header_tokens_too() {
     let clock = ManualClock::new();
     let app = header_app(
-        SessionLayer::new(MokaStore::new(100), Key::generate())
+        SessionLayer::new(MemoryStore::new(100), Key::generate())
             .with_idle_timeout(Duration::from_secs(60))
             .with_session_limit(1, OnLimit::EvictLeastRecent)
             .with_clock(clock.clone()),
     );
     // Strict mode: an authentic token the store does not know is not adopted.
-    let other = header_app(SessionLayer::new(MokaStore::new(10), Key::generate()));
+    let other = header_app(SessionLayer::new(MemoryStore::new(10), Key::generate()));
     let foreign = header(&call(&other, "GET", "/count", &[]).await.headers, HEADER).unwrap();
     assert_eq!(
         call(&app, "GET", "/read", &[(HEADER, &foreign)]).await.body,

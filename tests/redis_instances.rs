@@ -278,7 +278,8 @@ async fn two_hundred_concurrent_writes_to_one_session_across_instances_are_all_k
     let listed = a.admin.list("ann").await.unwrap();
     assert_eq!(listed.len(), 1);
     let hash = IdHash::from_hex(&listed[0].handle.to_string()).unwrap();
-    let record = redis.store.load(&hash).await.unwrap().unwrap();
+    let entry = redis.store.load(&hash).await.unwrap().unwrap();
+    let record = entry.session().expect("a session");
     for i in 0..200 {
         assert_eq!(
             record.data.get(&format!("k{i}")),

@@ -12,11 +12,11 @@ use common::{app, send, send_request, FlakyStore, COOKIE};
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_session_guard::{
-    CookieConfig, Key, MokaStore, SameSite, Session, SessionEvent, SessionLayer,
+    CookieConfig, Key, MemoryStore, SameSite, Session, SessionEvent, SessionLayer,
 };
 
 fn layer() -> SessionLayer {
-    SessionLayer::new(MokaStore::new(1_000), Key::generate())
+    SessionLayer::new(MemoryStore::new(1_000), Key::generate())
 }
 
 #[tokio::test]
@@ -422,7 +422,7 @@ async fn works_inside_service_builder_around_any_body_type() {
 
 #[tokio::test]
 async fn two_layers_sharing_a_store_share_sessions() {
-    let store = MokaStore::new(100);
+    let store = MemoryStore::new(100);
     let key = Key::generate();
     let a = app(SessionLayer::new(store.clone(), key.clone()));
     let b = app(SessionLayer::new(store, key));

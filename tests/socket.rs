@@ -2,13 +2,13 @@
 
 mod common;
 
-use tower_session_guard::{CookieConfig, Key, MokaStore, SessionLayer};
+use tower_session_guard::{CookieConfig, Key, MemoryStore, SessionLayer};
 
 #[tokio::test]
 async fn a_cookie_keeping_client_over_tcp_counts_logs_in_and_out() {
     // Plain http on loopback: a cookie without `Secure` (and so without the
     // `__Host-` prefix), as in the demo.
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use common::{app, send, FlakyStore};
 use tower_session_guard::clock::ManualClock;
-use tower_session_guard::{Key, MokaStore, SessionLayer};
+use tower_session_guard::{Key, MemoryStore, SessionLayer};
 
 const IDLE: Duration = Duration::from_secs(30 * 60);
 const ABSOLUTE: Duration = Duration::from_secs(8 * 3600);
 
 fn timed_layer(clock: &ManualClock) -> SessionLayer {
-    SessionLayer::new(MokaStore::new(1_000), Key::generate())
+    SessionLayer::new(MemoryStore::new(1_000), Key::generate())
         .with_idle_timeout(IDLE)
         .with_absolute_timeout(ABSOLUTE)
         .with_clock(clock.clone())
@@ -92,7 +92,7 @@ async fn reads_record_activity_only_after_a_quarter_of_the_idle_window() {
 
 #[tokio::test]
 async fn idle_expiry_with_real_sub_second_sleeps() {
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_idle_timeout(Duration::from_millis(200))
         .with_absolute_timeout(Duration::from_secs(60));
     let app = app(layer);
@@ -107,7 +107,7 @@ async fn idle_expiry_with_real_sub_second_sleeps() {
 
 #[tokio::test]
 async fn absolute_expiry_with_real_sub_second_sleeps() {
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_idle_timeout(Duration::from_secs(60))
         .with_absolute_timeout(Duration::from_millis(400));
     let app = app(layer);
@@ -121,21 +121,21 @@ async fn absolute_expiry_with_real_sub_second_sleeps() {
 #[test]
 #[should_panic(expected = "idle timeout must be at least one millisecond")]
 fn a_sub_millisecond_idle_timeout_fails_at_start_up() {
-    let _ = SessionLayer::new(MokaStore::new(1), Key::generate())
+    let _ = SessionLayer::new(MemoryStore::new(1), Key::generate())
         .with_idle_timeout(Duration::from_micros(500));
 }
 
 #[test]
 #[should_panic(expected = "absolute timeout must be at least one millisecond")]
 fn a_zero_absolute_timeout_fails_at_start_up() {
-    let _ =
-        SessionLayer::new(MokaStore::new(1), Key::generate()).with_absolute_timeout(Duration::ZERO);
+    let _ = SessionLayer::new(MemoryStore::new(1), Key::generate())
+        .with_absolute_timeout(Duration::ZERO);
 }
 
 #[tokio::test]
 async fn a_persistent_cookie_carries_the_time_left_to_the_absolute_deadline() {
     let clock = ManualClock::new();
-    let app = app(SessionLayer::new(MokaStore::new(10), Key::generate())
+    let app = app(SessionLayer::new(MemoryStore::new(10), Key::generate())
         .with_absolute_timeout(Duration::from_secs(3600))
         .with_cookie(tower_session_guard::CookieConfig::default().with_persistent(true))
         .with_clock(clock.clone()));

@@ -20,7 +20,7 @@ use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tower_session_guard::{CookieConfig, Key, MokaStore, Session, SessionError, SessionLayer};
+use tower_session_guard::{CookieConfig, Key, MemoryStore, Session, SessionError, SessionLayer};
 
 /// Longer than the compression layer's minimum size, so it is compressed.
 const PADDING: &str = "................................................................";
@@ -83,7 +83,7 @@ async fn slow(session: Session) -> Result<&'static str, SessionError> {
 }
 
 fn sessions() -> SessionLayer {
-    SessionLayer::new(MokaStore::new(100), Key::generate())
+    SessionLayer::new(MemoryStore::new(100), Key::generate())
 }
 
 fn timeout() -> TimeoutLayer {
@@ -341,7 +341,7 @@ async fn plain_counter(request: Request<Incoming>) -> Result<Response<Full<Bytes
 
 #[tokio::test]
 async fn a_plain_service_fn_served_by_hyper_keeps_a_counter_per_session() {
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -13,7 +13,7 @@ use common::{send, Reply};
 use http::StatusCode;
 use tower_session_guard::clock::ManualClock;
 use tower_session_guard::{
-    Key, MokaStore, OnLimit, Session, SessionError, SessionEvent, SessionHandle, SessionLayer,
+    Key, MemoryStore, OnLimit, Session, SessionError, SessionEvent, SessionHandle, SessionLayer,
 };
 
 type Events = Arc<Mutex<Vec<SessionEvent>>>;
@@ -80,7 +80,7 @@ fn kinds(events: &Events) -> Vec<&'static str> {
 async fn the_least_recently_used_session_is_evicted_at_the_limit() {
     let clock = ManualClock::new();
     let (layer, events) = recording(
-        SessionLayer::new(MokaStore::new(100), Key::generate())
+        SessionLayer::new(MemoryStore::new(100), Key::generate())
             .with_session_limit(3, OnLimit::EvictLeastRecent)
             .with_clock(clock.clone()),
     );
@@ -109,7 +109,7 @@ async fn the_least_recently_used_session_is_evicted_at_the_limit() {
 
 #[tokio::test]
 async fn reject_login_refuses_a_login_over_the_limit_and_changes_nothing() {
-    let app = app(SessionLayer::new(MokaStore::new(100), Key::generate())
+    let app = app(SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_session_limit(2, OnLimit::RejectLogin));
     let a = login(&app, "ben").await;
     let b = login(&app, "ben").await;
@@ -131,7 +131,7 @@ async fn reject_login_refuses_a_login_over_the_limit_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_logins_never_overshoot_a_limit_of_three() {
-    let layer = SessionLayer::new(MokaStore::new(1_000), Key::generate())
+    let layer = SessionLayer::new(MemoryStore::new(1_000), Key::generate())
         .with_session_limit(3, OnLimit::EvictLeastRecent);
     let admin = layer.sessions();
     let app = app(layer);
@@ -157,7 +157,7 @@ async fn twenty_concurrent_logins_never_overshoot_a_limit_of_three() {
 
 #[tokio::test]
 async fn a_per_user_limit_applies_per_role() {
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate()).with_session_limit_fn(
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate()).with_session_limit_fn(
         |user: &str| match user {
             "admin" => 1,
             "banned" => 0,
@@ -189,13 +189,13 @@ async fn a_per_user_limit_applies_per_role() {
 #[test]
 #[should_panic(expected = "a session limit of 0 would refuse every login")]
 fn a_limit_of_zero_fails_at_start_up() {
-    let _ = SessionLayer::new(MokaStore::new(1), Key::generate())
+    let _ = SessionLayer::new(MemoryStore::new(1), Key::generate())
         .with_session_limit(0, OnLimit::RejectLogin);
 }
 
 #[tokio::test]
 async fn logout_everywhere_destroys_every_session_of_the_user() {
-    let (layer, events) = recording(SessionLayer::new(MokaStore::new(100), Key::generate()));
+    let (layer, events) = recording(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let app = app(layer);
     let tokens: Vec<String> = futures_join(&app, "eve", 4).await;
     let other_user = login(&app, "fay").await;
@@ -221,7 +221,7 @@ async fn logout_everywhere_destroys_every_session_of_the_user() {
 
 #[tokio::test]
 async fn logout_others_keeps_the_current_session() {
-    let app = app(SessionLayer::new(MokaStore::new(100), Key::generate()));
+    let app = app(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let tokens: Vec<String> = futures_join(&app, "gil", 3).await;
     let reply = send(&app, "POST", "/others", Some(&tokens[2])).await;
     assert_eq!(reply.body, "2");
@@ -247,7 +247,7 @@ async fn futures_join(app: &Router, user: &str, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn the_admin_handle_lists_and_revokes_without_ids() {
-    let (layer, events) = recording(SessionLayer::new(MokaStore::new(100), Key::generate()));
+    let (layer, events) = recording(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let admin = layer.sessions();
     let app = app(layer);
     let first = login(&app, "hal").await;
@@ -293,7 +293,7 @@ async fn fingerprint_of(app: &Router, token: &str) -> String {
 
 #[tokio::test]
 async fn admin_calls_with_odd_input_are_clear_no_ops() {
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate());
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate());
     let admin = layer.sessions();
     assert!(admin.list("nobody").await.unwrap().is_empty());
     assert!(admin.list("").await.unwrap().is_empty());
@@ -307,7 +307,7 @@ async fn admin_calls_with_odd_input_are_clear_no_ops() {
 
 #[tokio::test]
 async fn empty_and_oversized_user_ids_are_refused_by_login() {
-    let app = app(SessionLayer::new(MokaStore::new(100), Key::generate()));
+    let app = app(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let long = "u".repeat(10 * 1024);
     let reply = send(&app, "POST", &format!("/login-status/{long}"), None).await;
     assert!(
@@ -326,13 +326,13 @@ async fn empty_and_oversized_user_ids_are_refused_by_login() {
                     .unwrap_or_else(|_| "refused")
             }),
         )
-        .layer(SessionLayer::new(MokaStore::new(10), Key::generate()));
+        .layer(SessionLayer::new(MemoryStore::new(10), Key::generate()));
     assert_eq!(send(&app_empty, "GET", "/", None).await.body, "refused");
 }
 
 #[tokio::test]
 async fn the_user_index_does_not_outgrow_the_store() {
-    let store = MokaStore::new(50);
+    let store = MemoryStore::new(50);
     let app = app(SessionLayer::new(store.clone(), Key::generate()));
     for i in 0..500 {
         login(&app, &format!("user{i}")).await;
@@ -348,7 +348,7 @@ async fn the_user_index_does_not_outgrow_the_store() {
 #[tokio::test]
 async fn expired_sessions_drop_out_of_the_index() {
     let clock = ManualClock::new();
-    let store = MokaStore::new(100);
+    let store = MemoryStore::new(100);
     let layer = SessionLayer::new(store.clone(), Key::generate())
         .with_idle_timeout(Duration::from_secs(60))
         .with_clock(clock.clone());
@@ -367,7 +367,7 @@ async fn expired_sessions_drop_out_of_the_index() {
 async fn renewal_issues_a_new_id_and_the_old_one_works_only_during_grace() {
     let clock = ManualClock::new();
     let (layer, events) = recording(
-        SessionLayer::new(MokaStore::new(100), Key::generate())
+        SessionLayer::new(MemoryStore::new(100), Key::generate())
             .with_renewal_interval(Duration::from_secs(15 * 60), Duration::from_secs(30))
             .with_clock(clock.clone()),
     );
@@ -410,7 +410,7 @@ async fn renewal_issues_a_new_id_and_the_old_one_works_only_during_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_with_the_old_id_at_renewal_time_all_lands_on_one_new_id() {
     let clock = ManualClock::new();
-    let store = MokaStore::new(100);
+    let store = MemoryStore::new(100);
     let layer = SessionLayer::new(store, Key::generate())
         .with_renewal_interval(Duration::from_secs(60), Duration::from_secs(10))
         .with_clock(clock.clone());
@@ -449,7 +449,7 @@ async fn a_burst_with_the_old_id_at_renewal_time_all_lands_on_one_new_id() {
 #[tokio::test]
 async fn renewal_keeps_the_absolute_deadline() {
     let clock = ManualClock::new();
-    let app = app(SessionLayer::new(MokaStore::new(100), Key::generate())
+    let app = app(SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_idle_timeout(Duration::from_secs(3600))
         .with_absolute_timeout(Duration::from_secs(3 * 3600))
         .with_renewal_interval(Duration::from_secs(900), Duration::ZERO)
@@ -477,7 +477,7 @@ async fn renewal_keeps_the_absolute_deadline() {
 
 #[tokio::test]
 async fn key_rotation_accepts_fallback_keys_and_reissues_with_the_primary() {
-    let store = MokaStore::new(100);
+    let store = MemoryStore::new(100);
     let old_key = Key::generate();
     let new_key = Key::generate();
     let before = app(SessionLayer::new(store.clone(), old_key.clone()));
@@ -507,7 +507,7 @@ async fn key_rotation_accepts_fallback_keys_and_reissues_with_the_primary() {
 #[tokio::test]
 async fn revoking_a_handle_listed_before_a_renewal_ends_the_renewed_session() {
     let clock = ManualClock::new();
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_renewal_interval(Duration::from_secs(15 * 60), Duration::from_secs(30))
         .with_clock(clock.clone());
     let admin = layer.sessions();
@@ -527,7 +527,7 @@ async fn revoking_a_handle_listed_before_a_renewal_ends_the_renewed_session() {
 #[tokio::test]
 async fn a_logout_racing_a_renewal_still_ends_the_session() {
     let clock = ManualClock::new();
-    let layer = SessionLayer::new(MokaStore::new(100), Key::generate())
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_renewal_interval(Duration::from_secs(15 * 60), Duration::from_secs(30))
         .with_clock(clock.clone());
     let gate = common::Gate::default();

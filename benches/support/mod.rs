@@ -3,7 +3,7 @@
 //!
 //! - **bare**: no session layer; the handlers return what a session handler
 //!   would, without a session.
-//! - **tower-session-guard**: this crate with [`MokaStore`] and its default
+//! - **tower-session-guard**: this crate with [`MemoryStore`] and its default
 //!   `__Host-id` cookie.
 //! - **tower-sessions**: tower-sessions 0.14 with tower-sessions-moka-store
 //!   0.15 and signed cookies (its default cookie name is `id`).
@@ -130,11 +130,11 @@ pub mod bare {
 pub mod guard {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use tower_session_guard::{Key, MokaStore, Session, SessionError, SessionLayer};
+    use tower_session_guard::{Key, MemoryStore, Session, SessionError, SessionLayer};
 
     /// The layer with a store holding up to `capacity` sessions.
     pub fn layer(capacity: u64) -> SessionLayer {
-        SessionLayer::new(MokaStore::new(capacity), Key::generate())
+        SessionLayer::new(MemoryStore::new(capacity), Key::generate())
     }
 
     pub fn router(capacity: u64) -> Router {

@@ -10,12 +10,10 @@ use async_trait::async_trait;
 use moka::future::Cache;
 use moka::Expiry;
 
-use super::{
-    ChangeListener, Login, LoginOutcome, Regeneration, SessionStore, StoreChange, StoreError,
-};
+use super::{ChangeListener, SessionStore, StoreChange, StoreError, UserLock};
 use crate::clock::{duration_millis, UnixMillis};
 use crate::id::{IdHash, IdHashState};
-use crate::record::{Change, SessionRecord};
+use crate::record::{Change, Entry, SessionRecord};
 
 /// How long [`CachedStore`] keeps a copy by default: 5 seconds.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -35,6 +33,13 @@ const FEED_DOWN: u8 = 2;
 /// answered from memory when they can be, every write goes through to the
 /// backing store.
 ///
+/// It caches the backing store's primitives, not the session protocol: a
+/// load's result is kept, and every write this cache passes on (an
+/// update, a replacement, a deletion, whatever the write was for) drops
+/// the copy of the key it names, whether or not it succeeded. A renewed,
+/// revoked or logged-out session is therefore never served from a copy
+/// that this instance's own writes made stale.
+///
 /// ```
 /// # #[cfg(feature = "redis")]
 /// # async fn run() -> Result<(), tower_session_guard::StoreError> {
@@ -51,8 +56,8 @@ const FEED_DOWN: u8 = 2;
 ///
 /// # How fresh the copies are
 ///
-/// - **Writes through this cache** (commits, logins, logouts, renewals,
-///   revocations, evictions) drop the local copy at once.
+/// - **Writes through this cache** drop the local copy of the key they
+///   write at once.
 /// - **Writes through other instances** reach this cache over the backing
 ///   store's change feed ([`SessionStore::watch_changes`]): `RedisStore`
 ///   publishes every change on Redis pub/sub in the same script that makes
@@ -69,7 +74,7 @@ const FEED_DOWN: u8 = 2;
 ///   a Redis outage requests get the store's error, a `503`, rather than
 ///   copies nobody can invalidate). The cache is emptied when the feed
 ///   comes back.
-/// - Over a store without a change feed (a [`MokaStore`](super::MokaStore),
+/// - Over a store without a change feed (a [`MemoryStore`](super::MemoryStore),
 ///   or a `RedisStore` with change notifications turned off) copies live
 ///   for the TTL: fine for one process, where every write goes through
 ///   this cache, but not for several instances.
@@ -81,7 +86,7 @@ pub struct CachedStore<S> {
 }
 
 struct Shared {
-    records: Cache<IdHash, Arc<SessionRecord>, IdHashState>,
+    records: Cache<IdHash, Entry, IdHashState>,
     ttl_ms: Arc<AtomicU64>,
     feed: AtomicU8,
     /// Bumped when everything is dropped (the feed connected or went down).
@@ -221,24 +226,26 @@ impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
 #[async_trait]
 impl<S: SessionStore> SessionStore for CachedStore<S> {
     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
-        self.inner.create(record).await
+        let result = self.inner.create(record).await;
+        self.shared.forget(&record.id_hash).await;
+        result
     }
 
-    async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         let shared = &self.shared;
         if shared.usable() {
-            if let Some(record) = shared.records.get(id).await {
+            if let Some(entry) = shared.records.get(id).await {
                 // The feed may have gone down since the copy was made.
                 if shared.usable() {
-                    return Ok(Some(record));
+                    return Ok(Some(entry));
                 }
             }
         }
         let stamp = shared.stamp(id);
         let loaded = self.inner.load(id).await?;
-        if let Some(record) = &loaded {
+        if let Some(entry) = &loaded {
             if shared.usable() {
-                shared.records.insert(*id, Arc::clone(record)).await;
+                shared.records.insert(*id, entry.clone()).await;
                 // Dropped meanwhile (a change announced while the load was
                 // on its way): the copy may predate that change.
                 if shared.stamp(id) != stamp {
@@ -250,72 +257,53 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     }
 
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
-        // An update of a forwarding entry lands on its successor.
-        let successor = self
-            .shared
-            .records
-            .get(id)
-            .await
-            .and_then(|record| record.successor.as_ref().map(|s| s.id_hash));
         let result = self.inner.update(id, change).await;
         // Forgotten even on error: the write may have landed anyway.
         self.shared.forget(id).await;
-        if let Some(successor) = successor {
-            self.shared.forget(&successor).await;
-        }
         result
     }
 
-    async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
+    async fn replace(
+        &self,
+        id: &IdHash,
+        version: u64,
+        with: Option<&Entry>,
+    ) -> Result<bool, StoreError> {
+        let result = self.inner.replace(id, version, with).await;
+        // Also when refused: the copy that led to a stale version must go.
+        self.shared.forget(id).await;
+        result
+    }
+
+    async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         let result = self.inner.delete(id).await;
         self.shared.forget(id).await;
         result
     }
 
-    async fn regenerate(
+    async fn index_add(
         &self,
-        old: &IdHash,
-        new: &IdHash,
-        regeneration: &Regeneration,
-    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        let result = self.inner.regenerate(old, new, regeneration).await;
-        self.shared.forget(old).await;
-        self.shared.forget(new).await;
-        result
+        user_id: &str,
+        id: &IdHash,
+        until: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.inner.index_add(user_id, id, until).await
     }
 
-    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError> {
-        let result = self.inner.login(login).await;
-        if let Some(previous) = &login.previous {
-            self.shared.forget(previous).await;
-        }
-        self.shared.forget(&login.record.id_hash).await;
-        if let Ok(LoginOutcome::LoggedIn { evicted, .. }) = &result {
-            for victim in evicted {
-                self.shared.forget(victim).await;
-            }
-        }
-        result
+    async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
+        self.inner.index_remove(user_id, ids).await
     }
 
-    async fn list_user(
+    async fn index_members(
         &self,
         user_id: &str,
         now: UnixMillis,
-    ) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
-        self.inner.list_user(user_id, now).await
+    ) -> Result<Vec<IdHash>, StoreError> {
+        self.inner.index_members(user_id, now).await
     }
 
-    async fn delete_user(
-        &self,
-        user_id: &str,
-        keep: Option<&IdHash>,
-    ) -> Result<Vec<IdHash>, StoreError> {
-        let deleted = self.inner.delete_user(user_id, keep).await?;
-        for id in &deleted {
-            self.shared.forget(id).await;
-        }
-        Ok(deleted)
+    async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
+        self.inner.lock_user(user_id).await
     }
 
     fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
@@ -355,11 +343,11 @@ impl ChangeListener for FeedListener {
 /// Every copy lives for the configured TTL from when it was loaded.
 struct CopyLifetime(Arc<AtomicU64>);
 
-impl Expiry<IdHash, Arc<SessionRecord>> for CopyLifetime {
+impl Expiry<IdHash, Entry> for CopyLifetime {
     fn expire_after_create(
         &self,
         _key: &IdHash,
-        _value: &Arc<SessionRecord>,
+        _value: &Entry,
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(Duration::from_millis(self.0.load(Ordering::SeqCst)))
@@ -368,7 +356,7 @@ impl Expiry<IdHash, Arc<SessionRecord>> for CopyLifetime {
     fn expire_after_update(
         &self,
         _key: &IdHash,
-        _value: &Arc<SessionRecord>,
+        _value: &Entry,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
@@ -379,7 +367,7 @@ impl Expiry<IdHash, Arc<SessionRecord>> for CopyLifetime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MokaStore;
+    use crate::store::MemoryStore;
 
     fn record() -> SessionRecord {
         let now = crate::clock::Clock::now(&crate::clock::SystemClock);
@@ -397,7 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn writes_through_the_cache_are_seen_at_once() {
-        let store = CachedStore::new(MokaStore::new(100), 100);
+        let store = CachedStore::new(MemoryStore::new(100), 100);
         let record = record();
         assert!(store.create(&record).await.unwrap());
         assert!(store.load(&record.id_hash).await.unwrap().is_some());
@@ -407,14 +395,15 @@ mod tests {
         };
         assert!(store.update(&record.id_hash, &change).await.unwrap());
         let loaded = store.load(&record.id_hash).await.unwrap().unwrap();
+        let loaded = loaded.session().unwrap();
         assert_eq!(loaded.data.get("k"), Some(&serde_json::json!(1)));
-        assert!(store.delete(&record.id_hash).await.unwrap());
+        assert!(store.delete(&record.id_hash).await.unwrap().is_some());
         assert!(store.load(&record.id_hash).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn announced_changes_drop_copies_and_a_dead_feed_bypasses_the_cache() {
-        let backing = MokaStore::new(100);
+        let backing = MemoryStore::new(100);
         let store = CachedStore::new(backing.clone(), 100);
         let listener = FeedListener(Arc::downgrade(&store.shared));
         listener.changed(StoreChange::Connected).await;
@@ -442,7 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_feed_ends_when_the_cache_is_dropped() {
-        let store = CachedStore::new(MokaStore::new(10), 10);
+        let store = CachedStore::new(MemoryStore::new(10), 10);
         let listener = FeedListener(Arc::downgrade(&store.shared));
         assert!(listener.is_active());
         drop(store);

@@ -5,26 +5,35 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use tower_session_guard::store::{conformance, MokaStore};
+//! use tower_session_guard::store::{conformance, MemoryStore};
 //!
-//! conformance::run(&MokaStore::new(1_000)).await;
+//! conformance::run(&MemoryStore::new(1_000)).await;
 //! # }
 //! ```
 //!
-//! Each check uses fresh random ids, so the suite can run against a shared
-//! backend without cleaning it first. A failed check panics with a message
-//! naming the rule that was broken.
+//! It checks each primitive of [`SessionStore`] on its own, then runs the
+//! crate's session protocol over the store (logins under a limit, renewals
+//! racing each other, logouts following a moved session), so that a store
+//! whose primitives are each right but do not fit together fails here and
+//! not in production.
+//!
+//! Each check uses fresh random ids and user ids, so the suite can run
+//! against a shared backend without cleaning it first. A failed check
+//! panics with a message naming the rule that was broken.
 
+use std::time::Duration;
+
+use futures_util::future::join_all;
 use serde_json::json;
 
-use std::sync::Arc;
-
-use super::{Forward, Login, LoginOutcome, Regeneration, SessionStore};
-use crate::clock::{Clock, SystemClock};
+use super::{SessionStore, StoreError};
+use crate::clock::{Clock, SystemClock, UnixMillis};
 use crate::id::{IdHash, SessionId};
+use crate::lifecycle::{self, Found, Login, LoginOutcome};
 use crate::policy::{OnLimit, SessionLimit};
 use crate::record::{
-    Binding, Change, Deadlines, SeenLocation, SeenNetwork, SessionData, SessionRecord, Touch,
+    Binding, Change, Deadlines, Entry, Forward, SeenLocation, SeenNetwork, SessionData,
+    SessionRecord, Superseded, Touch,
 };
 
 /// Runs every check of the store contract against `store`.
@@ -32,464 +41,32 @@ use crate::record::{
 /// # Panics
 ///
 /// On the first broken rule, with a message that names it.
-pub async fn run<S: SessionStore + ?Sized>(store: &S) {
+pub async fn run<S: SessionStore>(store: &S) {
     create_then_load_round_trips(store).await;
     create_refuses_to_overwrite(store).await;
     load_of_unknown_id_is_none(store).await;
     update_applies_the_delta(store).await;
-    update_of_unknown_id_writes_nothing(store).await;
+    update_writes_nothing_without_a_session(store).await;
     concurrent_updates_keep_every_key(store).await;
     touches_move_deadlines_forward_only(store).await;
-    delete_removes_and_reports(store).await;
-    regenerate_moves_the_record(store).await;
-    regenerate_of_unknown_id_writes_nothing(store).await;
-    renewal_leaves_a_forward_that_routes_updates(store).await;
-    delete_through_a_forward_ends_the_renewed_session(store).await;
+    replace_only_replaces_the_version_read(store).await;
+    placeholders_round_trip(store).await;
+    delete_returns_what_was_there(store).await;
+    the_index_adds_lists_and_removes(store).await;
+    the_user_lock_excludes_a_second_holder(store).await;
+    renewal_forwards_the_old_id_and_its_writes(store).await;
+    regeneration_kills_the_old_id(store).await;
     only_one_of_concurrent_renewals_wins(store).await;
     login_moves_the_previous_session_into_the_index(store).await;
-    login_without_a_previous_session_creates_one(store).await;
     login_evicts_the_least_recently_used_at_the_limit(store).await;
     login_rejected_at_the_limit_changes_nothing(store).await;
     concurrent_logins_never_overshoot_the_limit(store).await;
-    list_user_skips_dead_and_foreign_sessions(store).await;
-    delete_user_keeps_the_one_asked_for(store).await;
+    logout_follows_a_session_moved_meanwhile(store).await;
+    logout_everywhere_keeps_the_one_asked_for(store).await;
 }
 
-/// After a login or a regeneration, the old id holds only a short-lived
-/// superseded marker: no data, no successor, and updates do not land.
-async fn assert_superseded<S: SessionStore + ?Sized>(
-    store: &S,
-    old: &IdHash,
-    at: crate::clock::UnixMillis,
-    what: &str,
-) {
-    let marker = must("load", store.load(old).await).unwrap_or_else(|| {
-        panic!("store contract: after {what} the old id must hold a superseded marker")
-    });
-    assert!(
-        marker.superseded && marker.successor.is_none() && marker.data.is_empty(),
-        "store contract: after {what} the old id must be a superseded marker without data, got {marker:?}"
-    );
-    assert_eq!(
-        marker.idle_deadline,
-        (at + super::SUPERSEDED_FOR_MS).min(marker.absolute_deadline),
-        "store contract: the superseded marker lasts SUPERSEDED_FOR_MS"
-    );
-    let change = Change {
-        set: vec![("late".into(), json!(1))],
-        ..Change::default()
-    };
-    assert!(
-        !must("update", store.update(old, &change).await),
-        "store contract: an update of a superseded id must not land"
-    );
-}
-
-/// A renewal of `record` from `old` to `new` with a 10-second grace period.
-fn renewal(record: &SessionRecord, old: &SessionId, new: &SessionId) -> Regeneration {
-    Regeneration {
-        forward: Some(Forward {
-            sealed_id: old.seal(new),
-            until: record.created_at + 10_000,
-        }),
-        issued_at: record.created_at + 1,
-        ..Regeneration::default()
-    }
-}
-
-/// A fresh, unique user id for one check.
-fn user() -> String {
-    format!("user-{}", SessionId::generate().fingerprint())
-}
-
-fn login_for(user_id: &str, previous: Option<IdHash>, limit: Option<SessionLimit>) -> Login {
-    let record = sample_record(Some(user_id));
-    Login {
-        previous,
-        now: record.created_at,
-        record,
-        change: Change::default(),
-        limit,
-    }
-}
-
-async fn logged_in<S: SessionStore + ?Sized>(
-    store: &S,
-    login: &Login,
-) -> (Arc<SessionRecord>, bool, Vec<IdHash>) {
-    match must("login", store.login(login).await) {
-        LoginOutcome::LoggedIn {
-            record,
-            moved,
-            evicted,
-        } => (record, moved, evicted),
-        other => panic!("store contract: login under the limit must succeed, got {other:?}"),
-    }
-}
-
-async fn renewal_leaves_a_forward_that_routes_updates<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(Some(&user()));
-    must("create", store.create(&record).await);
-    let old_id = SessionId::generate();
-    let new_id = SessionId::generate();
-    let new = new_id.hash();
-    let regeneration = renewal(&record, &old_id, &new_id);
-    must(
-        "regenerate",
-        store.regenerate(&record.id_hash, &new, &regeneration).await,
-    )
-    .expect("store contract: renewal of a stored id must move it");
-    let forward = must("load", store.load(&record.id_hash).await)
-        .expect("store contract: a renewal with grace must leave a forwarding entry");
-    let successor = forward
-        .successor
-        .as_deref()
-        .expect("store contract: the forwarding entry must name its successor");
-    assert_eq!(
-        successor.id_hash, new,
-        "store contract: the forward must point at the new id"
-    );
-    assert_eq!(
-        old_id.unseal(&successor.sealed_id),
-        new_id,
-        "store contract: the sealed id must round trip"
-    );
-    assert!(
-        forward.data.is_empty(),
-        "store contract: a forwarding entry holds no data"
-    );
-    assert_eq!(
-        forward.idle_deadline,
-        record.created_at + 10_000,
-        "store contract: the forward ends with the grace period"
-    );
-
-    let change = Change {
-        set: vec![("late".into(), json!(true))],
-        ..Change::default()
-    };
-    assert!(
-        must("update", store.update(&record.id_hash, &change).await),
-        "store contract: an update through a forwarding entry must succeed"
-    );
-    let moved = must("load", store.load(&new).await).unwrap();
-    assert_eq!(
-        moved.data.get("late"),
-        Some(&json!(true)),
-        "store contract: updates via the old id must reach the successor"
-    );
-    assert!(
-        must(
-            "regenerate",
-            store
-                .regenerate(
-                    &record.id_hash,
-                    &SessionId::generate().hash(),
-                    &regeneration
-                )
-                .await
-        )
-        .is_none(),
-        "store contract: a forwarding entry must not be renewed again"
-    );
-    store.delete(&record.id_hash).await.ok();
-    store.delete(&new).await.ok();
-}
-
-async fn delete_through_a_forward_ends_the_renewed_session<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(Some(&user()));
-    must("create", store.create(&record).await);
-    let old_id = SessionId::generate();
-    let new_id = SessionId::generate();
-    let renewal = renewal(&record, &old_id, &new_id);
-    must(
-        "regenerate",
-        store
-            .regenerate(&record.id_hash, &new_id.hash(), &renewal)
-            .await,
-    )
-    .expect("store contract: renewal of a stored id must move it");
-    assert!(
-        must("delete", store.delete(&record.id_hash).await),
-        "store contract: deleting a renewed id must report the session it forwarded to as deleted"
-    );
-    assert!(
-        must("load", store.load(&new_id.hash()).await).is_none(),
-        "store contract: deleting through a forwarding entry must delete the renewed session too"
-    );
-
-    // A superseded marker points nowhere: deleting it ends nothing else.
-    let other = sample_record(None);
-    must("create", store.create(&other).await);
-    let moved = SessionId::generate().hash();
-    let regeneration = Regeneration {
-        issued_at: other.created_at + 1,
-        ..Regeneration::default()
-    };
-    must(
-        "regenerate",
-        store
-            .regenerate(&other.id_hash, &moved, &regeneration)
-            .await,
-    );
-    assert!(
-        !must("delete", store.delete(&other.id_hash).await),
-        "store contract: deleting a superseded marker deletes no session"
-    );
-    assert!(
-        must("load", store.load(&moved).await).is_some(),
-        "store contract: deleting a superseded marker must leave the new session alone"
-    );
-    store.delete(&moved).await.ok();
-}
-
-async fn only_one_of_concurrent_renewals_wins<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(None);
-    must("create", store.create(&record).await);
-    let old_id = SessionId::generate();
-    let attempts: Vec<(IdHash, Regeneration)> = (0..16)
-        .map(|_| {
-            let new_id = SessionId::generate();
-            (new_id.hash(), renewal(&record, &old_id, &new_id))
-        })
-        .collect();
-    let results = join_all(
-        attempts
-            .iter()
-            .map(|(new, r)| store.regenerate(&record.id_hash, new, r)),
-    )
-    .await;
-    let winners: Vec<_> = results
-        .into_iter()
-        .filter_map(|r| must("regenerate", r))
-        .collect();
-    assert_eq!(
-        winners.len(),
-        1,
-        "store contract: exactly one of concurrent renewals must win"
-    );
-    store.delete(&record.id_hash).await.ok();
-    store.delete(&winners[0].id_hash).await.ok();
-}
-
-async fn login_moves_the_previous_session_into_the_index<S: SessionStore + ?Sized>(store: &S) {
-    let user_id = user();
-    let anonymous = sample_record(None);
-    must("create", store.create(&anonymous).await);
-    let mut login = login_for(&user_id, Some(anonymous.id_hash), None);
-    login.change.set.push(("cart".into(), json!(3)));
-    let (record, moved, evicted) = logged_in(store, &login).await;
-    assert!(
-        moved,
-        "store contract: login must move an existing previous session"
-    );
-    assert!(evicted.is_empty());
-    assert_eq!(
-        record.id_hash, login.record.id_hash,
-        "store contract: the session moves to the new id"
-    );
-    assert_eq!(
-        record.user_id.as_deref(),
-        Some(&*user_id),
-        "store contract: login sets the user"
-    );
-    assert_eq!(
-        record.data.get("greeting"),
-        Some(&json!("hello")),
-        "store contract: login keeps data"
-    );
-    assert_eq!(
-        record.data.get("cart"),
-        Some(&json!(3)),
-        "store contract: login applies pending writes"
-    );
-    assert_superseded(store, &anonymous.id_hash, login.now, "login").await;
-    let listed = must("list_user", store.list_user(&user_id, login.now).await);
-    assert_eq!(
-        listed.len(),
-        1,
-        "store contract: the new session must be in the user's index"
-    );
-    assert_eq!(listed[0].id_hash, record.id_hash);
-    must("delete_user", store.delete_user(&user_id, None).await);
-}
-
-async fn login_without_a_previous_session_creates_one<S: SessionStore + ?Sized>(store: &S) {
-    let user_id = user();
-    let gone = SessionId::generate().hash();
-    let login = login_for(&user_id, Some(gone), None);
-    let (record, moved, _) = logged_in(store, &login).await;
-    assert!(
-        !moved,
-        "store contract: login whose previous session is gone must create one"
-    );
-    assert_eq!(
-        *record, login.record,
-        "store contract: the created session is the login's record"
-    );
-    must("delete_user", store.delete_user(&user_id, None).await);
-}
-
-async fn login_evicts_the_least_recently_used_at_the_limit<S: SessionStore + ?Sized>(store: &S) {
-    let user_id = user();
-    let limit = SessionLimit {
-        max: 2,
-        on_limit: OnLimit::EvictLeastRecent,
-    };
-    let first = login_for(&user_id, None, Some(limit));
-    logged_in(store, &first).await;
-    let mut second = login_for(&user_id, None, Some(limit));
-    second.record.last_seen += 10;
-    logged_in(store, &second).await;
-    // The first session is used again later than the second.
-    let touch = Change {
-        touch: Some(Touch {
-            last_seen: first.record.last_seen + 20,
-            idle_deadline: first.record.idle_deadline + 20,
-        }),
-        ..Change::default()
-    };
-    must("update", store.update(&first.record.id_hash, &touch).await);
-    let third = login_for(&user_id, None, Some(limit));
-    let (_, _, evicted) = logged_in(store, &third).await;
-    assert_eq!(
-        evicted,
-        vec![second.record.id_hash],
-        "store contract: the least recently used session must be evicted"
-    );
-    assert!(
-        must("load", store.load(&second.record.id_hash).await).is_none(),
-        "store contract: an evicted session must be deleted"
-    );
-    let listed = must("list_user", store.list_user(&user_id, third.now).await);
-    assert_eq!(
-        listed.len(),
-        2,
-        "store contract: the user must be back at the limit"
-    );
-    must("delete_user", store.delete_user(&user_id, None).await);
-}
-
-async fn login_rejected_at_the_limit_changes_nothing<S: SessionStore + ?Sized>(store: &S) {
-    let user_id = user();
-    let limit = SessionLimit {
-        max: 1,
-        on_limit: OnLimit::RejectLogin,
-    };
-    logged_in(store, &login_for(&user_id, None, Some(limit))).await;
-    let anonymous = sample_record(None);
-    must("create", store.create(&anonymous).await);
-    let refused = login_for(&user_id, Some(anonymous.id_hash), Some(limit));
-    assert_eq!(
-        must("login", store.login(&refused).await),
-        LoginOutcome::LimitReached,
-        "store contract: a full limit with RejectLogin must refuse the login"
-    );
-    assert!(
-        must("load", store.load(&anonymous.id_hash).await).is_some(),
-        "store contract: a refused login must leave the previous session alone"
-    );
-    assert!(
-        must("load", store.load(&refused.record.id_hash).await).is_none(),
-        "store contract: a refused login must not create the new session"
-    );
-    store.delete(&anonymous.id_hash).await.ok();
-    must("delete_user", store.delete_user(&user_id, None).await);
-}
-
-async fn concurrent_logins_never_overshoot_the_limit<S: SessionStore + ?Sized>(store: &S) {
-    let user_id = user();
-    let limit = SessionLimit {
-        max: 3,
-        on_limit: OnLimit::EvictLeastRecent,
-    };
-    let logins: Vec<Login> = (0..24)
-        .map(|_| login_for(&user_id, None, Some(limit)))
-        .collect();
-    for result in join_all(logins.iter().map(|login| store.login(login))).await {
-        must("login", result);
-    }
-    let now = logins[0].now;
-    let live = must("list_user", store.list_user(&user_id, now).await);
-    assert_eq!(
-        live.len(),
-        3,
-        "store contract: concurrent logins must not overshoot the limit"
-    );
-    let mut loadable = 0;
-    for login in &logins {
-        if must("load", store.load(&login.record.id_hash).await).is_some() {
-            loadable += 1;
-        }
-    }
-    assert_eq!(
-        loadable, 3,
-        "store contract: evicted sessions must be gone from the store too"
-    );
-    must("delete_user", store.delete_user(&user_id, None).await);
-}
-
-async fn list_user_skips_dead_and_foreign_sessions<S: SessionStore + ?Sized>(store: &S) {
-    let user_id = user();
-    let live = login_for(&user_id, None, None);
-    logged_in(store, &live).await;
-    let mut expired = login_for(&user_id, None, None);
-    expired.record.idle_deadline = live.now + 5;
-    logged_in(store, &expired).await;
-    let deleted = login_for(&user_id, None, None);
-    logged_in(store, &deleted).await;
-    must("delete", store.delete(&deleted.record.id_hash).await);
-    logged_in(store, &login_for(&user(), None, None)).await;
-
-    let listed = must("list_user", store.list_user(&user_id, live.now + 10).await);
-    let hashes: Vec<IdHash> = listed.iter().map(|r| r.id_hash).collect();
-    assert_eq!(
-        hashes,
-        vec![live.record.id_hash],
-        "store contract: list_user must return only live sessions of that user"
-    );
-    assert!(
-        must("list_user", store.list_user(&user(), live.now).await).is_empty(),
-        "store contract: an unknown user has no sessions"
-    );
-    must("delete_user", store.delete_user(&user_id, None).await);
-}
-
-async fn delete_user_keeps_the_one_asked_for<S: SessionStore + ?Sized>(store: &S) {
-    let user_id = user();
-    let logins: Vec<Login> = (0..3).map(|_| login_for(&user_id, None, None)).collect();
-    for login in &logins {
-        logged_in(store, login).await;
-    }
-    let keep = logins[1].record.id_hash;
-    let mut deleted = must(
-        "delete_user",
-        store.delete_user(&user_id, Some(&keep)).await,
-    );
-    deleted.sort();
-    let mut expected = vec![logins[0].record.id_hash, logins[2].record.id_hash];
-    expected.sort();
-    assert_eq!(
-        deleted, expected,
-        "store contract: delete_user must delete all but the kept session"
-    );
-    assert!(
-        must("load", store.load(&keep).await).is_some(),
-        "store contract: the kept session must survive"
-    );
-    let rest = must("delete_user", store.delete_user(&user_id, None).await);
-    assert_eq!(
-        rest,
-        vec![keep],
-        "store contract: a second delete_user removes the kept one"
-    );
-    assert!(
-        must("delete_user", store.delete_user(&user_id, None).await).is_empty(),
-        "store contract: a user with no sessions deletes nothing"
-    );
-}
-
-/// A fresh record for the suite: live for an hour from now.
+/// A fresh record for the suite: live for an hour from now, holding
+/// `greeting = "hello"`.
 #[must_use]
 pub fn sample_record(user_id: Option<&str>) -> SessionRecord {
     let now = SystemClock.now();
@@ -507,57 +84,67 @@ pub fn sample_record(user_id: Option<&str>) -> SessionRecord {
     )
 }
 
-fn must<T>(what: &str, result: Result<T, super::StoreError>) -> T {
+fn must<T>(what: &str, result: Result<T, StoreError>) -> T {
     match result {
         Ok(value) => value,
         Err(err) => panic!("store contract: {what} failed: {err}"),
     }
 }
 
-async fn create_then_load_round_trips<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(Some("user-1"));
+/// A fresh, unique user id for one check.
+fn user() -> String {
+    format!("user-{}", SessionId::generate().fingerprint())
+}
+
+fn now() -> UnixMillis {
+    SystemClock.now()
+}
+
+async fn created<S: SessionStore>(store: &S, user_id: Option<&str>) -> SessionRecord {
+    let record = sample_record(user_id);
     assert!(
         must("create", store.create(&record).await),
         "store contract: create of a new id must return true"
     );
-    let loaded = must("load", store.load(&record.id_hash).await)
-        .expect("store contract: a created record must load");
-    assert_eq!(
-        *loaded, record,
-        "store contract: load must return the record as created"
-    );
-    store.delete(&record.id_hash).await.ok();
+    if let Some(user) = user_id {
+        must(
+            "index_add",
+            store
+                .index_add(user, &record.id_hash, record.absolute_deadline)
+                .await,
+        );
+    }
+    record
 }
 
-async fn create_refuses_to_overwrite<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(None);
-    must("create", store.create(&record).await);
-    let mut other = record.clone();
-    other.user_id = Some("intruder".into());
-    assert!(
-        !must("create", store.create(&other).await),
-        "store contract: create on an existing id must return false"
-    );
-    let loaded = must("load", store.load(&record.id_hash).await).unwrap();
-    assert_eq!(
-        loaded.user_id, None,
-        "store contract: a colliding create must not overwrite"
-    );
-    store.delete(&record.id_hash).await.ok();
+async fn session<S: SessionStore>(
+    store: &S,
+    id: &IdHash,
+    what: &str,
+) -> std::sync::Arc<SessionRecord> {
+    match must("load", store.load(id).await) {
+        Some(Entry::Session(record)) => record,
+        other => panic!("store contract: {what}: expected a session, got {other:?}"),
+    }
 }
 
-async fn load_of_unknown_id_is_none<S: SessionStore + ?Sized>(store: &S) {
-    let loaded = must("load", store.load(&SessionId::generate().hash()).await);
-    assert!(
-        loaded.is_none(),
-        "store contract: an unknown id must load as None"
-    );
+fn set(key: &str, value: serde_json::Value) -> Change {
+    Change {
+        set: vec![(key.to_owned(), value)],
+        ..Change::default()
+    }
 }
 
-async fn update_applies_the_delta<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(None);
-    must("create", store.create(&record).await);
-    let binding = Binding {
+async fn create_then_load_round_trips<S: SessionStore>(store: &S) {
+    let mut record = sample_record(Some(&user()));
+    record.ip = Some("2001:db8::7".parse().expect("an address"));
+    record.user_agent = Some("Firefox on Linux".into());
+    record.data.insert("n".into(), json!(1.5));
+    record.data.insert("big".into(), json!(u64::MAX));
+    record
+        .data
+        .insert("nested".into(), json!({"a": [1, null, "é"]}));
+    record.binding = Some(Box::new(Binding {
         user_agent: Some("Firefox on Linux".into()),
         networks: vec![SeenNetwork {
             network: "203.0.113.0/24".parse().expect("a network"),
@@ -568,6 +155,48 @@ async fn update_applies_the_delta<S: SessionStore + ?Sized>(store: &S) {
             longitude: 10.7,
             at: record.created_at,
         }),
+    }));
+    assert!(
+        must("create", store.create(&record).await),
+        "store contract: create of a new id must return true"
+    );
+    let loaded = session(store, &record.id_hash, "a created session must load").await;
+    assert_eq!(
+        *loaded, record,
+        "store contract: load must return the session as created"
+    );
+    store.delete(&record.id_hash).await.ok();
+}
+
+async fn create_refuses_to_overwrite<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
+    let mut other = record.clone();
+    other.user_id = Some("intruder".into());
+    assert!(
+        !must("create", store.create(&other).await),
+        "store contract: create on an existing id must return false"
+    );
+    let loaded = session(store, &record.id_hash, "after a refused create").await;
+    assert_eq!(
+        loaded.user_id, None,
+        "store contract: a colliding create must not overwrite"
+    );
+    store.delete(&record.id_hash).await.ok();
+}
+
+async fn load_of_unknown_id_is_none<S: SessionStore>(store: &S) {
+    let loaded = must("load", store.load(&SessionId::generate().hash()).await);
+    assert!(
+        loaded.is_none(),
+        "store contract: an unknown id must load as None"
+    );
+}
+
+async fn update_applies_the_delta<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
+    let binding = Binding {
+        user_agent: Some("Safari on macOS".into()),
+        ..Binding::default()
     };
     let change = Change {
         set: vec![("n".into(), json!(7)), ("list".into(), json!([1, 2]))],
@@ -577,23 +206,19 @@ async fn update_applies_the_delta<S: SessionStore + ?Sized>(store: &S) {
     };
     assert!(
         must("update", store.update(&record.id_hash, &change).await),
-        "store contract: update of a stored id must return true"
+        "store contract: update of a stored session must return true"
     );
-    let loaded = must("load", store.load(&record.id_hash).await).unwrap();
+    let loaded = session(store, &record.id_hash, "after an update").await;
+    let mut expected = record.clone();
+    expected.apply(&change);
     assert_eq!(
-        loaded.data.get("n"),
-        Some(&json!(7)),
-        "store contract: update must set keys"
-    );
-    assert_eq!(
-        loaded.data.get("list"),
-        Some(&json!([1, 2])),
-        "store contract: update must set keys"
+        loaded.data, expected.data,
+        "store contract: update must set and remove the keys it names"
     );
     assert_eq!(
-        loaded.data.get("greeting"),
-        None,
-        "store contract: update must remove keys"
+        loaded.binding.as_deref(),
+        Some(&binding),
+        "store contract: update must replace the client binding"
     );
     assert!(
         loaded.version > record.version,
@@ -602,41 +227,56 @@ async fn update_applies_the_delta<S: SessionStore + ?Sized>(store: &S) {
     store.delete(&record.id_hash).await.ok();
 }
 
-async fn update_of_unknown_id_writes_nothing<S: SessionStore + ?Sized>(store: &S) {
+async fn update_writes_nothing_without_a_session<S: SessionStore>(store: &S) {
     let id = SessionId::generate().hash();
-    let change = Change {
-        set: vec![("n".into(), json!(1))],
-        ..Change::default()
-    };
     assert!(
-        !must("update", store.update(&id, &change).await),
+        !must("update", store.update(&id, &set("n", json!(1))).await),
         "store contract: update of an unknown id must return false"
     );
     assert!(
         must("load", store.load(&id).await).is_none(),
-        "store contract: update of an unknown id must not create a record"
+        "store contract: update of an unknown id must not create anything"
     );
+
+    let record = created(store, None).await;
+    let marker = Entry::Superseded(Superseded {
+        successor: SessionId::generate().hash(),
+        until: now() + 10_000,
+    });
+    must(
+        "replace",
+        store
+            .replace(&record.id_hash, record.version, Some(&marker))
+            .await,
+    );
+    assert!(
+        !must(
+            "update",
+            store.update(&record.id_hash, &set("n", json!(1))).await
+        ),
+        "store contract: update of a placeholder must return false"
+    );
+    assert_eq!(
+        must("load", store.load(&record.id_hash).await),
+        Some(marker),
+        "store contract: update of a placeholder must leave it as it was"
+    );
+    store.delete(&record.id_hash).await.ok();
 }
 
-async fn concurrent_updates_keep_every_key<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(None);
-    must("create", store.create(&record).await);
-    let changes: Vec<Change> = (0..64)
-        .map(|i| Change {
-            set: vec![(format!("k{i}"), json!(i))],
-            ..Change::default()
-        })
-        .collect();
+async fn concurrent_updates_keep_every_key<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
+    let changes: Vec<Change> = (0..64).map(|i| set(&format!("k{i}"), json!(i))).collect();
     let updates = changes
         .iter()
         .map(|change| store.update(&record.id_hash, change));
     for result in join_all(updates).await {
         assert!(
             must("update", result),
-            "store contract: concurrent update lost the record"
+            "store contract: a concurrent update lost the session"
         );
     }
-    let loaded = must("load", store.load(&record.id_hash).await).unwrap();
+    let loaded = session(store, &record.id_hash, "after concurrent updates").await;
     for i in 0..64 {
         assert_eq!(
             loaded.data.get(&format!("k{i}")),
@@ -647,9 +287,8 @@ async fn concurrent_updates_keep_every_key<S: SessionStore + ?Sized>(store: &S) 
     store.delete(&record.id_hash).await.ok();
 }
 
-async fn touches_move_deadlines_forward_only<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(None);
-    must("create", store.create(&record).await);
+async fn touches_move_deadlines_forward_only<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
     let forward = Touch {
         last_seen: record.last_seen + 1_000,
         idle_deadline: record.idle_deadline + 1_000,
@@ -658,6 +297,10 @@ async fn touches_move_deadlines_forward_only<S: SessionStore + ?Sized>(store: &S
         last_seen: record.last_seen - 1_000,
         idle_deadline: record.idle_deadline - 1_000,
     };
+    let beyond = Touch {
+        last_seen: record.last_seen + 2_000,
+        idle_deadline: record.absolute_deadline + 60_000,
+    };
     for touch in [forward, backward] {
         let change = Change {
             touch: Some(touch),
@@ -665,131 +308,557 @@ async fn touches_move_deadlines_forward_only<S: SessionStore + ?Sized>(store: &S
         };
         must("update", store.update(&record.id_hash, &change).await);
     }
-    let loaded = must("load", store.load(&record.id_hash).await).unwrap();
+    let loaded = session(store, &record.id_hash, "after touches").await;
     assert_eq!(
         (loaded.last_seen, loaded.idle_deadline),
         (forward.last_seen, forward.idle_deadline),
         "store contract: a touch must move deadlines forward and never back"
     );
+    let change = Change {
+        touch: Some(beyond),
+        ..Change::default()
+    };
+    must("update", store.update(&record.id_hash, &change).await);
+    let loaded = session(store, &record.id_hash, "after a long touch").await;
+    assert_eq!(
+        loaded.idle_deadline, record.absolute_deadline,
+        "store contract: a touch must not move the idle deadline past the absolute one"
+    );
     store.delete(&record.id_hash).await.ok();
 }
 
-async fn delete_removes_and_reports<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(None);
-    must("create", store.create(&record).await);
+async fn replace_only_replaces_the_version_read<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
+    must(
+        "update",
+        store.update(&record.id_hash, &set("n", json!(1))).await,
+    );
+    let forward = Entry::Forward(Forward {
+        successor: SessionId::generate().hash(),
+        sealed_id: SessionId::generate().seal(&SessionId::generate()),
+        until: now() + 10_000,
+    });
     assert!(
-        must("delete", store.delete(&record.id_hash).await),
-        "store contract: delete of a stored id must return true"
+        !must(
+            "replace",
+            store
+                .replace(&record.id_hash, record.version, Some(&forward))
+                .await
+        ),
+        "store contract: replace at a version that was written since must refuse"
+    );
+    let current = session(store, &record.id_hash, "after a refused replace").await;
+    assert_eq!(
+        current.data.get("n"),
+        Some(&json!(1)),
+        "store contract: a refused replace must leave the session as it was"
+    );
+    assert!(
+        must(
+            "replace",
+            store
+                .replace(&record.id_hash, current.version, Some(&forward))
+                .await
+        ),
+        "store contract: replace at the current version must succeed"
+    );
+    assert!(
+        !must(
+            "replace",
+            store.replace(&record.id_hash, current.version, None).await
+        ),
+        "store contract: replace must refuse when the key holds a placeholder"
+    );
+    store.delete(&record.id_hash).await.ok();
+
+    let doomed = created(store, None).await;
+    assert!(
+        must(
+            "replace",
+            store.replace(&doomed.id_hash, doomed.version, None).await
+        ),
+        "store contract: replace with nothing at the current version must remove"
+    );
+    assert!(
+        must("load", store.load(&doomed.id_hash).await).is_none(),
+        "store contract: replace with nothing must leave nothing"
+    );
+    assert!(
+        !must(
+            "replace",
+            store.replace(&SessionId::generate().hash(), 0, None).await
+        ),
+        "store contract: replace of an unknown id must refuse"
+    );
+}
+
+async fn placeholders_round_trip<S: SessionStore>(store: &S) {
+    let old = SessionId::generate();
+    let new = SessionId::generate();
+    let placeholders = [
+        Entry::Forward(Forward {
+            successor: new.hash(),
+            sealed_id: old.seal(&new),
+            until: now() + 10_000,
+        }),
+        Entry::Superseded(Superseded {
+            successor: new.hash(),
+            until: now() + 10_000,
+        }),
+    ];
+    for placeholder in placeholders {
+        let record = created(store, None).await;
+        must(
+            "replace",
+            store
+                .replace(&record.id_hash, record.version, Some(&placeholder))
+                .await,
+        );
+        assert_eq!(
+            must("load", store.load(&record.id_hash).await),
+            Some(placeholder),
+            "store contract: a placeholder must load as it was stored"
+        );
+        store.delete(&record.id_hash).await.ok();
+    }
+}
+
+async fn delete_returns_what_was_there<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
+    let removed = must("delete", store.delete(&record.id_hash).await);
+    assert_eq!(
+        removed.as_ref().and_then(Entry::session).map(|r| r.id_hash),
+        Some(record.id_hash),
+        "store contract: delete must return the session it removed"
     );
     assert!(
         must("load", store.load(&record.id_hash).await).is_none(),
-        "store contract: a deleted record must not load"
+        "store contract: a deleted session must not load"
     );
     assert!(
-        !must("delete", store.delete(&record.id_hash).await),
-        "store contract: a second delete must return false"
+        must("delete", store.delete(&record.id_hash).await).is_none(),
+        "store contract: a second delete must return nothing"
     );
 }
 
-async fn regenerate_moves_the_record<S: SessionStore + ?Sized>(store: &S) {
-    let record = sample_record(None);
-    must("create", store.create(&record).await);
-    let new = SessionId::generate().hash();
-    let regeneration = Regeneration {
-        change: Change {
-            set: vec![("cart".into(), json!(["apple"]))],
-            ..Change::default()
-        },
-        user_id: Some("user-9".into()),
-        issued_at: record.created_at + 5,
-        forward: None,
-    };
-    let moved = must(
-        "regenerate",
-        store.regenerate(&record.id_hash, &new, &regeneration).await,
+async fn the_index_adds_lists_and_removes<S: SessionStore>(store: &S) {
+    let user_id = user();
+    let a = created(store, Some(&user_id)).await;
+    let b = created(store, Some(&user_id)).await;
+    let mut members = must("index_members", store.index_members(&user_id, now()).await);
+    members.sort();
+    let mut expected = vec![a.id_hash, b.id_hash];
+    expected.sort();
+    assert_eq!(
+        members, expected,
+        "store contract: the index must list the ids added to it"
+    );
+    must(
+        "index_add",
+        store
+            .index_add(&user_id, &a.id_hash, a.absolute_deadline)
+            .await,
+    );
+    assert_eq!(
+        must("index_members", store.index_members(&user_id, now()).await).len(),
+        2,
+        "store contract: adding an id twice must list it once"
+    );
+    must(
+        "index_remove",
+        store.index_remove(&user_id, &[a.id_hash]).await,
+    );
+    assert_eq!(
+        must("index_members", store.index_members(&user_id, now()).await),
+        vec![b.id_hash],
+        "store contract: a removed id must leave the index"
+    );
+    assert!(
+        must("index_members", store.index_members(&user(), now()).await).is_empty(),
+        "store contract: another user's index must be empty"
+    );
+    must(
+        "index_remove",
+        store.index_remove(&user_id, &[b.id_hash]).await,
+    );
+    store.delete(&a.id_hash).await.ok();
+    store.delete(&b.id_hash).await.ok();
+}
+
+async fn the_user_lock_excludes_a_second_holder<S: SessionStore>(store: &S) {
+    let user_id = user();
+    let held = must("lock_user", store.lock_user(&user_id).await);
+    let second = store.lock_user(&user_id);
+    tokio::pin!(second);
+    let waited = tokio::time::timeout(Duration::from_millis(100), &mut second).await;
+    assert!(
+        waited.is_err(),
+        "store contract: a user's lock must not be handed out twice"
+    );
+    held.release().await;
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("store contract: a released user lock must be handed to the next waiter");
+    must("lock_user", second).release().await;
+}
+
+async fn renewal_forwards_the_old_id_and_its_writes<S: SessionStore>(store: &S) {
+    let record = created(store, Some(&user())).await;
+    let old_id = SessionId::generate();
+    // The record was created under a random hash: give it `old_id`'s.
+    let record = rekey(store, record, &old_id).await;
+    let at = now();
+    let (new_id, moved) = must(
+        "renewal",
+        lifecycle::regenerate(store, &old_id, &Change::default(), at, Some(10_000)).await,
     )
-    .expect("store contract: regenerate of a stored id must return the moved record");
+    .expect("store contract: renewal of a stored session must move it");
     assert_eq!(
-        moved.id_hash, new,
-        "store contract: the moved record must carry its new hash"
+        moved.data, record.data,
+        "store contract: a renewal keeps data"
     );
-    assert_superseded(store, &record.id_hash, regeneration.issued_at, "regenerate").await;
-    let loaded = must("load", store.load(&new).await)
-        .expect("store contract: after regenerate the new id must load");
+    match must("load", lifecycle::load(store, &old_id, at).await) {
+        Found::Session {
+            id,
+            forwarded: true,
+            ..
+        } => assert_eq!(
+            id, new_id,
+            "store contract: the old id must forward to the new one"
+        ),
+        _ => panic!("store contract: during the grace period the old id must forward"),
+    }
+    assert!(
+        must(
+            "commit",
+            lifecycle::commit(store, &old_id.hash(), &set("late", json!(true))).await
+        ),
+        "store contract: a write through the old id must land on the renewed session"
+    );
+    let renewed = session(store, &new_id.hash(), "the renewed session").await;
     assert_eq!(
-        loaded.user_id.as_deref(),
-        Some("user-9"),
-        "store contract: regenerate must set the user"
+        renewed.data.get("late"),
+        Some(&json!(true)),
+        "store contract: a write through the old id must reach the successor"
     );
-    assert_eq!(
-        loaded.data.get("greeting"),
-        Some(&json!("hello")),
-        "store contract: regenerate must keep data"
+    assert!(
+        must(
+            "renewal",
+            lifecycle::regenerate(store, &old_id, &Change::default(), at, Some(10_000)).await
+        )
+        .is_none(),
+        "store contract: an id already renewed must not be renewed again"
     );
-    assert_eq!(
-        loaded.data.get("cart"),
-        Some(&json!(["apple"])),
-        "store contract: regenerate must apply the change"
-    );
-    assert_eq!(
-        loaded.created_at, record.created_at,
-        "store contract: regenerate must keep the creation time"
-    );
-    assert_eq!(
-        loaded.id_issued_at,
-        record.created_at + 5,
-        "store contract: regenerate must record the issue time"
-    );
-    store.delete(&new).await.ok();
+    cleanup(store, &[old_id.hash(), new_id.hash()]).await;
 }
 
-async fn regenerate_of_unknown_id_writes_nothing<S: SessionStore + ?Sized>(store: &S) {
-    let old = SessionId::generate().hash();
-    let new = SessionId::generate().hash();
-    let moved = must(
+async fn regeneration_kills_the_old_id<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
+    let old_id = SessionId::generate();
+    rekey(store, record, &old_id).await;
+    let at = now();
+    let (new_id, moved) = must(
         "regenerate",
-        store.regenerate(&old, &new, &Regeneration::default()).await,
+        lifecycle::regenerate(store, &old_id, &set("cart", json!(["apple"])), at, None).await,
+    )
+    .expect("store contract: regeneration of a stored session must move it");
+    assert_eq!(
+        moved.data.get("cart"),
+        Some(&json!(["apple"])),
+        "store contract: a regeneration applies its writes"
     );
     assert!(
-        moved.is_none(),
-        "store contract: regenerate of an unknown id must return None"
+        matches!(
+            must("load", lifecycle::load(store, &old_id, at).await),
+            Found::InFlight
+        ),
+        "store contract: a regenerated id must hold a superseded marker"
     );
     assert!(
-        must("load", store.load(&new).await).is_none(),
-        "store contract: regenerate of an unknown id must not create the new id"
+        !must(
+            "commit",
+            lifecycle::commit(store, &old_id.hash(), &set("late", json!(1))).await
+        ),
+        "store contract: a write through a superseded id must not land"
+    );
+    cleanup(store, &[old_id.hash(), new_id.hash()]).await;
+}
+
+async fn only_one_of_concurrent_renewals_wins<S: SessionStore>(store: &S) {
+    let record = created(store, None).await;
+    let old_id = SessionId::generate();
+    rekey(store, record, &old_id).await;
+    let at = now();
+    let change = Change::default();
+    let results =
+        join_all((0..16).map(|_| lifecycle::regenerate(store, &old_id, &change, at, Some(10_000))))
+            .await;
+    let winners: Vec<_> = results
+        .into_iter()
+        .filter_map(|r| must("renewal", r))
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "store contract: exactly one of concurrent renewals must win"
+    );
+    cleanup(store, &[old_id.hash(), winners[0].0.hash()]).await;
+}
+
+async fn logged_in<S: SessionStore>(
+    store: &S,
+    user_id: &str,
+    previous: Option<IdHash>,
+    limit: Option<SessionLimit>,
+) -> LoginOutcome {
+    let record = sample_record(Some(user_id));
+    let change = Change::default();
+    let login = Login {
+        previous,
+        now: record.created_at,
+        record,
+        change: &change,
+        limit,
+    };
+    must("login", lifecycle::login(store, login).await)
+}
+
+fn signed_in(outcome: LoginOutcome) -> (std::sync::Arc<SessionRecord>, bool, Vec<IdHash>) {
+    match outcome {
+        LoginOutcome::LoggedIn {
+            record,
+            moved,
+            evicted,
+        } => (record, moved, evicted),
+        LoginOutcome::LimitReached => {
+            panic!("store contract: a login under the limit must succeed")
+        }
+    }
+}
+
+async fn listed<S: SessionStore>(store: &S, user_id: &str) -> Vec<IdHash> {
+    let mut ids: Vec<IdHash> = must("list", lifecycle::sessions_of(store, user_id, now()).await)
+        .iter()
+        .map(|r| r.id_hash)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn login_moves_the_previous_session_into_the_index<S: SessionStore>(store: &S) {
+    let user_id = user();
+    let anonymous = created(store, None).await;
+    let (record, moved, _) =
+        signed_in(logged_in(store, &user_id, Some(anonymous.id_hash), None).await);
+    assert!(
+        moved,
+        "store contract: login must move a stored previous session"
+    );
+    assert_eq!(
+        record.data.get("greeting"),
+        Some(&json!("hello")),
+        "store contract: login keeps data"
+    );
+    assert!(
+        matches!(
+            must("load", store.load(&anonymous.id_hash).await),
+            Some(Entry::Superseded(_))
+        ),
+        "store contract: after a login the old id must hold a superseded marker"
+    );
+    assert_eq!(
+        listed(store, &user_id).await,
+        vec![record.id_hash],
+        "store contract: the signed-in session must be in the user's index"
+    );
+    must(
+        "logout everywhere",
+        lifecycle::logout_user(store, &user_id, None, now()).await,
+    );
+    store.delete(&anonymous.id_hash).await.ok();
+}
+
+async fn login_evicts_the_least_recently_used_at_the_limit<S: SessionStore>(store: &S) {
+    let user_id = user();
+    let limit = SessionLimit {
+        max: 2,
+        on_limit: OnLimit::EvictLeastRecent,
+    };
+    let (first, _, _) = signed_in(logged_in(store, &user_id, None, Some(limit)).await);
+    let (second, _, _) = signed_in(logged_in(store, &user_id, None, Some(limit)).await);
+    // The first is used again: the second becomes the least recently used.
+    let touch = Change {
+        touch: Some(Touch {
+            last_seen: second.last_seen + 1_000,
+            idle_deadline: second.idle_deadline + 1_000,
+        }),
+        ..Change::default()
+    };
+    must("update", store.update(&first.id_hash, &touch).await);
+    let (third, _, evicted) = signed_in(logged_in(store, &user_id, None, Some(limit)).await);
+    assert_eq!(
+        evicted,
+        vec![second.id_hash],
+        "store contract: at the limit the least recently used session is evicted"
+    );
+    assert!(
+        must("load", store.load(&second.id_hash).await).is_none(),
+        "store contract: an evicted session must be gone"
+    );
+    let mut expected = vec![first.id_hash, third.id_hash];
+    expected.sort();
+    assert_eq!(listed(store, &user_id).await, expected);
+    must(
+        "logout everywhere",
+        lifecycle::logout_user(store, &user_id, None, now()).await,
     );
 }
 
-/// Polls futures concurrently without pulling in an executor crate.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    use std::pin::Pin;
-    use std::task::Poll;
+async fn login_rejected_at_the_limit_changes_nothing<S: SessionStore>(store: &S) {
+    let user_id = user();
+    let limit = SessionLimit {
+        max: 1,
+        on_limit: OnLimit::RejectLogin,
+    };
+    let (first, _, _) = signed_in(logged_in(store, &user_id, None, Some(limit)).await);
+    let anonymous = created(store, None).await;
+    assert!(
+        matches!(
+            logged_in(store, &user_id, Some(anonymous.id_hash), Some(limit)).await,
+            LoginOutcome::LimitReached
+        ),
+        "store contract: a login over a rejecting limit must be refused"
+    );
+    assert!(
+        matches!(
+            must("load", store.load(&anonymous.id_hash).await),
+            Some(Entry::Session(_))
+        ),
+        "store contract: a refused login must leave the previous session alone"
+    );
+    assert_eq!(listed(store, &user_id).await, vec![first.id_hash]);
+    must(
+        "logout everywhere",
+        lifecycle::logout_user(store, &user_id, None, now()).await,
+    );
+    store.delete(&anonymous.id_hash).await.ok();
+}
 
-    let mut pending: Vec<Option<Pin<Box<F>>>> =
-        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    Poll::Pending => done = false,
-                }
+async fn concurrent_logins_never_overshoot_the_limit<S: SessionStore>(store: &S) {
+    let user_id = user();
+    let limit = SessionLimit {
+        max: 3,
+        on_limit: OnLimit::EvictLeastRecent,
+    };
+    let outcomes = join_all((0..12).map(|_| logged_in(store, &user_id, None, Some(limit)))).await;
+    for outcome in outcomes {
+        signed_in(outcome);
+    }
+    assert_eq!(
+        listed(store, &user_id).await.len(),
+        3,
+        "store contract: concurrent logins must leave exactly the limit"
+    );
+    must(
+        "logout everywhere",
+        lifecycle::logout_user(store, &user_id, None, now()).await,
+    );
+}
+
+async fn logout_follows_a_session_moved_meanwhile<S: SessionStore>(store: &S) {
+    for grace in [Some(10_000), None] {
+        let user_id = user();
+        let record = created(store, Some(&user_id)).await;
+        let old_id = SessionId::generate();
+        rekey(store, record, &old_id).await;
+        let (new_id, _) = must(
+            "move",
+            lifecycle::regenerate(store, &old_id, &Change::default(), now(), grace).await,
+        )
+        .expect("store contract: a stored session must move");
+        let removed = must(
+            "logout",
+            lifecycle::logout(store, &old_id.hash(), Some(&user_id)).await,
+        );
+        assert_eq!(
+            removed.map(|r| r.id_hash),
+            Some(new_id.hash()),
+            "store contract: a logout through the old id must end the moved session"
+        );
+        assert!(
+            must("load", store.load(&new_id.hash()).await).is_none(),
+            "store contract: the moved session must be gone after the logout"
+        );
+        assert!(listed(store, &user_id).await.is_empty());
+    }
+}
+
+async fn logout_everywhere_keeps_the_one_asked_for<S: SessionStore>(store: &S) {
+    let user_id = user();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (record, _, _) = signed_in(logged_in(store, &user_id, None, None).await);
+        ids.push(record.id_hash);
+    }
+    let keep = ids[1];
+    let removed = must(
+        "logout others",
+        lifecycle::logout_user(store, &user_id, Some(&keep), now()).await,
+    );
+    let mut removed: Vec<IdHash> = removed.iter().map(|r| r.id_hash).collect();
+    removed.sort();
+    let mut expected = vec![ids[0], ids[2]];
+    expected.sort();
+    assert_eq!(
+        removed, expected,
+        "store contract: logging out the others must remove all but the kept session"
+    );
+    assert_eq!(listed(store, &user_id).await, vec![keep]);
+    let rest = must(
+        "logout everywhere",
+        lifecycle::logout_user(store, &user_id, None, now()).await,
+    );
+    assert_eq!(rest.len(), 1, "store contract: the kept one goes last");
+    assert!(
+        must(
+            "logout everywhere",
+            lifecycle::logout_user(store, &user_id, None, now()).await
+        )
+        .is_empty(),
+        "store contract: a user with no sessions loses nothing"
+    );
+}
+
+/// Stores `record` again under `id`'s hash (the suite needs the id itself
+/// to renew), removing it from its random one.
+async fn rekey<S: SessionStore>(
+    store: &S,
+    mut record: SessionRecord,
+    id: &SessionId,
+) -> SessionRecord {
+    store.delete(&record.id_hash).await.ok();
+    if let Some(user) = &record.user_id {
+        store.index_remove(user, &[record.id_hash]).await.ok();
+    }
+    record.id_hash = id.hash();
+    assert!(must("create", store.create(&record).await));
+    if let Some(user) = &record.user_id {
+        must(
+            "index_add",
+            store
+                .index_add(user, &record.id_hash, record.absolute_deadline)
+                .await,
+        );
+    }
+    record
+}
+
+async fn cleanup<S: SessionStore>(store: &S, ids: &[IdHash]) {
+    for id in ids {
+        if let Ok(Some(Entry::Session(record))) = store.delete(id).await {
+            if let Some(user) = &record.user_id {
+                store.index_remove(user, &[*id]).await.ok();
             }
         }
-        if done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future completed"))
-        .collect()
+    }
 }

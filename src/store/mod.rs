@@ -1,18 +1,179 @@
-//! Where session records live: the [`SessionStore`] trait and its implementations.
+//! Where sessions live: the [`SessionStore`] trait and its implementations.
 //!
-//! A store does I/O only. It never decides whether a session is expired or
-//! acceptable (the layer's policy does, from the record); it keeps records
-//! under the id's at-rest hash, applies deltas atomically, and frees memory
-//! some time after a record's deadline as a backstop.
+//! A store does I/O only. It keeps [`Entry`]s under the at-rest hash of
+//! the session id and offers a few primitives, each atomic on one key. It
+//! never decides whether a session is expired or acceptable (the layer's
+//! policy does, from the record), and it knows nothing of logins, limits,
+//! renewals or logouts: the session protocol is written once, above this
+//! trait, and runs the same over every store.
 //!
 //! | store | feature | for |
 //! |---|---|---|
-//! | [`MokaStore`] | always | one process; bounded, in memory |
+//! | [`MemoryStore`] | always | one process; bounded, in memory ([`quick_cache`]) |
 //! | `RedisStore` | `redis` | several instances sharing Redis (single node or Cluster); see the `redis` module for the key layout and atomicity |
-//! | [`CachedStore`] | always | a bounded in-memory cache in front of another store; over Redis, invalidated across instances by pub/sub |
+//! | [`CachedStore`] | always | a bounded in-memory cache ([`moka`]) in front of another store; over Redis, invalidated across instances by pub/sub |
 //!
-//! Writing a store? Run the public contract suite on it: see
-//! [`conformance`] (feature `test-util`).
+//! # Writing a store
+//!
+//! A store implements the primitives of [`SessionStore`] and nothing more:
+//!
+//! | primitive | atomic on one key |
+//! |---|---|
+//! | [`create`](SessionStore::create) | store a session unless the key holds anything |
+//! | [`load`](SessionStore::load) | read the entry |
+//! | [`update`](SessionStore::update) | apply a [`Change`] to a session ([`SessionRecord::apply`] does it in memory) |
+//! | [`replace`](SessionStore::replace) | swap or remove a session, only at the version the caller read |
+//! | [`delete`](SessionStore::delete) | remove and return the entry |
+//! | [`index_add`](SessionStore::index_add), [`index_remove`](SessionStore::index_remove), [`index_members`](SessionStore::index_members) | the user's index of session ids (the index key alone) |
+//! | [`lock_user`](SessionStore::lock_user) | a per-user lock that logins and "log out everywhere" hold |
+//!
+//! The protocol above the trait relies on nothing else: no operation spans
+//! two keys, and it orders its steps so that every state in between is
+//! safe (a successor is written before anything points to it, a move only
+//! replaces the version it copied, an index entry may be stale but is never
+//! the only truth, a removal follows a session that just moved). So a store
+//! maps directly onto a Redis Cluster slot, a SQL row with a version
+//! column, or a DynamoDB item with a condition expression.
+//!
+//! Here is a complete store over a `Mutex<HashMap>`. It passes the
+//! contract suite, [`conformance`] (feature `test-util`), which checks each
+//! primitive and then runs the whole protocol (logins racing at a limit,
+//! concurrent renewals, logouts following a moved session) over the store.
+//! A real store would also drop entries some time after their
+//! [`Entry::expires_at`], as a backstop: the protocol removes the sessions
+//! it sees expire, but not the ones nobody comes back to.
+//!
+//! ```
+//! use std::collections::{HashMap, HashSet};
+//! use std::sync::{Arc, Mutex, MutexGuard};
+//!
+//! use async_trait::async_trait;
+//! use tower_session_guard::clock::UnixMillis;
+//! use tower_session_guard::id::IdHash;
+//! use tower_session_guard::record::{Change, Entry, SessionRecord};
+//! use tower_session_guard::store::{SessionStore, StoreError, UserLock};
+//!
+//! /// Sessions in a `HashMap`, for one process.
+//! #[derive(Clone, Default)]
+//! pub struct HashMapStore {
+//!     entries: Arc<Mutex<HashMap<IdHash, Entry>>>,
+//!     index: Arc<Mutex<HashMap<String, HashSet<IdHash>>>>,
+//!     // One lock for every user: simple, and enough for one process.
+//!     logins: Arc<tokio::sync::Mutex<()>>,
+//! }
+//!
+//! impl HashMapStore {
+//!     fn entries(&self) -> MutexGuard<'_, HashMap<IdHash, Entry>> {
+//!         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+//!     }
+//!
+//!     fn index(&self) -> MutexGuard<'_, HashMap<String, HashSet<IdHash>>> {
+//!         self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+//!     }
+//! }
+//!
+//! #[async_trait]
+//! impl SessionStore for HashMapStore {
+//!     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
+//!         let mut entries = self.entries();
+//!         if entries.contains_key(&record.id_hash) {
+//!             return Ok(false);
+//!         }
+//!         entries.insert(record.id_hash, Entry::Session(Arc::new(record.clone())));
+//!         Ok(true)
+//!     }
+//!
+//!     async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+//!         Ok(self.entries().get(id).cloned())
+//!     }
+//!
+//!     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+//!         match self.entries().get_mut(id) {
+//!             Some(Entry::Session(record)) => {
+//!                 Arc::make_mut(record).apply(change);
+//!                 Ok(true)
+//!             }
+//!             _ => Ok(false),
+//!         }
+//!     }
+//!
+//!     async fn replace(
+//!         &self,
+//!         id: &IdHash,
+//!         version: u64,
+//!         with: Option<&Entry>,
+//!     ) -> Result<bool, StoreError> {
+//!         let mut entries = self.entries();
+//!         match entries.get(id) {
+//!             Some(Entry::Session(current)) if current.version == version => {}
+//!             _ => return Ok(false),
+//!         }
+//!         match with {
+//!             Some(entry) => entries.insert(*id, entry.clone()),
+//!             None => entries.remove(id),
+//!         };
+//!         Ok(true)
+//!     }
+//!
+//!     async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+//!         Ok(self.entries().remove(id))
+//!     }
+//!
+//!     async fn index_add(
+//!         &self,
+//!         user_id: &str,
+//!         id: &IdHash,
+//!         _until: UnixMillis,
+//!     ) -> Result<(), StoreError> {
+//!         self.index().entry(user_id.to_owned()).or_default().insert(*id);
+//!         Ok(())
+//!     }
+//!
+//!     async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
+//!         let mut index = self.index();
+//!         if let Some(members) = index.get_mut(user_id) {
+//!             members.retain(|id| !ids.contains(id));
+//!             if members.is_empty() {
+//!                 index.remove(user_id);
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     async fn index_members(
+//!         &self,
+//!         user_id: &str,
+//!         _now: UnixMillis,
+//!     ) -> Result<Vec<IdHash>, StoreError> {
+//!         let index = self.index();
+//!         Ok(index.get(user_id).map(|m| m.iter().copied().collect()).unwrap_or_default())
+//!     }
+//!
+//!     async fn lock_user(&self, _user_id: &str) -> Result<UserLock, StoreError> {
+//!         Ok(UserLock::new(Arc::clone(&self.logins).lock_owned().await))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // In your tests (feature `test-util`):
+//! # #[cfg(feature = "test-util")]
+//! tower_session_guard::store::conformance::run(&HashMapStore::default()).await;
+//!
+//! // And in your app:
+//! use tower_session_guard::{Key, SessionLayer};
+//! let layer = SessionLayer::new(HashMapStore::default(), Key::generate());
+//! # let _ = layer;
+//! # }
+//! ```
+//!
+//! Stores report failures as [`StoreError`]: the layer answers `503
+//! Service Unavailable` and logs the error. Bound every operation by a
+//! timeout, so that a slow backend fails requests instead of piling them up.
+//!
+//! A store shared by several instances can also announce changes made
+//! through any of them ([`SessionStore::watch_changes`]), so that a
+//! [`CachedStore`] in front of it drops stale copies at once.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,247 +181,117 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::clock::UnixMillis;
-use crate::id::{IdHash, SealedId};
-use crate::policy::SessionLimit;
-use crate::record::{Change, SessionRecord, Successor};
+use crate::id::IdHash;
+use crate::record::{Change, Entry, SessionRecord};
 
 mod cached;
 mod changes;
-mod moka;
+mod lock;
+mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
-mod table;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
 
 pub use self::cached::{CachedStore, DEFAULT_CACHE_TTL};
 pub use self::changes::{ChangeListener, StoreChange};
-pub use self::moka::{MokaStore, DEFAULT_MAX_SESSIONS};
+pub use self::lock::{HeldLock, UserLock};
+pub use self::memory::{MemoryStore, DEFAULT_MAX_SESSIONS};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 
-/// Storage for session records, keyed by the at-rest hash of the session id.
+/// Storage primitives for session entries, keyed by the at-rest hash of
+/// the session id.
 ///
-/// Every method is atomic with respect to the others on the same key. The
-/// trait is object safe: the layer holds stores as `Arc<dyn SessionStore>`.
+/// Each method is atomic on the one key it names, and on nothing more: no
+/// method spans two keys, so a store maps onto a Redis Cluster slot, a SQL
+/// row or a DynamoDB item. The session protocol (limits, renewals with
+/// their forwards, logout following a move, the order that keeps all of it
+/// safe) is written once above this trait, in the crate's lifecycle; a
+/// store makes no decision of its own. See "Writing a store" in the
+/// [module docs](self).
+///
+/// The trait is object safe: the layer holds stores as `Arc<dyn SessionStore>`.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Stores a new record under `record.id_hash`, unless a record already
-    /// exists there.
+    /// Stores `record` as a session under `record.id_hash`, unless that key
+    /// holds anything already.
     ///
-    /// Returns `Ok(false)` on such a collision and leaves the existing record
-    /// untouched (the layer then draws another id).
+    /// Returns `Ok(false)` on such a collision and leaves the existing entry
+    /// untouched.
     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError>;
 
-    /// The record under `id`, if there is one.
-    async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+    /// The entry under `id`, if there is one.
+    ///
+    /// A store may stop returning an entry some time after its
+    /// [`expires_at`](Entry::expires_at) (its expiry backstop), never before.
+    async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError>;
 
-    /// Applies `change` to the record under `id` atomically (see
-    /// [`SessionRecord::apply`]). Concurrent updates that set different keys
-    /// must all be kept. When `id` holds a forwarding entry, the change goes
-    /// to its successor (requests that were in flight during a renewal keep
-    /// their writes). Returns `Ok(false)` when there is no record.
+    /// Applies `change` to the session under `id` (as
+    /// [`SessionRecord::apply`] does: keys set and removed, a touch that
+    /// only moves deadlines forward, the version bumped).
+    ///
+    /// Returns `Ok(false)`, writing nothing, when `id` holds no session
+    /// (nothing, or a placeholder). Concurrent updates that set different
+    /// keys must all be kept.
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError>;
 
-    /// Deletes the record under `id`. Returns whether there was one.
-    async fn delete(&self, id: &IdHash) -> Result<bool, StoreError>;
-
-    /// Moves the record under `old` to `new` in one atomic step, applying
-    /// `regeneration` on the way; afterwards only a placeholder is stored
-    /// under `old` ([`Regeneration::replacement`]: a renewal's forwarding
-    /// entry, or a short-lived superseded marker).
+    /// Replaces the session under `id` with `with` (or removes it, for
+    /// `None`), only if it is still a session at `version`.
     ///
-    /// Returns the record as stored under `new`, or `Ok(None)` when there was
-    /// no session under `old` (nothing, or a forwarding entry: then nothing
-    /// is written, so of concurrent renewals exactly one wins).
-    async fn regenerate(
+    /// Returns whether it did; `Ok(false)`, writing nothing, when `id` holds
+    /// no session or a session at another version.
+    async fn replace(
         &self,
-        old: &IdHash,
-        new: &IdHash,
-        regeneration: &Regeneration,
-    ) -> Result<Option<Arc<SessionRecord>>, StoreError>;
+        id: &IdHash,
+        version: u64,
+        with: Option<&Entry>,
+    ) -> Result<bool, StoreError>;
 
-    /// Signs a user in, as one atomic step per user: enforces the session
-    /// limit (with [`sessions_to_evict`](crate::policy::sessions_to_evict)), deletes the evicted
-    /// sessions, then moves `login.previous` to `login.record.id_hash`
-    /// ([`Login::moved`], leaving [`Login::superseded`] under the old id)
-    /// or, when there is no previous session or it is gone, creates
-    /// `login.record`. Finally the new session joins the user's index.
-    ///
-    /// Concurrent logins of one user must not overshoot the limit.
-    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError>;
+    /// Removes whatever `id` holds and returns it.
+    async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError>;
 
-    /// The user's live sessions at `now` (not forwarding entries), read
-    /// from the per-user index without scanning the store. Dead index
-    /// entries found on the way are dropped.
-    async fn list_user(
+    /// Adds `id` to the user's index, until `until` (the session's absolute
+    /// deadline, after which the entry may be dropped).
+    async fn index_add(
+        &self,
+        user_id: &str,
+        id: &IdHash,
+        until: UnixMillis,
+    ) -> Result<(), StoreError>;
+
+    /// Removes `ids` from the user's index (those it does not hold are ignored).
+    async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError>;
+
+    /// The ids in the user's index, without those whose `until` is before
+    /// `now`. The index may hold stale entries (sessions that are gone or
+    /// moved): readers load each one and check it.
+    async fn index_members(
         &self,
         user_id: &str,
         now: UnixMillis,
-    ) -> Result<Vec<Arc<SessionRecord>>, StoreError>;
-
-    /// Deletes every session of the user except `keep`, atomically per user,
-    /// and returns the hashes deleted.
-    async fn delete_user(
-        &self,
-        user_id: &str,
-        keep: Option<&IdHash>,
     ) -> Result<Vec<IdHash>, StoreError>;
 
-    /// Starts telling `listener` which records change through any handle
+    /// Waits for the user's lock and returns it held; it is released by
+    /// [`UserLock::release`] or when dropped.
+    ///
+    /// Logins and "log out everywhere" of one user hold it, so that the
+    /// session limit is counted and applied as one step, also across
+    /// instances sharing the store. A store may use one lock for several
+    /// users (or for all of them).
+    async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError>;
+
+    /// Starts telling `listener` which entries change through any handle
     /// on this store's backend (other instances sharing one Redis, say), so
     /// that a cache in front of the store, such as [`CachedStore`], can drop
     /// its copies. Returns whether the store will call `listener`.
     ///
     /// The default returns `false`: right for stores that only this
-    /// process changes, like [`MokaStore`].
+    /// process changes, like [`MemoryStore`].
     fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
         let _ = listener;
         false
-    }
-}
-
-/// How long the entry left under an id replaced by a login or a
-/// regeneration lasts (30 seconds): requests that were in flight with the
-/// old id meanwhile get no session but leave the client's (new) cookie alone.
-pub const SUPERSEDED_FOR_MS: UnixMillis = 30_000;
-
-/// A login for [`SessionStore::login`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Login {
-    /// The session the request arrived with, if it was stored.
-    pub previous: Option<IdHash>,
-    /// The session to create when there is no previous one; its `id_hash`
-    /// is the new id's hash either way, and its `user_id`, `ip`,
-    /// `user_agent`, `binding` and `id_issued_at` are applied to a moved session.
-    pub record: SessionRecord,
-    /// Pending writes, applied to a moved session (already in `record`'s data).
-    pub change: Change,
-    /// The user's session limit, if any.
-    pub limit: Option<SessionLimit>,
-    /// The current time, to tell live sessions from dead ones.
-    pub now: UnixMillis,
-}
-
-impl Login {
-    /// Which of the user's `live` sessions to delete so this login fits
-    /// under its limit (the previous session itself does not count), or
-    /// `Err` when the limit refuses the login.
-    ///
-    /// # Errors
-    ///
-    /// [`LimitReached`](crate::policy::LimitReached) when the limit is full and the rule is `RejectLogin`.
-    pub fn evictions(
-        &self,
-        live: &[Arc<SessionRecord>],
-    ) -> Result<Vec<IdHash>, crate::policy::LimitReached> {
-        let Some(limit) = self.limit else {
-            return Ok(Vec::new());
-        };
-        let others: Vec<&SessionRecord> = live
-            .iter()
-            .map(|r| &**r)
-            .filter(|r| Some(r.id_hash) != self.previous)
-            .collect();
-        crate::policy::sessions_to_evict(&others, &limit)
-    }
-
-    /// The entry to leave under the previous id.
-    #[must_use]
-    pub fn superseded(&self, previous: &SessionRecord) -> SessionRecord {
-        previous.superseded_marker(self.now.saturating_add(SUPERSEDED_FOR_MS))
-    }
-
-    /// The record as stored after moving `previous` to the new id.
-    ///
-    /// A session signed in as another user keeps none of that user's data:
-    /// only this request's writes carry over.
-    #[must_use]
-    pub fn moved(&self, previous: &SessionRecord) -> SessionRecord {
-        let mut moved = previous.clone();
-        if previous.user_id.is_some() && previous.user_id != self.record.user_id {
-            moved.data = crate::record::SessionData::default();
-        }
-        moved.apply(&self.change);
-        moved.id_hash = self.record.id_hash;
-        moved.user_id.clone_from(&self.record.user_id);
-        moved.id_issued_at = self.record.id_issued_at;
-        moved.ip = self.record.ip;
-        moved.user_agent.clone_from(&self.record.user_agent);
-        moved.binding.clone_from(&self.record.binding);
-        moved
-    }
-}
-
-/// What [`SessionStore::login`] did.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum LoginOutcome {
-    /// The user is signed in under the new id.
-    LoggedIn {
-        /// The session as stored.
-        record: Arc<SessionRecord>,
-        /// Whether the previous session was moved (`false`: a new one was created).
-        moved: bool,
-        /// Sessions deleted to respect the limit.
-        evicted: Vec<IdHash>,
-    },
-    /// The limit is full and the rule refuses the login; nothing changed.
-    LimitReached,
-}
-
-/// What changes when a stored session gets a new id.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Regeneration {
-    /// Pending data changes, applied in the same step.
-    pub change: Change,
-    /// `Some` to set the signed-in user (a login).
-    pub user_id: Option<String>,
-    /// When the new id was issued.
-    pub issued_at: UnixMillis,
-    /// Leave a forwarding entry under the old id (a renewal with a grace
-    /// period) instead of deleting it.
-    pub forward: Option<Forward>,
-}
-
-/// The forwarding entry a renewal leaves under the old id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Forward {
-    /// The new id, sealed with the old one.
-    pub sealed_id: SealedId,
-    /// When the old id stops working.
-    pub until: UnixMillis,
-}
-
-impl Regeneration {
-    /// The record as it should be stored under `new`.
-    #[must_use]
-    pub fn apply_to(&self, record: &SessionRecord, new: &IdHash) -> SessionRecord {
-        let mut moved = record.clone();
-        moved.apply(&self.change);
-        moved.id_hash = *new;
-        moved.id_issued_at = self.issued_at;
-        if let Some(user) = &self.user_id {
-            moved.user_id = Some(user.clone());
-        }
-        moved
-    }
-
-    /// The entry to leave under the old id: the renewal's forwarding entry,
-    /// or else a superseded marker for [`SUPERSEDED_FOR_MS`].
-    #[must_use]
-    pub fn replacement(&self, record: &SessionRecord, new: &IdHash) -> SessionRecord {
-        match self.forward {
-            Some(forward) => record.forward_to(
-                Successor {
-                    id_hash: *new,
-                    sealed_id: forward.sealed_id,
-                },
-                forward.until,
-            ),
-            None => record.superseded_marker(self.issued_at.saturating_add(SUPERSEDED_FOR_MS)),
-        }
     }
 }
 
@@ -279,6 +310,9 @@ pub enum StoreError {
     Corrupt(String),
     /// Any other failure of the backing service.
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// A newly drawn session id was already taken (never expected: ids are
+    /// 128 random bits); nothing was changed.
+    IdCollision,
 }
 
 impl fmt::Display for StoreError {
@@ -288,6 +322,9 @@ impl fmt::Display for StoreError {
             Self::Timeout => f.write_str("the session store did not answer in time"),
             Self::Corrupt(why) => write!(f, "a stored session could not be decoded: {why}"),
             Self::Backend(err) => write!(f, "the session store failed: {err}"),
+            Self::IdCollision => f.write_str(
+                "the session store already held a newly drawn session id; nothing was changed",
+            ),
         }
     }
 }
@@ -308,7 +345,7 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         (**self).create(record).await
     }
 
-    async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         (**self).load(id).await
     }
 
@@ -316,37 +353,42 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         (**self).update(id, change).await
     }
 
-    async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
+    async fn replace(
+        &self,
+        id: &IdHash,
+        version: u64,
+        with: Option<&Entry>,
+    ) -> Result<bool, StoreError> {
+        (**self).replace(id, version, with).await
+    }
+
+    async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         (**self).delete(id).await
     }
 
-    async fn regenerate(
+    async fn index_add(
         &self,
-        old: &IdHash,
-        new: &IdHash,
-        regeneration: &Regeneration,
-    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        (**self).regenerate(old, new, regeneration).await
+        user_id: &str,
+        id: &IdHash,
+        until: UnixMillis,
+    ) -> Result<(), StoreError> {
+        (**self).index_add(user_id, id, until).await
     }
 
-    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError> {
-        (**self).login(login).await
+    async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
+        (**self).index_remove(user_id, ids).await
     }
 
-    async fn list_user(
+    async fn index_members(
         &self,
         user_id: &str,
         now: UnixMillis,
-    ) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
-        (**self).list_user(user_id, now).await
+    ) -> Result<Vec<IdHash>, StoreError> {
+        (**self).index_members(user_id, now).await
     }
 
-    async fn delete_user(
-        &self,
-        user_id: &str,
-        keep: Option<&IdHash>,
-    ) -> Result<Vec<IdHash>, StoreError> {
-        (**self).delete_user(user_id, keep).await
+    async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
+        (**self).lock_user(user_id).await
     }
 
     fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {

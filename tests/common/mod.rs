@@ -16,10 +16,10 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_session_guard::clock::UnixMillis;
 use tower_session_guard::id::IdHash;
-use tower_session_guard::record::{Change, SessionRecord};
-use tower_session_guard::store::{Login, LoginOutcome, Regeneration};
+use tower_session_guard::record::{Change, Entry, SessionRecord};
+use tower_session_guard::store::UserLock;
 use tower_session_guard::{
-    MokaStore, Session, SessionError, SessionLayer, SessionStore, StoreError,
+    MemoryStore, Session, SessionError, SessionLayer, SessionStore, StoreError,
 };
 
 pub const COOKIE: &str = "__Host-id";
@@ -201,10 +201,10 @@ pub fn forbidden_forms(token: &str) -> Vec<String> {
     ]
 }
 
-/// A store around `MokaStore` that fails on demand and counts writes.
+/// A store around `MemoryStore` that fails on demand and counts writes.
 #[derive(Clone, Default)]
 pub struct FlakyStore {
-    pub inner: MokaStore,
+    pub inner: MemoryStore,
     pub fail_reads: Arc<AtomicBool>,
     pub fail_writes: Arc<AtomicBool>,
     pub creates: Arc<AtomicUsize>,
@@ -236,7 +236,7 @@ impl SessionStore for FlakyStore {
         self.inner.create(record).await
     }
 
-    async fn load(&self, id: &IdHash) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         self.check(&self.fail_reads)?;
         self.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(id).await
@@ -248,42 +248,48 @@ impl SessionStore for FlakyStore {
         self.inner.update(id, change).await
     }
 
-    async fn delete(&self, id: &IdHash) -> Result<bool, StoreError> {
+    async fn replace(
+        &self,
+        id: &IdHash,
+        version: u64,
+        with: Option<&Entry>,
+    ) -> Result<bool, StoreError> {
+        self.check(&self.fail_writes)?;
+        self.inner.replace(id, version, with).await
+    }
+
+    async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.delete(id).await
     }
 
-    async fn regenerate(
+    async fn index_add(
         &self,
-        old: &IdHash,
-        new: &IdHash,
-        regeneration: &Regeneration,
-    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        user_id: &str,
+        id: &IdHash,
+        until: UnixMillis,
+    ) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.regenerate(old, new, regeneration).await
+        self.inner.index_add(user_id, id, until).await
     }
 
-    async fn login(&self, login: &Login) -> Result<LoginOutcome, StoreError> {
+    async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.login(login).await
+        self.inner.index_remove(user_id, ids).await
     }
 
-    async fn list_user(
+    async fn index_members(
         &self,
         user_id: &str,
         now: UnixMillis,
-    ) -> Result<Vec<Arc<SessionRecord>>, StoreError> {
+    ) -> Result<Vec<IdHash>, StoreError> {
         self.check(&self.fail_reads)?;
-        self.inner.list_user(user_id, now).await
+        self.inner.index_members(user_id, now).await
     }
 
-    async fn delete_user(
-        &self,
-        user_id: &str,
-        keep: Option<&IdHash>,
-    ) -> Result<Vec<IdHash>, StoreError> {
+    async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
         self.check(&self.fail_writes)?;
-        self.inner.delete_user(user_id, keep).await
+        self.inner.lock_user(user_id).await
     }
 }
 
