@@ -772,7 +772,7 @@ async fn load(
         let touch = match policy::evaluate(&record, now, &config.timeouts) {
             Verdict::Valid { touch } => touch,
             Verdict::Expired(reason) => {
-                destroy(config, &current, &record, "an expired session").await;
+                Box::pin(destroy(config, &current, &record, "an expired session")).await;
                 let network = visit.event_network();
                 visit.events.push(|| SessionEvent::Expired {
                     session: current.fingerprint(),
@@ -795,7 +795,7 @@ async fn load(
                 ) {
                     BindingVerdict::Accept(update) => update.map(Box::new),
                     BindingVerdict::Reject(reason) => {
-                        destroy(config, &current, &record, "a rejected session").await;
+                        Box::pin(destroy(config, &current, &record, "a rejected session")).await;
                         visit.reject(Some(&current), reason);
                         visit.respond_unauthorized = rules.action() == RejectAction::Respond;
                         return Ok(None);
@@ -813,7 +813,9 @@ async fn load(
                 issued,
             }));
         }
-        if let Some(renewed) = renew(config, &current, touch, binding, visit).await? {
+        // Boxed, like the other rare steps: the common path's future
+        // would otherwise carry room for theirs.
+        if let Some(renewed) = Box::pin(renew(config, &current, touch, binding, visit)).await? {
             return Ok(Some(renewed));
         }
     }
@@ -965,7 +967,14 @@ async fn commit(
     change.binding = arrival.binding.map(|b| *b);
 
     if state.regenerate {
-        return match lifecycle::regenerate(&*config.store, &id, &change, now, None).await? {
+        let regenerated = Box::pin(lifecycle::regenerate(
+            &*config.store,
+            &id,
+            &change,
+            now,
+            None,
+        ));
+        return match regenerated.await? {
             Some((new_id, record)) => {
                 events.push(|| SessionEvent::Regenerated {
                     session: new_id.fingerprint(),

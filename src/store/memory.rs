@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -31,19 +31,27 @@ const USER_LOCKS: usize = 64;
 /// An in-memory store for a single process, bounded by a number of
 /// sessions, on the [`quick_cache`] concurrent cache.
 ///
-/// - **Bounded, and never refusing**: at most about `max_sessions`
-///   entries. A new session is always admitted; room is made by evicting
-///   with quick_cache's scan-resistant policy (S3-FIFO), so a burst of
-///   one-time visitors does not flush the sessions in regular use.
-/// - **Signed-in sessions come last**: while the store holds any anonymous
-///   session (or a placeholder left by a moved session), no signed-in
-///   session is evicted. A flood of anonymous visitors pushes out other
-///   anonymous visitors, never your users. When only signed-in sessions
-///   remain, the least valuable of them go as usual.
-/// - **Expiry backstop without a sweeper**: an entry whose deadline passed
-///   more than 30 seconds ago is dropped when it is next read, and evicted
-///   first under pressure; [`run_pending_tasks`](Self::run_pending_tasks)
-///   drops them all at once.
+/// - **Bounded, and never refusing**: about `max_sessions` entries. A new
+///   session is always admitted; room is made by evicting with
+///   quick_cache's scan-resistant policy (S3-FIFO), so a burst of one-time
+///   visitors does not flush the sessions in regular use.
+/// - **Signed-in sessions come first**: signed-in sessions and anonymous
+///   ones (with the placeholders a moved session leaves behind) are kept
+///   in two tiers. An anonymous session never evicts a signed-in one: a
+///   flood of anonymous visitors only pushes out other anonymous visitors.
+///   Each signed-in session takes its room from the anonymous tier, down
+///   to a reserve of 1 % of `max_sessions` (at least one), so that
+///   visitors can still start a session when signed-in users fill the
+///   store; only then does a login evict the least valuable signed-in
+///   session. The store may therefore hold up to 1 % more than
+///   `max_sessions`.
+/// - **Expiry backstop without a sweeper thread**: entries whose deadline
+///   passed more than 30 seconds ago (sessions nobody came back to) are
+///   dropped by a sweep that the request creating a new session runs once
+///   per quarter of `max_sessions` new sessions (at least 1024 apart);
+///   [`run_pending_tasks`](Self::run_pending_tasks) sweeps at once.
+///   Sessions that are read after their deadline are removed by the
+///   layer's policy, which reports why they expired.
 /// - **Exact user index**: an eviction takes the session out of its user's
 ///   index in the same step, and a session is only indexed while it is
 ///   stored, so the index never outgrows the store.
@@ -63,12 +71,34 @@ pub struct MemoryStore {
     shared: Arc<Shared>,
 }
 
+type Tier = Cache<IdHash, Slot, UnitWeighter, IdHashState, Evictions>;
+
 struct Shared {
-    entries: Cache<IdHash, Slot, UnitWeighter, IdHashState, Hooks>,
+    /// Signed-in sessions.
+    signed_in: Tier,
+    /// Anonymous sessions and placeholders.
+    anonymous: Tier,
     index: Arc<Index>,
+    /// Sizes of the tiers (see [`Shared::rebalance`]).
+    room: Room,
+    /// New sessions so far, to pace the backstop's sweeps.
+    created: AtomicU64,
     locks: Box<[Arc<async_lock::Mutex<()>>]>,
     /// The origin of the backstop's clock.
     started: Instant,
+}
+
+/// How the store's bound is shared between the tiers.
+struct Room {
+    max_sessions: u64,
+    /// The anonymous tier never shrinks below this.
+    reserve: u64,
+    /// The anonymous tier is resized when its target moved this far.
+    step: u64,
+    /// The anonymous tier's capacity as last set.
+    anonymous: AtomicU64,
+    /// The backstop sweeps once per this many new sessions.
+    sweep_every: u64,
 }
 
 /// What the cache keeps per key: the entry, and when the backstop may
@@ -94,10 +124,10 @@ impl Stored {
         }
     }
 
-    fn entry(&self) -> Entry {
+    fn into_entry(self) -> Entry {
         match self {
-            Self::Session(record) => Entry::Session(Arc::clone(record)),
-            Self::Placeholder(entry) => (**entry).clone(),
+            Self::Session(record) => Entry::Session(record),
+            Self::Placeholder(entry) => *entry,
         }
     }
 
@@ -110,16 +140,15 @@ impl Stored {
     }
 }
 
-/// The per-user index, and the count of entries eviction may take first.
+/// The per-user index, and the count of signed-in sessions.
 struct Index {
     /// User key → that user's session ids.
     users: Mutex<HashMap<u64, Ids, IdHashState>>,
     /// The index key of a user id.
     key_of: fn(&std::collections::hash_map::RandomState, &str) -> u64,
     hasher: std::collections::hash_map::RandomState,
-    /// Entries that are not signed-in sessions: while there are any,
-    /// signed-in sessions are pinned.
-    evictable: AtomicUsize,
+    /// Signed-in sessions stored.
+    signed_in: AtomicU64,
 }
 
 /// One user's session ids: most users have one, kept inline.
@@ -148,7 +177,7 @@ impl Index {
             users: Mutex::new(HashMap::with_hasher(IdHashState::new())),
             key_of: |hasher, user_id| hasher.hash_one(user_id),
             hasher: std::collections::hash_map::RandomState::new(),
-            evictable: AtomicUsize::new(0),
+            signed_in: AtomicU64::new(0),
         }
     }
 
@@ -200,38 +229,25 @@ impl Index {
             .unwrap_or_default()
     }
 
-    /// Accounts for `slot` entering the store.
-    fn admitted(&self, slot: &Slot) {
-        if slot.stored.user().is_none() {
-            self.evictable.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// Accounts for `slot` under `id` leaving the store; `by_store` when
     /// the store itself dropped it (an eviction, the backstop), which the
     /// lifecycle does not see, so the user index is updated here.
     fn released(&self, id: &IdHash, slot: &Slot, by_store: bool) {
-        match slot.stored.user() {
-            None => {
-                self.evictable.fetch_sub(1, Ordering::Relaxed);
+        if let Some(user) = slot.stored.user() {
+            self.signed_in.fetch_sub(1, Ordering::Relaxed);
+            if by_store {
+                self.remove(user, std::slice::from_ref(id));
             }
-            Some(user) if by_store => self.remove(user, std::slice::from_ref(id)),
-            Some(_) => {}
         }
     }
 }
 
-/// quick_cache's hooks: signed-in sessions are pinned while anything else
-/// can be evicted, and an eviction leaves the user index.
+/// quick_cache's eviction hook: an evicted session leaves its user's index.
 #[derive(Clone)]
-struct Hooks(Arc<Index>);
+struct Evictions(Arc<Index>);
 
-impl Lifecycle<IdHash, Slot> for Hooks {
+impl Lifecycle<IdHash, Slot> for Evictions {
     type RequestState = ();
-
-    fn is_pinned(&self, _id: &IdHash, slot: &Slot) -> bool {
-        slot.stored.user().is_some() && self.0.evictable.load(Ordering::Relaxed) > 0
-    }
 
     fn on_evict(&self, _state: &mut (), id: IdHash, slot: Slot) {
         self.0.released(&id, &slot, true);
@@ -247,18 +263,33 @@ impl MemoryStore {
 
     /// A store whose backstop clock started at `started`.
     fn started_at(max_sessions: u64, started: Instant) -> Self {
+        Self::with_index(max_sessions, started, Index::new())
+    }
+
+    fn with_index(max_sessions: u64, started: Instant, index: Index) -> Self {
         let max_sessions = max_sessions.max(1);
-        let index = Arc::new(Index::new());
-        let entries = Cache::with(
-            usize::try_from(max_sessions).unwrap_or(usize::MAX),
-            max_sessions,
-            UnitWeighter,
-            IdHashState::new(),
-            Hooks(Arc::clone(&index)),
-        );
+        let index = Arc::new(index);
+        let tier = || {
+            Cache::with(
+                usize::try_from(max_sessions).unwrap_or(usize::MAX),
+                max_sessions,
+                UnitWeighter,
+                IdHashState::new(),
+                Evictions(Arc::clone(&index)),
+            )
+        };
         Self {
             shared: Arc::new(Shared {
-                entries,
+                signed_in: tier(),
+                anonymous: tier(),
+                room: Room {
+                    max_sessions,
+                    reserve: (max_sessions / 100).max(1),
+                    step: (max_sessions / 256).max(1),
+                    anonymous: AtomicU64::new(max_sessions),
+                    sweep_every: (max_sessions / 4).max(1024),
+                },
+                created: AtomicU64::new(0),
                 index,
                 locks: (0..USER_LOCKS)
                     .map(|_| Arc::new(async_lock::Mutex::new(())))
@@ -272,13 +303,13 @@ impl MemoryStore {
     /// sessions that moved moments ago).
     #[must_use]
     pub fn len(&self) -> u64 {
-        self.shared.entries.len() as u64
+        (self.shared.signed_in.len() + self.shared.anonymous.len()) as u64
     }
 
     /// Whether the store holds nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.shared.entries.is_empty()
+        self.shared.signed_in.is_empty() && self.shared.anonymous.is_empty()
     }
 
     /// The number of users with at least one indexed session.
@@ -287,22 +318,12 @@ impl MemoryStore {
         self.shared.index.map().len()
     }
 
-    /// Drops every entry past its backstop now, instead of when it is next
-    /// read or evicted.
+    /// Drops every entry past its backstop now, instead of at the next
+    /// sweep.
     ///
     /// Not needed in production; useful in tests and memory measurements.
     pub async fn run_pending_tasks(&self) {
-        let shared = &*self.shared;
-        let now = shared.now_secs();
-        let mut expired = Vec::new();
-        for (id, slot) in shared.entries.iter() {
-            if slot.drop_after < now {
-                expired.push(id);
-            }
-        }
-        for id in expired {
-            shared.take_if(&id, |slot| slot.drop_after < now, true);
-        }
+        self.shared.sweep();
     }
 }
 
@@ -328,17 +349,65 @@ impl Shared {
         self.slot(&Entry::Session(record), lifetime)
     }
 
-    /// Removes the slot under `id` if `condition` holds for it, under the
-    /// shard's lock, and accounts for it.
+    /// The tier that holds `id`, if either does: the signed-in tier if it
+    /// holds it, else the anonymous one (where a missing key is then
+    /// found missing).
+    fn tier_of(&self, id: &IdHash) -> &Tier {
+        if self.signed_in.contains_key(id) {
+            &self.signed_in
+        } else {
+            &self.anonymous
+        }
+    }
+
+    /// Removes the slot under `id` from `tier` if `condition` holds for it,
+    /// under the shard's lock, and accounts for it.
     fn take_if(
         &self,
+        tier: &Tier,
         id: &IdHash,
         condition: impl FnOnce(&Slot) -> bool,
         by_store: bool,
     ) -> Option<Slot> {
-        let (_, slot) = self.entries.remove_if(id, condition)?;
+        let (_, slot) = tier.remove_if(id, condition)?;
         self.index.released(id, &slot, by_store);
         Some(slot)
+    }
+
+    /// Drops every entry past its backstop, keeping the user index and the
+    /// count of signed-in sessions exact.
+    fn sweep(&self) {
+        let now = self.now_secs();
+        for tier in [&self.signed_in, &self.anonymous] {
+            tier.retain(|id, slot| {
+                let keep = slot.drop_after >= now;
+                if !keep {
+                    self.index.released(id, slot, true);
+                }
+                keep
+            });
+        }
+        self.rebalance();
+    }
+
+    /// Gives the anonymous tier the room signed-in sessions leave, down to
+    /// the reserve, once the target has moved by a step.
+    fn rebalance(&self) {
+        let room = &self.room;
+        let signed_in = self.index.signed_in.load(Ordering::Relaxed);
+        let target = room
+            .max_sessions
+            .saturating_sub(signed_in)
+            .max(room.reserve);
+        let current = room.anonymous.load(Ordering::Relaxed);
+        if target.abs_diff(current) >= room.step
+            && room
+                .anonymous
+                .compare_exchange(current, target, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.anonymous.set_capacity(target);
+        }
     }
 }
 
@@ -352,8 +421,9 @@ impl Default for MemoryStore {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.shared.entries.len())
-            .field("capacity", &self.shared.entries.capacity())
+            .field("signed_in", &self.shared.signed_in.len())
+            .field("anonymous", &self.shared.anonymous.len())
+            .field("max_sessions", &self.shared.room.max_sessions)
             .finish()
     }
 }
@@ -362,37 +432,48 @@ impl fmt::Debug for MemoryStore {
 impl SessionStore for MemoryStore {
     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
         let shared = &*self.shared;
-        match shared
-            .entries
-            .entry(&record.id_hash, None, |_, _| EntryAction::Retain(()))
-        {
-            EntryResult::Vacant(vacancy) => {
-                let slot = shared.session_slot(Arc::new(record.clone()));
-                shared.index.admitted(&slot);
-                // The guard holds the key: nothing else was inserted under it.
-                let _ = vacancy.insert(slot);
-                Ok(true)
-            }
-            _ => Ok(false),
+        let (tier, other) = if record.user_id.is_some() {
+            (&shared.signed_in, &shared.anonymous)
+        } else {
+            (&shared.anonymous, &shared.signed_in)
+        };
+        if other.contains_key(&record.id_hash) {
+            return Ok(false);
         }
+        let EntryResult::Vacant(vacancy) =
+            tier.entry(&record.id_hash, None, |_, _| EntryAction::Retain(()))
+        else {
+            return Ok(false);
+        };
+        // The guard holds the key: nothing else was inserted under it.
+        let _ = vacancy.insert(shared.session_slot(Arc::new(record.clone())));
+        if record.user_id.is_some() {
+            shared.index.signed_in.fetch_add(1, Ordering::Relaxed);
+            shared.rebalance();
+        }
+        let created = shared.created.fetch_add(1, Ordering::Relaxed) + 1;
+        if created % shared.room.sweep_every == 0 {
+            shared.sweep();
+        }
+        Ok(true)
     }
 
     async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         let shared = &*self.shared;
-        let Some(slot) = shared.entries.get(id) else {
-            return Ok(None);
+        let slot = match shared.signed_in.get(id) {
+            Some(slot) => slot,
+            None => match shared.anonymous.get(id) {
+                Some(slot) => slot,
+                None => return Ok(None),
+            },
         };
-        let now = shared.now_secs();
-        if slot.drop_after < now {
-            shared.take_if(id, |slot| slot.drop_after < now, true);
-            return Ok(None);
-        }
-        Ok(Some(slot.stored.entry()))
+        Ok(Some(slot.stored.into_entry()))
     }
 
     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
         let shared = &*self.shared;
-        let updated = shared.entries.entry(id, None, |_, slot| {
+        let tier = shared.tier_of(id);
+        let updated = tier.entry(id, None, |_, slot| {
             let Stored::Session(current) = &slot.stored else {
                 return EntryAction::Retain(false);
             };
@@ -419,36 +500,60 @@ impl SessionStore for MemoryStore {
         with: Option<&Entry>,
     ) -> Result<bool, StoreError> {
         let shared = &*self.shared;
+        let tier = shared.tier_of(id);
+        let at_version =
+            |slot: &Slot| matches!(&slot.stored, Stored::Session(r) if r.version == version);
         let Some(with) = with else {
-            let removed = shared.take_if(
-                id,
-                |slot| matches!(&slot.stored, Stored::Session(r) if r.version == version),
-                false,
-            );
+            let removed = shared.take_if(tier, id, at_version, false);
+            if removed
+                .as_ref()
+                .is_some_and(|slot| slot.stored.user().is_some())
+            {
+                shared.rebalance();
+            }
             return Ok(removed.is_some());
         };
-        let replaced = shared
-            .entries
-            .entry(id, None, |_, slot| match &slot.stored {
-                Stored::Session(current) if current.version == version => {
-                    // Kept at least as long as the session it replaces would have been.
-                    let lifetime = with.expires_at().saturating_sub(current.last_seen);
-                    let new = shared.slot(with, lifetime);
-                    shared.index.released(id, slot, false);
-                    shared.index.admitted(&new);
-                    *slot = new;
-                    EntryAction::Retain(true)
-                }
-                _ => EntryAction::Retain(false),
-            });
-        Ok(matches!(replaced, EntryResult::Retained(true)))
+        let replaced = tier.entry(id, None, |_, slot| {
+            let Stored::Session(current) = &slot.stored else {
+                return EntryAction::Retain(false);
+            };
+            if current.version != version {
+                return EntryAction::Retain(false);
+            }
+            // Kept at least as long as the session it replaces would have been.
+            let lifetime = with.expires_at().saturating_sub(current.last_seen);
+            let new = shared.slot(with, lifetime);
+            if current.user_id.is_none() {
+                *slot = new;
+                return EntryAction::Retain(true);
+            }
+            // A placeholder belongs to the anonymous tier. It goes in
+            // before the session goes out, under the session's shard lock:
+            // a reader finds one or the other, never neither.
+            shared.anonymous.insert(*id, new);
+            EntryAction::Remove
+        });
+        Ok(match replaced {
+            EntryResult::Retained(done) => done,
+            EntryResult::Removed(_, session) => {
+                shared.index.released(id, &session, false);
+                shared.rebalance();
+                true
+            }
+            _ => false,
+        })
     }
 
     async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
-        Ok(self
-            .shared
-            .take_if(id, |_| true, false)
-            .map(|slot| slot.stored.entry()))
+        let shared = &*self.shared;
+        let removed = match shared.take_if(&shared.signed_in, id, |_| true, false) {
+            Some(slot) => {
+                shared.rebalance();
+                Some(slot)
+            }
+            None => shared.take_if(&shared.anonymous, id, |_| true, false),
+        };
+        Ok(removed.map(|slot| slot.stored.into_entry()))
     }
 
     async fn index_add(
@@ -461,7 +566,7 @@ impl SessionStore for MemoryStore {
         // stored: an eviction cannot slip in between and leave an entry
         // behind for a session that is gone.
         let index = &self.shared.index;
-        let _ = self.shared.entries.entry(id, None, |_, slot| {
+        let _ = self.shared.signed_in.entry(id, None, |_, slot| {
             if slot.stored.user() == Some(user_id) {
                 index.add(user_id, *id);
             }
@@ -512,39 +617,24 @@ mod tests {
         )
     }
 
+    async fn signed_in(store: &MemoryStore, user: &str) -> SessionRecord {
+        let r = record(Some(user));
+        assert!(store.create(&r).await.unwrap());
+        store
+            .index_add(user, &r.id_hash, r.absolute_deadline)
+            .await
+            .unwrap();
+        r
+    }
+
     #[tokio::test]
     async fn users_sharing_an_index_key_see_and_remove_only_their_own_sessions() {
         let mut index = Index::new();
         // Every user id hashes alike: one list for all.
         index.key_of = |_, _| 42;
-        let store = MemoryStore::new(100);
-        let index = Arc::new(index);
-        let store = MemoryStore {
-            shared: Arc::new(Shared {
-                entries: Cache::with(
-                    100,
-                    100,
-                    UnitWeighter,
-                    IdHashState::new(),
-                    Hooks(Arc::clone(&index)),
-                ),
-                index,
-                locks: store.shared.locks.clone(),
-                started: Instant::now(),
-            }),
-        };
-        let (a, b) = (record(Some("a")), record(Some("b")));
-        for r in [&a, &b] {
-            store.create(r).await.unwrap();
-            store
-                .index_add(
-                    r.user_id.as_deref().unwrap(),
-                    &r.id_hash,
-                    r.absolute_deadline,
-                )
-                .await
-                .unwrap();
-        }
+        let store = MemoryStore::with_index(100, Instant::now(), index);
+        let a = signed_in(&store, "a").await;
+        let b = signed_in(&store, "b").await;
         assert_eq!(store.indexed_users(), 1, "the keys were meant to collide");
 
         let listed = crate::lifecycle::sessions_of(&store, "a", 2_000)
@@ -561,13 +651,10 @@ mod tests {
             store.load(&b.id_hash).await.unwrap().is_some(),
             "b's session was removed"
         );
-        assert_eq!(
-            crate::lifecycle::sessions_of(&store, "b", 2_000)
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        let listed = crate::lifecycle::sessions_of(&store, "b", 2_000)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
     }
 
     #[test]
@@ -577,15 +664,12 @@ mod tests {
             .map(|worker| {
                 let store = store.clone();
                 std::thread::spawn(move || {
-                    futures_executor(async move {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async move {
                         for n in 0..5_000 {
-                            let user = format!("user-{worker}-{n}");
-                            let r = record(Some(&user));
-                            assert!(store.create(&r).await.unwrap());
-                            store
-                                .index_add(&user, &r.id_hash, r.absolute_deadline)
-                                .await
-                                .unwrap();
+                            signed_in(&store, &format!("user-{worker}-{n}")).await;
                         }
                     });
                 })
@@ -600,89 +684,108 @@ mod tests {
             store.len(),
             "index entries outlived their sessions"
         );
-    }
-
-    /// Runs a future that never waits on anything but the store's own locks.
-    fn futures_executor<F: std::future::Future<Output = ()>>(future: F) {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(future);
+        assert_eq!(
+            store.shared.index.signed_in.load(Ordering::Relaxed),
+            store.len(),
+            "the count of signed-in sessions drifted"
+        );
     }
 
     #[tokio::test]
-    async fn anonymous_entries_are_evicted_before_any_signed_in_session() {
+    async fn anonymous_sessions_never_evict_a_signed_in_one() {
         let store = MemoryStore::new(100);
-        let mut signed_in = Vec::new();
+        let mut users = Vec::new();
         for n in 0..60 {
-            let r = record(Some(&format!("u{n}")));
-            store.create(&r).await.unwrap();
-            signed_in.push(r.id_hash);
+            users.push(signed_in(&store, &format!("u{n}")).await.id_hash);
         }
         for _ in 0..2_000 {
-            store.create(&record(None)).await.unwrap();
+            assert!(store.create(&record(None)).await.unwrap());
         }
-        for id in &signed_in {
+        for id in &users {
             assert!(
                 store.load(id).await.unwrap().is_some(),
-                "a signed-in session was evicted while anonymous ones remained"
+                "an anonymous session evicted a signed-in one"
             );
         }
-        assert!(store.len() <= 110, "{} entries", store.len());
+        assert!(store.len() <= 105, "{} entries", store.len());
 
-        // With no anonymous session left, signed-in sessions are evictable.
-        for _ in 0..2_000 {
-            store.create(&record(Some("more"))).await.unwrap();
+        // Signed-in sessions take their room from the anonymous ones, down
+        // to the reserve; then they evict each other.
+        for n in 0..2_000 {
+            signed_in(&store, &format!("more{n}")).await;
         }
-        assert!(store.len() <= 110, "{} entries", store.len());
-    }
-
-    #[tokio::test]
-    async fn the_backstop_drops_entries_long_past_their_deadline() {
-        // The store's clock reads five seconds: `drop_after = 0` has passed.
-        let store =
-            MemoryStore::started_at(100, Instant::now() - std::time::Duration::from_secs(5));
-        let shared = &store.shared;
-        let (stale, kept, swept) = (record(Some("u")), record(Some("u")), record(None));
-        for (r, drop_after) in [(&stale, 0), (&kept, u32::MAX), (&swept, 0)] {
-            let slot = Slot {
-                stored: Stored::Session(Arc::new(r.clone())),
-                drop_after,
-            };
-            shared.index.admitted(&slot);
-            shared.entries.insert(r.id_hash, slot);
-            if let Some(user) = &r.user_id {
-                store.index_add(user, &r.id_hash, 0).await.unwrap();
-            }
-        }
-        assert_eq!(store.load(&stale.id_hash).await.unwrap(), None);
-        assert!(store.load(&kept.id_hash).await.unwrap().is_some());
-        assert_eq!(
-            store.shared.index.members("u"),
-            vec![kept.id_hash],
-            "a session dropped by the backstop leaves the index"
+        assert!(store.len() <= 105, "{} entries", store.len());
+        assert!(
+            store.shared.anonymous.len() <= 2,
+            "{} anonymous entries kept beyond the reserve",
+            store.shared.anonymous.len()
         );
-        assert_eq!(store.shared.index.evictable.load(Ordering::Relaxed), 1);
-        store.run_pending_tasks().await;
-        assert_eq!(store.len(), 1, "the sweep drops what nobody reads");
-        assert_eq!(store.shared.index.evictable.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
-    async fn a_replaced_session_keeps_its_count_right() {
+    async fn a_signed_in_session_replaced_by_a_placeholder_moves_to_the_anonymous_tier() {
         let store = MemoryStore::new(10);
-        let r = record(Some("u"));
-        store.create(&r).await.unwrap();
-        assert_eq!(store.shared.index.evictable.load(Ordering::Relaxed), 0);
+        let r = signed_in(&store, "u").await;
+        assert_eq!(store.shared.index.signed_in.load(Ordering::Relaxed), 1);
         let marker = Entry::Superseded(crate::record::Superseded {
             successor: SessionId::generate().hash(),
             until: 2_000,
         });
         assert!(!store.replace(&r.id_hash, 7, Some(&marker)).await.unwrap());
         assert!(store.replace(&r.id_hash, 0, Some(&marker)).await.unwrap());
-        assert_eq!(store.shared.index.evictable.load(Ordering::Relaxed), 1);
+        assert_eq!(store.shared.index.signed_in.load(Ordering::Relaxed), 0);
+        assert!(store.shared.anonymous.contains_key(&r.id_hash));
+        assert!(!store.shared.signed_in.contains_key(&r.id_hash));
         assert_eq!(store.load(&r.id_hash).await.unwrap(), Some(marker));
-        store.delete(&r.id_hash).await.unwrap();
-        assert_eq!(store.shared.index.evictable.load(Ordering::Relaxed), 0);
+        assert!(store.delete(&r.id_hash).await.unwrap().is_some());
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_backstop_sweeps_entries_long_past_their_deadline() {
+        // The store's clock reads five seconds: `drop_after = 0` has passed.
+        let store =
+            MemoryStore::started_at(100, Instant::now() - std::time::Duration::from_secs(5));
+        let shared = &store.shared;
+        let stale = record(Some("u"));
+        let kept = record(Some("u"));
+        for (r, drop_after) in [(&stale, 0), (&kept, u32::MAX)] {
+            shared.signed_in.insert(
+                r.id_hash,
+                Slot {
+                    stored: Stored::Session(Arc::new(r.clone())),
+                    drop_after,
+                },
+            );
+            shared.index.signed_in.fetch_add(1, Ordering::Relaxed);
+            store.index_add("u", &r.id_hash, 0).await.unwrap();
+        }
+        let abandoned = record(None);
+        shared.anonymous.insert(
+            abandoned.id_hash,
+            Slot {
+                stored: Stored::Session(Arc::new(abandoned.clone())),
+                drop_after: 0,
+            },
+        );
+        // New sessions pace the sweep: the one that makes 1024 runs it.
+        for _ in 0..1_023 {
+            store.create(&record(None)).await.unwrap();
+        }
+        assert!(store.load(&stale.id_hash).await.unwrap().is_some());
+        store.create(&record(None)).await.unwrap();
+        assert_eq!(store.load(&stale.id_hash).await.unwrap(), None);
+        assert_eq!(store.load(&abandoned.id_hash).await.unwrap(), None);
+        assert!(store.load(&kept.id_hash).await.unwrap().is_some());
+        assert_eq!(
+            shared.index.members("u"),
+            vec![kept.id_hash],
+            "a session dropped by the backstop leaves the index"
+        );
+        assert_eq!(
+            shared.index.signed_in.load(Ordering::Relaxed),
+            store.shared.signed_in.len() as u64,
+            "the count of signed-in sessions stays exact"
+        );
     }
 }
