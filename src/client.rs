@@ -377,7 +377,22 @@ pub struct Network {
     prefix: u8,
 }
 
+/// The IPv4 prefix length that makes addresses one network unless
+/// configured otherwise (client binding, guessing detection, events): /24.
+pub const DEFAULT_IPV4_PREFIX: u8 = 24;
+
+/// The IPv6 prefix length that makes addresses one network unless
+/// configured otherwise (client binding, guessing detection, events): /48.
+pub const DEFAULT_IPV6_PREFIX: u8 = 48;
+
 impl Network {
+    /// The network of `ip` with the default prefixes
+    /// ([`DEFAULT_IPV4_PREFIX`], [`DEFAULT_IPV6_PREFIX`]).
+    #[must_use]
+    pub fn of_default(ip: IpAddr) -> Self {
+        Self::of(ip, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX)
+    }
+
     /// The network of `ip` with an IPv4 prefix of `v4_prefix` bits and an
     /// IPv6 prefix of `v6_prefix` bits (say 24 and 48).
     #[must_use]

@@ -5,12 +5,12 @@
 //! [`SessionLayer::with_event_handler`](crate::SessionLayer::with_event_handler)
 //! and to `tracing` (target `tower_session_guard::event`).
 
-use std::fmt;
 use std::sync::Arc;
 
 use crate::client::Network;
 use crate::id::Fingerprint;
 use crate::policy::ExpiryReason;
+pub use crate::policy::RejectReason;
 
 /// Something that happened to a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,40 +115,6 @@ impl SessionEvent {
             Self::GuessingDetected { .. } => "guessing_detected",
             Self::TokenRemoved { .. } => "token_removed",
         }
-    }
-}
-
-/// Why a token was not accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RejectReason {
-    /// The token was malformed or its signature did not verify.
-    InvalidToken,
-    /// The token was authentic but no live session has that id (strict mode).
-    UnknownSession,
-    /// The request carried several different session tokens.
-    AmbiguousToken,
-    /// A token arrived over plain HTTP while the layer is HTTPS-only.
-    InsecureTransport,
-    /// The User-Agent family differs from the one the session was bound to.
-    UserAgentChanged,
-    /// The session was used from more distinct networks than allowed.
-    TooManyNetworks,
-    /// The session moved between places faster than anyone travels.
-    ImpossibleTravel,
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::InvalidToken => "invalid token",
-            Self::UnknownSession => "unknown session",
-            Self::AmbiguousToken => "several different session tokens",
-            Self::InsecureTransport => "token sent over plain HTTP",
-            Self::UserAgentChanged => "browser family changed",
-            Self::TooManyNetworks => "too many networks",
-            Self::ImpossibleTravel => "impossible travel",
-        })
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use crate::client::Network;
+use crate::client::{Network, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX};
 use crate::clock::{duration_millis, UnixMillis};
 
 /// Guessing-detection settings for
@@ -41,8 +41,8 @@ impl Default for GuessingDetection {
             max_failures: 20,
             window: 60_000,
             max_networks: 100_000,
-            ipv4_prefix: 24,
-            ipv6_prefix: 48,
+            ipv4_prefix: DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
     }
 }

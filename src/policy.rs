@@ -11,8 +11,7 @@ use std::time::Duration;
 use crate::clock::{duration_millis, UnixMillis};
 use std::net::IpAddr;
 
-use crate::client::{ClientContext, Network};
-use crate::event::RejectReason;
+use crate::client::{ClientContext, Network, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PREFIX};
 use crate::id::IdHash;
 use crate::record::{Binding, Deadlines, SeenLocation, SeenNetwork, SessionRecord, Touch};
 
@@ -126,6 +125,97 @@ pub(crate) fn renewal_due(
     renewal: Option<&Renewal>,
 ) -> bool {
     renewal.is_some_and(|r| now.saturating_sub(record.id_issued_at) >= r.every)
+}
+
+/// Whether session tokens may travel on this request: never over plain
+/// HTTP when the layer is HTTPS-only (a token read there is ignored, and
+/// none is set or cleared).
+pub(crate) fn tokens_allowed(https_only: bool, https: bool) -> bool {
+    !https_only || https
+}
+
+/// How a request that ends without a stored session answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Store a new session and hand the client its token.
+    Create,
+    /// Leave the client's cookie as it is.
+    Keep,
+    /// Tell the client to drop its cookie.
+    Clear,
+    /// The handler's writes could not be saved: say so instead of its answer.
+    Unsaved,
+}
+
+/// What to do at the end of a request that has no stored session.
+///
+/// - Lazy creation: only a session that holds something is stored.
+/// - A request that arrived with an id replaced moments ago by a login or
+///   a regeneration (`in_flight`) never starts a session nor clears the
+///   cookie: the client most likely holds the new id by now. Its writes
+///   cannot be saved, and must not pass as saved.
+/// - Otherwise a client that sent a token (a stale one) or just logged out
+///   is told to drop its cookie.
+pub(crate) fn without_session(
+    has_writes: bool,
+    in_flight: bool,
+    logged_out: bool,
+    had_token: bool,
+) -> Ending {
+    match (in_flight && !logged_out, has_writes) {
+        (true, true) => Ending::Unsaved,
+        (true, false) => Ending::Keep,
+        (false, true) => Ending::Create,
+        (false, false) if had_token || logged_out => Ending::Clear,
+        (false, false) => Ending::Keep,
+    }
+}
+
+/// What to do when the session a request wrote to was destroyed or
+/// replaced by another request meanwhile (logout, login, revocation,
+/// expiry): writes cannot be saved and must not pass as saved; a mere touch
+/// is moot. Either way the cookie is left alone: the client may already
+/// hold a newer one.
+pub(crate) fn session_lost(has_writes: bool) -> Ending {
+    if has_writes {
+        Ending::Unsaved
+    } else {
+        Ending::Keep
+    }
+}
+
+/// Why a token was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The token was malformed or its signature did not verify.
+    InvalidToken,
+    /// The token was authentic but no live session has that id (strict mode).
+    UnknownSession,
+    /// The request carried several different session tokens.
+    AmbiguousToken,
+    /// A token arrived over plain HTTP while the layer is HTTPS-only.
+    InsecureTransport,
+    /// The User-Agent family differs from the one the session was bound to.
+    UserAgentChanged,
+    /// The session was used from more distinct networks than allowed.
+    TooManyNetworks,
+    /// The session moved between places faster than anyone travels.
+    ImpossibleTravel,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidToken => "invalid token",
+            Self::UnknownSession => "unknown session",
+            Self::AmbiguousToken => "several different session tokens",
+            Self::InsecureTransport => "token sent over plain HTTP",
+            Self::UserAgentChanged => "browser family changed",
+            Self::TooManyNetworks => "too many networks",
+            Self::ImpossibleTravel => "impossible travel",
+        })
+    }
 }
 
 /// What `login` does when the user already has the maximum number of sessions.
@@ -247,8 +337,8 @@ impl Default for ClientBinding {
     fn default() -> Self {
         Self {
             user_agent: true,
-            ipv4_prefix: 24,
-            ipv6_prefix: 48,
+            ipv4_prefix: DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             max_networks: 3,
             network_window: 10 * 60 * 1000,
             locator: None,
@@ -547,6 +637,41 @@ pub(crate) fn fresh_deadlines(now: UnixMillis, timeouts: &Timeouts) -> Deadlines
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tokens_travel_over_plain_http_only_when_the_layer_allows_it() {
+        assert!(tokens_allowed(false, false));
+        assert!(tokens_allowed(false, true));
+        assert!(tokens_allowed(true, true));
+        assert!(!tokens_allowed(true, false));
+    }
+
+    #[test]
+    fn only_a_session_holding_something_is_created() {
+        assert_eq!(without_session(true, false, false, false), Ending::Create);
+        assert_eq!(without_session(false, false, false, false), Ending::Keep);
+    }
+
+    #[test]
+    fn a_request_in_flight_across_a_login_neither_creates_nor_clears() {
+        assert_eq!(without_session(true, true, false, true), Ending::Unsaved);
+        assert_eq!(without_session(false, true, false, true), Ending::Keep);
+        // Unless it logged out itself: then its cookie goes.
+        assert_eq!(without_session(false, true, true, true), Ending::Clear);
+    }
+
+    #[test]
+    fn a_stale_token_or_a_logout_clears_the_cookie() {
+        assert_eq!(without_session(false, false, false, true), Ending::Clear);
+        assert_eq!(without_session(false, false, true, false), Ending::Clear);
+        assert_eq!(without_session(true, false, true, true), Ending::Create);
+    }
+
+    #[test]
+    fn writes_to_a_lost_session_are_reported_and_a_touch_is_moot() {
+        assert_eq!(session_lost(true), Ending::Unsaved);
+        assert_eq!(session_lost(false), Ending::Keep);
+    }
+
     use super::*;
     use crate::id::SessionId;
     use crate::record::SessionData;

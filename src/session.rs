@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::client::{family_of, ClientContext};
 use crate::error::SessionError;
+use crate::event::SessionEvent;
 use crate::id::{Fingerprint, IdHash, SessionId};
 use crate::lifecycle::{self, Login, LoginOutcome};
 use crate::policy::{initial_binding, ClientBinding, LimitRule};
@@ -55,6 +56,9 @@ pub(crate) struct Context {
     pub(crate) template: Template,
     /// `false` over plain HTTP when the layer is HTTPS-only.
     pub(crate) login_allowed: bool,
+    /// Whether anyone listens to events (a fingerprint costs two SHA-256
+    /// runs, so events nobody reads are not built).
+    pub(crate) events_enabled: bool,
 }
 
 /// Everything a request did to its session, read by the layer at commit.
@@ -74,29 +78,17 @@ pub(crate) struct State {
     pub(crate) id_issued: bool,
     /// `logout()` destroyed the session this request arrived with.
     pub(crate) logged_out: bool,
-    /// What happened, in order, for events.
-    pub(crate) happenings: Vec<Happening>,
+    /// What happened, in order: the layer sends these events on.
+    pub(crate) events: Vec<SessionEvent>,
 }
 
-/// Something the layer turns into an event.
-#[derive(Debug)]
-pub(crate) enum Happening {
-    Created {
-        session: Fingerprint,
-    },
-    LoggedIn {
-        session: Fingerprint,
-        previous: Option<Fingerprint>,
-        user_id: String,
-    },
-    LoggedOut {
-        session: Fingerprint,
-        user_id: Option<String>,
-    },
-    Evicted {
-        session: Fingerprint,
-        user_id: String,
-    },
+impl State {
+    /// Records `event` when events are listened to.
+    fn record(&mut self, enabled: bool, event: impl FnOnce() -> SessionEvent) {
+        if enabled {
+            self.events.push(event());
+        }
+    }
 }
 
 /// Writes collected during a request.
@@ -365,23 +357,29 @@ impl Session {
         let mut state = self.lock();
         state.pending.forget(&change);
         if !moved {
-            state.happenings.push(Happening::Created {
-                session: new_id.fingerprint(),
+            state.record(self.inner.context.events_enabled, || {
+                SessionEvent::Created {
+                    session: new_id.fingerprint(),
+                }
             });
         }
         for victim in evicted {
-            state.happenings.push(Happening::Evicted {
-                session: victim.fingerprint(),
-                user_id: user_id.clone(),
+            state.record(self.inner.context.events_enabled, || {
+                SessionEvent::Evicted {
+                    session: victim.fingerprint(),
+                    user_id: user_id.clone(),
+                }
             });
         }
-        state.happenings.push(Happening::LoggedIn {
-            session: new_id.fingerprint(),
-            previous: previous
-                .filter(|_| moved)
-                .as_ref()
-                .map(SessionId::fingerprint),
-            user_id,
+        state.record(self.inner.context.events_enabled, || {
+            SessionEvent::LoggedIn {
+                session: new_id.fingerprint(),
+                previous: previous
+                    .filter(|_| moved)
+                    .as_ref()
+                    .map(SessionId::fingerprint),
+                user_id,
+            }
         });
         state.id = Some(new_id);
         state.record = Some(record);
@@ -413,9 +411,11 @@ impl Session {
             let mut state = self.lock();
             for record in &deleted {
                 if Some(record.id_hash) != current {
-                    state.happenings.push(Happening::LoggedOut {
-                        session: record.id_hash.fingerprint(),
-                        user_id: Some(user_id.clone()),
+                    state.record(self.inner.context.events_enabled, || {
+                        SessionEvent::LoggedOut {
+                            session: record.id_hash.fingerprint(),
+                            user_id: Some(user_id.clone()),
+                        }
                     });
                 }
             }
@@ -444,9 +444,11 @@ impl Session {
             lifecycle::logout_user(&*context.store, &user_id, current.as_ref(), now).await?;
         let mut state = self.lock();
         for record in &deleted {
-            state.happenings.push(Happening::LoggedOut {
-                session: record.id_hash.fingerprint(),
-                user_id: Some(user_id.clone()),
+            state.record(self.inner.context.events_enabled, || {
+                SessionEvent::LoggedOut {
+                    session: record.id_hash.fingerprint(),
+                    user_id: Some(user_id.clone()),
+                }
             });
         }
         Ok(deleted.len())
@@ -471,9 +473,11 @@ impl Session {
         }
         let mut state = self.lock();
         if let Some(id) = id {
-            state.happenings.push(Happening::LoggedOut {
-                session: id.fingerprint(),
-                user_id,
+            state.record(self.inner.context.events_enabled, || {
+                SessionEvent::LoggedOut {
+                    session: id.fingerprint(),
+                    user_id,
+                }
             });
         }
         state.id = None;

@@ -1,0 +1,343 @@
+//! [`SessionLayer`]: the builder and the configuration its services share.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::SessionService;
+use crate::admin::SessionAdmin;
+use crate::client::TrustedProxies;
+use crate::clock::{duration_millis, Clock, SystemClock};
+use crate::event::{EventHandler, SessionEvent};
+use crate::guessing::{Guard, GuessingDetection};
+use crate::key::{Key, Keyring};
+use crate::policy::{ClientBinding, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts};
+use crate::store::SessionStore;
+use crate::transport::{CookieConfig, CookieWriter, Transport};
+
+/// Adds validated sessions to every request of the service it wraps.
+///
+/// A small `Clone` configuration: every service it makes shares one store,
+/// keyring and settings. Builders are consuming; invalid settings panic
+/// with a sentence saying what to change, at start-up, never per request.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use tower_session_guard::{Key, MemoryStore, Session, SessionError, SessionLayer};
+///
+/// async fn handler(session: Session) -> Result<String, SessionError> {
+///     let n: u64 = session.get("n")?.unwrap_or(0);
+///     session.insert("n", n + 1)?;
+///     Ok(n.to_string())
+/// }
+///
+/// let layer = SessionLayer::new(MemoryStore::new(100_000), Key::generate())
+///     .with_idle_timeout(Duration::from_secs(30 * 60))
+///     .with_absolute_timeout(Duration::from_secs(8 * 3600));
+/// let app: Router = Router::new().route("/", get(handler)).layer(layer);
+/// ```
+#[derive(Clone)]
+pub struct SessionLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) store: Arc<dyn SessionStore>,
+    pub(super) keyring: Keyring,
+    pub(super) cookie: CookieConfig,
+    /// `cookie`, rendered once.
+    pub(super) cookie_writer: CookieWriter,
+    pub(super) timeouts: Timeouts,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) events: Option<EventHandler>,
+    pub(super) limit: Option<LimitRule>,
+    pub(super) renewal: Option<Renewal>,
+    pub(super) proxies: TrustedProxies,
+    pub(super) transport: Transport,
+    pub(super) https_only: bool,
+    pub(super) binding: Option<ClientBinding>,
+    pub(super) guessing: Option<Guard>,
+}
+
+impl SessionLayer {
+    /// A layer keeping sessions in `store`, signing tokens with `key`.
+    ///
+    /// Defaults: idle timeout 30 minutes, absolute timeout 12 hours, the
+    /// cookie of [`CookieConfig::default`] (`__Host-id; Path=/; Secure;
+    /// HttpOnly; SameSite=Lax`), the system clock, no event handler.
+    #[must_use]
+    pub fn new(store: impl SessionStore, key: Key) -> Self {
+        Self {
+            config: Arc::new(Config {
+                store: Arc::new(store),
+                keyring: Keyring::new(key),
+                cookie: CookieConfig::default(),
+                cookie_writer: CookieConfig::default().writer(),
+                timeouts: Timeouts::default(),
+                clock: Arc::new(SystemClock),
+                events: None,
+                limit: None,
+                renewal: None,
+                proxies: TrustedProxies::none(),
+                transport: Transport::cookie(),
+                https_only: false,
+                binding: None,
+                guessing: None,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Sessions with no activity for `timeout` expire. Default: 30 minutes.
+    ///
+    /// Enforced on the server from the stored record. To spare the store a
+    /// write on every request, activity is recorded only once a quarter of
+    /// the window has passed since it was last recorded: a session idle for
+    /// the full `timeout` always expires, and one idle for at least three
+    /// quarters of it may expire, depending on when it was last touched.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is shorter than one millisecond.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            timeout >= Duration::from_millis(1),
+            "the idle timeout must be at least one millisecond (times are kept in whole milliseconds); \
+             pass e.g. `Duration::from_secs(30 * 60)`"
+        );
+        let absolute = self.config.timeouts.absolute;
+        self.config_mut().timeouts = Timeouts::new(timeout, Duration::from_millis(absolute));
+        self
+    }
+
+    /// Sessions end `timeout` after creation, active or not. Default: 12 hours.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is shorter than one millisecond.
+    #[must_use]
+    pub fn with_absolute_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            timeout >= Duration::from_millis(1),
+            "the absolute timeout must be at least one millisecond (times are kept in whole milliseconds); \
+             pass e.g. `Duration::from_secs(12 * 3600)`"
+        );
+        let idle = self.config.timeouts.idle;
+        self.config_mut().timeouts = Timeouts::new(Duration::from_millis(idle), timeout);
+        self
+    }
+
+    /// The session cookie's name and flags. Default: [`CookieConfig::default`].
+    ///
+    /// # Panics
+    ///
+    /// If browsers would refuse the cookie, e.g. a `__Host-` name with
+    /// `with_secure(false)`, a domain or a path other than `/`; the message
+    /// says what to change.
+    #[must_use]
+    pub fn with_cookie(mut self, cookie: CookieConfig) -> Self {
+        if let Err(problem) = cookie.validate() {
+            panic!("invalid session cookie configuration: {problem}");
+        }
+        self.config_mut().cookie_writer = cookie.writer();
+        self.config_mut().cookie = cookie;
+        self
+    }
+
+    /// Where tokens travel: a cookie, a header, or either (see
+    /// [`Transport`]). Default: [`Transport::cookie`]. Every rule (signing,
+    /// strict mode, timeouts, limits, binding) is the same whatever the
+    /// transport.
+    #[must_use]
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.config_mut().transport = transport;
+        self
+    }
+
+    /// Keys that still verify tokens but no longer sign them. Default: none.
+    ///
+    /// A token signed with a fallback key is accepted and re-issued, signed
+    /// with the primary key, on the same response.
+    #[must_use]
+    pub fn with_fallback_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
+        self.config_mut()
+            .keyring
+            .set_fallbacks(keys.into_iter().collect());
+        self
+    }
+
+    /// Limits how many live sessions one user may have. Default: no limit.
+    ///
+    /// Checked on [`Session::login`], atomically per user in the store, so
+    /// concurrent logins cannot overshoot it. With
+    /// [`OnLimit::EvictLeastRecent`] the user's least recently used sessions
+    /// are destroyed to make room (their next request is anonymous and their
+    /// cookie is cleared); with [`OnLimit::RejectLogin`] the login fails with
+    /// [`SessionError::LimitReached`](crate::SessionError::LimitReached) and
+    /// nothing changes.
+    ///
+    /// # Panics
+    ///
+    /// If `max` is zero (no login could ever succeed).
+    #[must_use]
+    pub fn with_session_limit(mut self, max: usize, on_limit: OnLimit) -> Self {
+        assert!(
+            max > 0,
+            "a session limit of 0 would refuse every login; pass at least 1, or leave the limit out"
+        );
+        self.config_mut().limit = Some(LimitRule::Fixed(SessionLimit { max, on_limit }));
+        self
+    }
+
+    /// Like [`with_session_limit`](Self::with_session_limit), with the limit
+    /// computed per user id (say, from a role) at each login. A function
+    /// that returns 0 for a user makes that user's logins fail with
+    /// [`SessionError::LimitReached`](crate::SessionError::LimitReached).
+    #[must_use]
+    pub fn with_session_limit_fn<F>(mut self, max_for_user: F, on_limit: OnLimit) -> Self
+    where
+        F: Fn(&str) -> usize + Send + Sync + 'static,
+    {
+        self.config_mut().limit = Some(LimitRule::PerUser(Arc::new(max_for_user), on_limit));
+        self
+    }
+
+    /// Gives sessions a new id once their id is `every` old (the OWASP
+    /// "renewal timeout"). Default: off.
+    ///
+    /// Data, user and deadlines are kept. The previous id keeps working for
+    /// `grace` after the renewal, so requests already in flight with the old
+    /// cookie are not logged out: they are served the renewed session and
+    /// receive the new cookie too. After `grace` the old id is dead. A zero
+    /// `grace` kills the old id at once.
+    ///
+    /// # Panics
+    ///
+    /// If `every` is shorter than one millisecond.
+    #[must_use]
+    pub fn with_renewal_interval(mut self, every: Duration, grace: Duration) -> Self {
+        assert!(
+            every >= Duration::from_millis(1),
+            "the renewal interval must be at least one millisecond; pass e.g. `Duration::from_secs(15 * 60)`"
+        );
+        self.config_mut().renewal = Some(Renewal {
+            every: duration_millis(every),
+            grace: duration_millis(grace),
+        });
+        self
+    }
+
+    /// Which proxies may tell the layer the client's address and scheme,
+    /// and in which header family (`X-Forwarded-For` / `X-Forwarded-Proto`
+    /// by default, or `Forwarded`; see [`TrustedProxies`]). Default: none;
+    /// forwarding headers are ignored and the client is the peer.
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.config_mut().proxies = proxies;
+        self
+    }
+
+    /// Refuses session tokens over plain HTTP. Default: `false`.
+    ///
+    /// When `true`, a token arriving over plain HTTP is ignored (and a
+    /// `Rejected` event with `InsecureTransport` says so), no session
+    /// cookie is ever set or cleared on a plain-HTTP response, and
+    /// `login` over plain HTTP fails with `SessionError::InsecureTransport`.
+    /// HTTPS is known from the request URI's scheme, from the
+    /// [`client::Https`](crate::client::Https) marker a TLS acceptor puts in
+    /// the request extensions (origin-form requests carry no scheme), or
+    /// from `X-Forwarded-Proto` / `Forwarded: proto=` sent by a trusted
+    /// proxy ([`with_trusted_proxies`](Self::with_trusted_proxies)). The URI
+    /// scheme is what the client wrote; it is a convenience for proxies and
+    /// tests, not a proof of TLS: a server that also listens in plain HTTP
+    /// should rely on the marker or on a trusted proxy.
+    #[must_use]
+    pub fn with_https_only(mut self, https_only: bool) -> Self {
+        self.config_mut().https_only = https_only;
+        self
+    }
+
+    /// Binds sessions to their client (see [`ClientBinding`] for the rules
+    /// and defaults). Default: off.
+    ///
+    /// A session used by a different browser family, from too many
+    /// networks at once, or (with a locator) from two places too far apart
+    /// for the time between them, is treated as stolen: it is destroyed and
+    /// a `Rejected` event names the reason.
+    #[must_use]
+    pub fn with_client_binding(mut self, binding: ClientBinding) -> Self {
+        self.config_mut().binding = Some(binding);
+        self
+    }
+
+    /// Answers `429 Too Many Requests` to networks that send too many bad
+    /// session tokens (see [`GuessingDetection`]). Default: off, because
+    /// behind a proxy that is not declared with
+    /// [`with_trusted_proxies`](Self::with_trusted_proxies) every client
+    /// shares one address.
+    #[must_use]
+    pub fn with_guessing_detection(mut self, detection: GuessingDetection) -> Self {
+        self.config_mut().guessing = Some(Guard::new(detection));
+        self
+    }
+
+    /// A handle to list and revoke sessions from outside a request (an
+    /// admin endpoint, a background task). See [`SessionAdmin`].
+    #[must_use]
+    pub fn sessions(&self) -> SessionAdmin {
+        SessionAdmin::new(
+            Arc::clone(&self.config.store),
+            Arc::clone(&self.config.clock),
+            self.config.events.clone(),
+        )
+    }
+
+    /// Where the layer reads the time. Default: [`SystemClock`].
+    ///
+    /// Tests pass a [`ManualClock`](crate::clock::ManualClock) to control
+    /// expiry without sleeping.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.config_mut().clock = Arc::new(clock);
+        self
+    }
+
+    /// Calls `handler` with every [`SessionEvent`]. Default: events go to
+    /// `tracing` only.
+    ///
+    /// The handler runs on the request's task: keep it quick (send to a
+    /// channel for anything slow).
+    #[must_use]
+    pub fn with_event_handler<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&SessionEvent) + Send + Sync + 'static,
+    {
+        self.config_mut().events = Some(Arc::new(handler));
+        self
+    }
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("cookie", &self.config.cookie)
+            .field("timeouts", &self.config.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService::new(inner, Arc::clone(&self.config))
+    }
+}

@@ -1,0 +1,744 @@
+//! One request's way through the layer: arrive (steps 1–5), call the inner
+//! service with the session (step 6), depart (step 7), answer (steps 8–9).
+//!
+//! Each step is a function of what the step before returned; events go to
+//! one [`EventSink`], emitted once when the request is answered.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use tower_service::Service;
+
+use super::builder::Config;
+use crate::client::{ClientContext, Network};
+use crate::clock::UnixMillis;
+use crate::event::{self, RejectReason, SessionEvent};
+use crate::id::{IdHash, SessionId};
+use crate::lifecycle::{self, Found};
+use crate::policy::{self, BindingVerdict, Ending, RejectAction, Verdict};
+use crate::record::{Binding, Change, SessionRecord, Touch};
+use crate::session::{self, Session, State};
+use crate::store::StoreError;
+use crate::transport::{Carrier, TokenRead};
+
+pub(super) async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    let mut sink = EventSink::new(&config);
+    let answered = travel(&config, inner, request, &mut sink).await;
+    sink.emit(&config);
+    answered
+}
+
+async fn travel<S, ReqBody, ResBody>(
+    config: &Config,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+    sink: &mut EventSink,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    let arrived = match read(config, &request, sink) {
+        Ok(reading) => find(config, reading, sink).await,
+        Err(refusal) => Err(refusal),
+    };
+    let arrival = match arrived {
+        Ok(arrival) => arrival,
+        Err(refusal) => return Ok(refuse(config, refusal)),
+    };
+    let (session, departure) = hand_over(config, arrival, &mut request, sink.enabled);
+    let response = inner.call(request).await?;
+    let plan = depart(config, &session, &departure, sink).await;
+    Ok(answer(config, plan, &departure, response, sink))
+}
+
+/// The events of one request, built only when someone listens: events
+/// carry fingerprints, and a fingerprint costs two SHA-256 runs.
+struct EventSink {
+    enabled: bool,
+    events: Vec<SessionEvent>,
+}
+
+impl EventSink {
+    fn new(config: &Config) -> Self {
+        Self {
+            enabled: config.events.is_some() || event::tracing_enabled(),
+            events: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, event: impl FnOnce() -> SessionEvent) {
+        if self.enabled {
+            self.events.push(event());
+        }
+    }
+
+    fn emit(self, config: &Config) {
+        for event in &self.events {
+            event::emit(config.events.as_ref(), event);
+        }
+    }
+}
+
+/// What the layer knows about the request while it reads its token.
+struct Visitor<'a> {
+    config: &'a Config,
+    now: UnixMillis,
+    client: &'a ClientContext,
+    /// The client's network as the guessing detector groups it.
+    guessing_network: Option<Network>,
+    sink: &'a mut EventSink,
+}
+
+impl Visitor<'_> {
+    fn reject(&mut self, id: Option<&SessionId>, reason: RejectReason) {
+        let network = self.client.ip.map(Network::of_default);
+        self.sink.push(|| SessionEvent::Rejected {
+            session: id.map(SessionId::fingerprint),
+            reason,
+            network,
+        });
+    }
+
+    /// Counts a token that named no live session; may raise the alarm.
+    fn guess_failed(&mut self) {
+        let (Some(guard), Some(network)) = (&self.config.guessing, self.guessing_network) else {
+            return;
+        };
+        if let Some(alarm) = guard.failure(network, self.now) {
+            self.sink.push(|| SessionEvent::GuessingDetected {
+                network,
+                failures: alarm.failures,
+            });
+        }
+    }
+}
+
+/// What arrived with the request, once its token was read and checked.
+struct Arrival {
+    now: UnixMillis,
+    client: ClientContext,
+    carrier: Carrier,
+    tokens_allowed: bool,
+    /// The request carried a token (any token, good or bad).
+    had_token: bool,
+    /// The authentic id the request carried, if any.
+    arrived_as: Option<SessionId>,
+    found: Token,
+}
+
+/// What the token led to.
+enum Token {
+    /// No session: no token, or one that led to nothing usable.
+    None,
+    /// An id replaced moments ago by a login or a regeneration: this
+    /// request was in flight.
+    InFlight,
+    /// A valid session.
+    Session(Loaded),
+}
+
+/// The session a request arrived with, once validated.
+struct Loaded {
+    id: SessionId,
+    record: Arc<SessionRecord>,
+    touch: Option<Touch>,
+    /// A new client-binding state to store.
+    binding: Option<Box<Binding>>,
+    /// The client needs its token again: signed with a fallback key, or
+    /// issued by this request (a renewal).
+    resend: bool,
+}
+
+/// Why the request is answered by the layer without calling the handler.
+enum Refusal {
+    /// Too many bad tokens from this network.
+    Blocked { retry_after: u64 },
+    /// The store failed while loading the session.
+    StoreFailed,
+    /// Client binding refused the session and wants a `401`.
+    Unauthorized { carrier: Carrier },
+}
+
+/// What steps 1–3 read from the request.
+struct Reading {
+    now: UnixMillis,
+    client: ClientContext,
+    carrier: Carrier,
+    tokens_allowed: bool,
+    had_token: bool,
+    guessing_network: Option<Network>,
+    /// The authentic id the request carried, and whether its token must be
+    /// signed again with the primary key.
+    verified: Option<(SessionId, bool)>,
+}
+
+/// Steps 1–3: reads the token, verifies it, and notes the client.
+fn read<ReqBody>(
+    config: &Config,
+    request: &Request<ReqBody>,
+    sink: &mut EventSink,
+) -> Result<Reading, Refusal> {
+    // The User-Agent family is worked out up front only when binding needs it.
+    let client = if config.binding.is_some() {
+        ClientContext::from_request_with(request, &config.proxies)
+    } else {
+        ClientContext::without_user_agent(request, &config.proxies)
+    };
+    let now = config.clock.now();
+    let tokens_allowed = policy::tokens_allowed(config.https_only, client.https);
+    let (token, carrier) = config
+        .transport
+        .read(request.headers(), &config.cookie_writer);
+    let had_token = !token.is_absent();
+    let guessing_network = config
+        .guessing
+        .as_ref()
+        .zip(client.ip)
+        .map(|(guard, ip)| guard.settings().network_of(ip));
+    if let (true, Some(guard), Some(network)) = (had_token, &config.guessing, guessing_network) {
+        if let Some(retry_after) = guard.blocked(&network, now) {
+            return Err(Refusal::Blocked { retry_after });
+        }
+    }
+    let mut visitor = Visitor {
+        config,
+        now,
+        client: &client,
+        guessing_network,
+        sink,
+    };
+    let verified = match token {
+        TokenRead::Absent => None,
+        _ if !tokens_allowed => {
+            visitor.reject(None, RejectReason::InsecureTransport);
+            None
+        }
+        TokenRead::Ambiguous => {
+            visitor.reject(None, RejectReason::AmbiguousToken);
+            None
+        }
+        TokenRead::Present(text) => {
+            let verified = config.keyring.verify(text);
+            if verified.is_none() {
+                visitor.reject(None, RejectReason::InvalidToken);
+                visitor.guess_failed();
+            }
+            verified.map(|v| (v.id, v.needs_resign))
+        }
+    };
+    Ok(Reading {
+        now,
+        client,
+        carrier,
+        tokens_allowed,
+        had_token,
+        guessing_network,
+        verified,
+    })
+}
+
+/// Steps 4–5: loads the session the token names and asks the policy about it.
+async fn find(config: &Config, reading: Reading, sink: &mut EventSink) -> Result<Arrival, Refusal> {
+    let Reading {
+        now,
+        client,
+        carrier,
+        tokens_allowed,
+        had_token,
+        guessing_network,
+        verified,
+    } = reading;
+    let arrived_as = verified.as_ref().map(|(id, _)| id.clone());
+    let found = match verified {
+        None => Token::None,
+        Some((id, resign)) => {
+            let mut visitor = Visitor {
+                config,
+                now,
+                client: &client,
+                guessing_network,
+                sink,
+            };
+            // Boxed: its state is larger than the rest of the request's,
+            // which would otherwise carry room for it.
+            match Box::pin(load(&mut visitor, id, resign)).await {
+                Ok(Loading::Done(found)) => found,
+                Ok(Loading::Unauthorized) => return Err(Refusal::Unauthorized { carrier }),
+                Err(err) => {
+                    tracing::error!(
+                        target: "tower_session_guard",
+                        error = %err,
+                        "session store failed while loading a session; answering 503"
+                    );
+                    return Err(Refusal::StoreFailed);
+                }
+            }
+        }
+    };
+    Ok(Arrival {
+        now,
+        client,
+        carrier,
+        tokens_allowed,
+        had_token,
+        arrived_as,
+        found,
+    })
+}
+
+/// What loading a verified id came to.
+enum Loading {
+    Done(Token),
+    /// Client binding refused the session and wants a `401`.
+    Unauthorized,
+}
+
+/// Loads the session a verified id names (through a renewal's forward),
+/// applies the policy (timeouts, client binding) and renews the id when
+/// it is due.
+async fn load(
+    visitor: &mut Visitor<'_>,
+    id: SessionId,
+    resign: bool,
+) -> Result<Loading, StoreError> {
+    let config = visitor.config;
+    let now = visitor.now;
+    // Two rounds at most: a renewal lost to a concurrent request is retried
+    // once, through the forward the winner left.
+    for _ in 0..2 {
+        let (current, record, forwarded) = match lifecycle::load(&*config.store, &id, now).await? {
+            Found::Session {
+                id,
+                record,
+                forwarded,
+            } => (id, record, forwarded),
+            Found::Missing => {
+                visitor.reject(Some(&id), RejectReason::UnknownSession);
+                visitor.guess_failed();
+                return Ok(Loading::Done(Token::None));
+            }
+            Found::InFlight => {
+                visitor.reject(Some(&id), RejectReason::UnknownSession);
+                return Ok(Loading::Done(Token::InFlight));
+            }
+            Found::Gone => {
+                visitor.reject(Some(&id), RejectReason::UnknownSession);
+                return Ok(Loading::Done(Token::None));
+            }
+        };
+        let touch = match policy::evaluate(&record, now, &config.timeouts) {
+            Verdict::Valid { touch } => touch,
+            Verdict::Expired(reason) => {
+                Box::pin(destroy(config, &current, &record, "an expired session")).await;
+                let network = visitor.client.ip.map(Network::of_default);
+                visitor.sink.push(|| SessionEvent::Expired {
+                    session: current.fingerprint(),
+                    reason,
+                    network,
+                });
+                return Ok(Loading::Done(Token::None));
+            }
+        };
+        let binding = match &config.binding {
+            None => None,
+            Some(rules) => {
+                let client = visitor.client;
+                let location = rules.locate(client.ip);
+                match policy::check_binding(
+                    record.binding.as_deref(),
+                    client,
+                    location.as_ref(),
+                    now,
+                    rules,
+                ) {
+                    BindingVerdict::Accept(update) => update.map(Box::new),
+                    BindingVerdict::Reject(reason) => {
+                        Box::pin(destroy(config, &current, &record, "a rejected session")).await;
+                        visitor.reject(Some(&current), reason);
+                        return Ok(match rules.action() {
+                            RejectAction::Respond => Loading::Unauthorized,
+                            _ => Loading::Done(Token::None),
+                        });
+                    }
+                }
+            }
+        };
+        if forwarded || !policy::renewal_due(&record, now, config.renewal.as_ref()) {
+            return Ok(Loading::Done(Token::Session(Loaded {
+                id: current,
+                record,
+                touch,
+                binding,
+                resend: resign || forwarded,
+            })));
+        }
+        // Boxed, like the other rare steps: the common path's future would
+        // otherwise carry room for theirs.
+        if let Some(renewed) = Box::pin(renew(visitor, &current, touch, binding)).await? {
+            return Ok(Loading::Done(Token::Session(renewed)));
+        }
+    }
+    visitor.reject(Some(&id), RejectReason::UnknownSession);
+    Ok(Loading::Done(Token::None))
+}
+
+/// Gives the session a new id, leaving a forward for the grace period.
+/// `None` when a concurrent request renewed it first.
+async fn renew(
+    visitor: &mut Visitor<'_>,
+    id: &SessionId,
+    touch: Option<Touch>,
+    binding: Option<Box<Binding>>,
+) -> Result<Option<Loaded>, StoreError> {
+    let config = visitor.config;
+    let Some(renewal) = config.renewal else {
+        return Ok(None);
+    };
+    let change = Change {
+        touch,
+        binding: binding.map(|b| *b),
+        ..Change::default()
+    };
+    let renewed = lifecycle::regenerate(
+        &*config.store,
+        id,
+        &change,
+        visitor.now,
+        Some(renewal.grace),
+    )
+    .await?;
+    let Some((new_id, record)) = renewed else {
+        return Ok(None);
+    };
+    visitor.sink.push(|| SessionEvent::Renewed {
+        session: new_id.fingerprint(),
+        previous: id.fingerprint(),
+    });
+    Ok(Some(Loaded {
+        id: new_id,
+        record,
+        touch: None,
+        binding: None,
+        resend: true,
+    }))
+}
+
+/// Deletes a session the policy refused. The policy refuses it whatever
+/// happens here, so a store failure is logged, not fatal.
+async fn destroy(config: &Config, id: &SessionId, record: &SessionRecord, what: &str) {
+    let removed = lifecycle::logout(&*config.store, &id.hash(), record.user_id.as_deref()).await;
+    if let Err(err) = removed {
+        tracing::error!(
+            target: "tower_session_guard",
+            session = %id.fingerprint(),
+            error = %err,
+            "could not delete {what}"
+        );
+    }
+}
+
+/// What the answer needs to know of how the request arrived.
+struct Departure {
+    now: UnixMillis,
+    carrier: Carrier,
+    tokens_allowed: bool,
+    had_token: bool,
+    arrived_as: Option<SessionId>,
+    in_flight: bool,
+    touch: Option<Touch>,
+    binding: Option<Box<Binding>>,
+    resend: bool,
+}
+
+/// Step 6: the handler's [`Session`], in the request's extensions.
+fn hand_over<ReqBody>(
+    config: &Config,
+    arrival: Arrival,
+    request: &mut Request<ReqBody>,
+    events_enabled: bool,
+) -> (Session, Departure) {
+    let Arrival {
+        now,
+        client,
+        carrier,
+        tokens_allowed,
+        had_token,
+        arrived_as,
+        found,
+    } = arrival;
+    let (loaded, in_flight) = match found {
+        Token::Session(loaded) => (Some(loaded), false),
+        Token::InFlight => (None, true),
+        Token::None => (None, false),
+    };
+    let departure = Departure {
+        now,
+        carrier,
+        tokens_allowed,
+        had_token,
+        arrived_as,
+        in_flight,
+        touch: loaded.as_ref().and_then(|l| l.touch),
+        binding: loaded.as_ref().and_then(|l| l.binding.clone()),
+        resend: loaded.as_ref().is_some_and(|l| l.resend),
+    };
+    // What a session created by this request would start as.
+    let template = session::Template {
+        deadlines: policy::fresh_deadlines(now, &config.timeouts),
+        user_agent_header: if client.user_agent.is_none() {
+            request.headers().get(http::header::USER_AGENT).cloned()
+        } else {
+            None
+        },
+        client,
+        binding: config.binding.clone(),
+    };
+    let context = session::Context {
+        store: Arc::clone(&config.store),
+        limit: config.limit.clone(),
+        template,
+        login_allowed: tokens_allowed,
+        events_enabled,
+    };
+    let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
+    request.extensions_mut().insert(session.clone());
+    (session, departure)
+}
+
+/// What the response tells the client.
+enum Plan {
+    /// Hand the client this id's token.
+    Issue {
+        id: SessionId,
+        absolute_deadline: UnixMillis,
+    },
+    /// Leave the client's token alone.
+    Keep,
+    /// Tell the client to drop its token.
+    Clear,
+    /// The request's writes could not be saved.
+    Unsaved,
+    /// The store failed while saving.
+    Unavailable,
+}
+
+/// Step 7: commits what the request changed.
+async fn depart(
+    config: &Config,
+    session: &Session,
+    departure: &Departure,
+    sink: &mut EventSink,
+) -> Plan {
+    let mut state = session.take_state();
+    sink.events.append(&mut state.events);
+    if !departure.tokens_allowed {
+        // Over plain HTTP nothing can be handed to the client, so nothing
+        // new is stored (a login was already refused).
+        return Plan::Keep;
+    }
+    // Boxed, like the load: its state is larger than the rest of the request's.
+    match Box::pin(commit(config, state, departure, session.template(), sink)).await {
+        Ok(plan) => plan,
+        Err(err) => {
+            tracing::error!(
+                target: "tower_session_guard",
+                error = %err,
+                "session store failed while saving a session; answering 503 instead of the handler's response"
+            );
+            Plan::Unavailable
+        }
+    }
+}
+
+/// Applies the request's changes to the store and says what the client
+/// must be told.
+async fn commit(
+    config: &Config,
+    state: State,
+    departure: &Departure,
+    template: &session::Template,
+    sink: &mut EventSink,
+) -> Result<Plan, StoreError> {
+    let now = departure.now;
+    let Some(id) = state.id else {
+        let has_writes = state.pending.has_values();
+        let ending = policy::without_session(
+            has_writes,
+            departure.in_flight,
+            state.logged_out,
+            departure.had_token,
+        );
+        if ending != Ending::Create {
+            return Ok(plan_for(ending));
+        }
+        let record = template.record(IdHash::from_bytes([0; 32]), None, state.pending.into_data());
+        let (id, record) = lifecycle::create(&*config.store, record).await?;
+        sink.push(|| SessionEvent::Created {
+            session: id.fingerprint(),
+        });
+        return Ok(Plan::Issue {
+            id,
+            absolute_deadline: record.absolute_deadline,
+        });
+    };
+
+    let absolute_deadline = state
+        .record
+        .as_ref()
+        .map_or(template.deadlines.absolute_deadline, |r| {
+            r.absolute_deadline
+        });
+    let mut change = state.pending.into_change();
+    let has_writes = !change.is_empty();
+    change.touch = departure.touch;
+    change.binding = departure.binding.as_deref().cloned();
+
+    if state.regenerate {
+        let regenerated = Box::pin(lifecycle::regenerate(
+            &*config.store,
+            &id,
+            &change,
+            now,
+            None,
+        ));
+        return Ok(match regenerated.await? {
+            Some((new_id, record)) => {
+                sink.push(|| SessionEvent::Regenerated {
+                    session: new_id.fingerprint(),
+                    previous: id.fingerprint(),
+                });
+                Plan::Issue {
+                    id: new_id,
+                    absolute_deadline: record.absolute_deadline,
+                }
+            }
+            None => lost(&id, has_writes),
+        });
+    }
+
+    if !change.is_empty() && !lifecycle::commit(&*config.store, &id.hash(), &change).await? {
+        return Ok(lost(&id, has_writes));
+    }
+    Ok(if state.id_issued || departure.resend {
+        Plan::Issue {
+            id,
+            absolute_deadline,
+        }
+    } else {
+        Plan::Keep
+    })
+}
+
+/// The session was destroyed or replaced by another request while this
+/// one ran.
+fn lost(id: &SessionId, has_writes: bool) -> Plan {
+    tracing::debug!(
+        target: "tower_session_guard",
+        session = %id.fingerprint(),
+        "session was destroyed or replaced while the request ran"
+    );
+    plan_for(policy::session_lost(has_writes))
+}
+
+fn plan_for(ending: Ending) -> Plan {
+    match ending {
+        // `without_session` decides creation; the caller creates.
+        Ending::Create | Ending::Keep => Plan::Keep,
+        Ending::Clear => Plan::Clear,
+        Ending::Unsaved => Plan::Unsaved,
+    }
+}
+
+/// Steps 8–9: the token (or its removal) on the handler's response, or
+/// the layer's own answer.
+fn answer<ResBody: Default>(
+    config: &Config,
+    plan: Plan,
+    departure: &Departure,
+    mut response: Response<ResBody>,
+    sink: &mut EventSink,
+) -> Response<ResBody> {
+    match plan {
+        Plan::Issue {
+            id,
+            absolute_deadline,
+        } => {
+            let token = config.keyring.sign(&id);
+            let max_age = absolute_deadline
+                .saturating_sub(departure.now)
+                .div_ceil(1000);
+            config.transport.issue(
+                response.headers_mut(),
+                departure.carrier,
+                &config.cookie_writer,
+                &token,
+                max_age,
+            );
+            response
+        }
+        Plan::Keep => response,
+        Plan::Clear => {
+            let removed = config.transport.remove(
+                response.headers_mut(),
+                departure.carrier,
+                &config.cookie_writer,
+            );
+            if removed {
+                let arrived_as = departure.arrived_as.as_ref();
+                sink.push(|| SessionEvent::TokenRemoved {
+                    session: arrived_as.map(SessionId::fingerprint),
+                });
+            }
+            response
+        }
+        Plan::Unsaved => {
+            tracing::warn!(
+                target: "tower_session_guard",
+                "the session was destroyed or replaced while the request ran; answering 409 instead of \
+                 the handler's response because its writes could not be saved"
+            );
+            status_only(StatusCode::CONFLICT)
+        }
+        Plan::Unavailable => status_only(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// The layer's own answer to a request it does not pass on.
+fn refuse<ResBody: Default>(config: &Config, refusal: Refusal) -> Response<ResBody> {
+    match refusal {
+        Refusal::Blocked { retry_after } => {
+            let mut response = status_only(StatusCode::TOO_MANY_REQUESTS);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+            response
+        }
+        Refusal::StoreFailed => status_only(StatusCode::SERVICE_UNAVAILABLE),
+        Refusal::Unauthorized { carrier } => {
+            let mut response = status_only(StatusCode::UNAUTHORIZED);
+            config
+                .transport
+                .remove(response.headers_mut(), carrier, &config.cookie_writer);
+            response
+        }
+    }
+}
+
+fn status_only<B: Default>(status: StatusCode) -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
+}
