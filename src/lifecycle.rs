@@ -120,6 +120,9 @@ pub(crate) async fn load(
             record,
             forwarded: true,
         },
+        // Renewed, then replaced by a login or a regeneration moments ago:
+        // the client most likely holds the newest id.
+        Some(Entry::Superseded(marker)) if now < marker.until => Found::InFlight,
         _ => Found::Gone,
     })
 }
@@ -176,34 +179,33 @@ pub(crate) async fn regenerate(
     now: UnixMillis,
     grace: Option<UnixMillis>,
 ) -> Result<Option<(SessionId, Arc<SessionRecord>)>, StoreError> {
-    let new = SessionId::generate();
-    let left = match grace.filter(|&grace| grace > 0) {
-        Some(grace) => Entry::Forward(Forward {
-            successor: new.hash(),
-            sealed_id: old.seal(&new),
-            until: now.saturating_add(grace),
-        }),
-        None => superseded_by(&new.hash(), now),
-    };
-    let new_hash = new.hash();
-    let moved = move_session(store, &old.hash(), &left, |current| {
+    let grace = grace.filter(|&grace| grace > 0);
+    move_session(store, &old.hash(), false, |current, new| {
         let mut record = current.clone();
         record.apply(change);
-        record.id_hash = new_hash;
+        record.id_hash = new.hash();
         record.id_issued_at = now;
-        record
+        let left = match grace {
+            Some(grace) => Entry::Forward(Forward {
+                successor: new.hash(),
+                sealed_id: old.seal(new),
+                until: now.saturating_add(grace),
+            }),
+            None => superseded_by(&new.hash(), now),
+        };
+        (record, left)
     })
-    .await?;
-    Ok(moved.map(|record| (new, record)))
+    .await
 }
 
 /// A login, as the session handle asks for it.
 pub(crate) struct Login<'a> {
     /// The stored session the request arrived with, if any.
     pub(crate) previous: Option<IdHash>,
-    /// The session to create when there is no previous one: the new id's
-    /// hash, the user, the client. Its `user_id`, `id_issued_at`, `ip`,
-    /// `user_agent` and `binding` also go to a moved session.
+    /// The session to create when there is no previous one: the user, the
+    /// client (its `id_hash` is replaced by the new id's). Its `user_id`,
+    /// `id_issued_at`, `ip`, `user_agent` and `binding` also go to a moved
+    /// session.
     pub(crate) record: SessionRecord,
     /// The request's pending writes, applied to a moved session.
     pub(crate) change: &'a Change,
@@ -215,6 +217,8 @@ pub(crate) struct Login<'a> {
 /// What a login did.
 pub(crate) enum LoginOutcome {
     LoggedIn {
+        /// The new id.
+        id: SessionId,
         record: Arc<SessionRecord>,
         /// The previous session was moved (`false`: a new one was created).
         moved: bool,
@@ -260,33 +264,36 @@ async fn login_locked(
         }
     };
 
-    let new_hash = login.record.id_hash;
     let mut moved = None;
     if let Some(previous) = &login.previous {
-        let left = superseded_by(&new_hash, login.now);
-        moved = move_session(store, previous, &left, |current| moved_by(login, current)).await?;
+        // A renewal running meanwhile may have moved the previous session:
+        // the login follows it, so that the renewed copy cannot outlive the
+        // count the limit was checked against.
+        moved = move_session(store, previous, true, |current, new| {
+            (
+                moved_by(login, current, new),
+                superseded_by(&new.hash(), login.now),
+            )
+        })
+        .await?;
     }
-    let (record, was_moved) = match moved {
-        Some(record) => (record, true),
+    let (id, record, was_moved) = match moved {
+        Some((id, record)) => (id, record, true),
         None => {
-            if !store.create(&login.record).await? {
-                return Err(StoreError::IdCollision);
-            }
-            store
-                .index_add(user, &new_hash, login.record.absolute_deadline)
-                .await?;
-            (Arc::new(login.record.clone()), false)
+            let (id, record) = create(store, login.record.clone()).await?;
+            (id, Arc::new(record), false)
         }
     };
 
     let mut evicted = Vec::new();
     for victim in &victims {
         let owner = Owner::Known(Some(user));
-        if let Some(removed) = remove_following(store, victim, owner, Some(&new_hash)).await? {
+        if let Some(removed) = remove_following(store, victim, owner, Some(&id.hash())).await? {
             evicted.push(removed.id_hash);
         }
     }
     Ok(LoginOutcome::LoggedIn {
+        id,
         record,
         moved: was_moved,
         evicted,
@@ -296,19 +303,19 @@ async fn login_locked(
 /// The previous session as a login moves it. A session signed in as
 /// another user keeps none of that user's data: only the request's own
 /// writes carry over.
-fn moved_by(login: &Login<'_>, previous: &SessionRecord) -> SessionRecord {
+fn moved_by(login: &Login<'_>, previous: &SessionRecord, new: &SessionId) -> SessionRecord {
     let mut moved = previous.clone();
     if previous.user_id.is_some() && previous.user_id != login.record.user_id {
         moved.data = SessionData::default();
     }
     moved.apply(login.change);
-    let new = &login.record;
-    moved.id_hash = new.id_hash;
-    moved.user_id.clone_from(&new.user_id);
-    moved.id_issued_at = new.id_issued_at;
-    moved.ip = new.ip;
-    moved.user_agent.clone_from(&new.user_agent);
-    moved.binding.clone_from(&new.binding);
+    let template = &login.record;
+    moved.id_hash = new.hash();
+    moved.user_id.clone_from(&template.user_id);
+    moved.id_issued_at = template.id_issued_at;
+    moved.ip = template.ip;
+    moved.user_agent.clone_from(&template.user_agent);
+    moved.binding.clone_from(&template.binding);
     moved
 }
 
@@ -319,20 +326,31 @@ fn superseded_by(successor: &IdHash, now: UnixMillis) -> Entry {
     })
 }
 
-/// Moves the session under `old` to the id of the record `build` makes
-/// from it, leaving `left` under `old` (see rules 1 and 2 in the module
-/// docs). `None` when `old` is no longer a session.
+/// Moves the session under `old` to a new id, as `build` makes its record
+/// and the entry to leave under `old` from the current session and the new
+/// id (see rules 1 and 2 in the module docs). Each attempt draws a new id,
+/// so a reader that saw an attempt's copy vanish can never mistake a later
+/// attempt's for it. With `follow_forwards`, a session renewed meanwhile is
+/// moved from where the renewal put it. `None` when `old` is no longer a
+/// session.
 async fn move_session(
     store: &dyn SessionStore,
     old: &IdHash,
-    left: &Entry,
-    build: impl Fn(&SessionRecord) -> SessionRecord,
-) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+    follow_forwards: bool,
+    build: impl Fn(&SessionRecord, &SessionId) -> (SessionRecord, Entry),
+) -> Result<Option<(SessionId, Arc<SessionRecord>)>, StoreError> {
+    let mut old = *old;
     for _ in 0..MOVE_ATTEMPTS {
-        let Some(Entry::Session(current)) = store.load(old).await? else {
-            return Ok(None);
+        let current = match store.load(&old).await? {
+            Some(Entry::Session(current)) => current,
+            Some(Entry::Forward(forward)) if follow_forwards => {
+                old = forward.successor;
+                continue;
+            }
+            _ => return Ok(None),
         };
-        let moved = build(&current);
+        let new = SessionId::generate();
+        let (moved, left) = build(&current, &new);
         if !store.create(&moved).await? {
             return Err(StoreError::IdCollision);
         }
@@ -341,11 +359,11 @@ async fn move_session(
                 .index_add(user, &moved.id_hash, moved.absolute_deadline)
                 .await?;
         }
-        if store.replace(old, current.version, Some(left)).await? {
+        if store.replace(&old, current.version, Some(&left)).await? {
             if let Some(user) = &current.user_id {
-                store.index_remove(user, &[*old]).await?;
+                store.index_remove(user, &[old]).await?;
             }
-            return Ok(Some(Arc::new(moved)));
+            return Ok(Some((new, Arc::new(moved))));
         }
         // Written meanwhile (copy again), or no longer a session (the next
         // load says so). Nobody knows the new id yet: take it back.
@@ -522,3 +540,6 @@ pub(crate) async fn sessions_of(
     }
     Ok(live)
 }
+
+#[cfg(test)]
+mod tests;

@@ -326,9 +326,9 @@ impl Session {
         };
         let context = &self.inner.context;
         let limit = context.limit.as_ref().map(|rule| rule.for_user(&user_id));
-        let new_id = SessionId::generate();
+        // The lifecycle draws the new id.
         let record = context.template.record(
-            new_id.hash(),
+            IdHash::from_bytes([0; 32]),
             Some(user_id.clone()),
             change.set.iter().cloned().collect(),
         );
@@ -342,12 +342,13 @@ impl Session {
         // A colliding new id (never expected: 128 random bits) changes
         // nothing and surfaces as a store error.
         let outcome = lifecycle::login(&*context.store, login).await?;
-        let (record, moved, evicted) = match outcome {
+        let (new_id, record, moved, evicted) = match outcome {
             LoginOutcome::LoggedIn {
+                id,
                 record,
                 moved,
                 evicted,
-            } => (record, moved, evicted),
+            } => (id, record, moved, evicted),
             LoginOutcome::LimitReached => {
                 return Err(SessionError::LimitReached {
                     max: limit.map_or(0, |l| l.max),

@@ -268,3 +268,73 @@ async fn an_anonymous_flood_never_evicts_a_signed_in_session() {
         &evicted[..evicted.len().min(3)]
     );
 }
+
+#[tokio::test]
+async fn a_request_in_flight_across_a_renewal_and_a_regeneration_keeps_the_new_cookie() {
+    let clock = ManualClock::new();
+    let layer = SessionLayer::new(MemoryStore::new(1_000), Key::generate())
+        .with_renewal_interval(RENEW_EVERY, GRACE)
+        .with_clock(clock.clone());
+    let app = common::app(layer);
+    let first = login(&app, "bo").await;
+    clock.advance(RENEW_EVERY + Duration::from_secs(1));
+    // One tab's request renews the id; another tab then regenerates it.
+    let renewed = send(&app, "GET", "/whoami", Some(&first))
+        .await
+        .token()
+        .expect("a renewal hands out the new id");
+    let newest = send(&app, "POST", "/regenerate", Some(&renewed))
+        .await
+        .token()
+        .expect("a regeneration hands out the new id");
+    // A request the browser sent with the first id arrives now, within grace.
+    let late: Reply = send(&app, "GET", "/noop", Some(&first)).await;
+    assert!(
+        !late.clears_cookie(),
+        "a request in flight across a renewal and a regeneration must leave the client's new cookie alone: {:?}",
+        late.session_cookies()
+    );
+    assert_eq!(whoami(&app, &newest).await, "bo");
+}
+
+#[tokio::test]
+async fn an_anonymous_flood_does_not_cut_a_renewal_short() {
+    const CAP: u64 = 200;
+    let clock = ManualClock::new();
+    let gate = Gate::default();
+    let layer = SessionLayer::new(MemoryStore::new(CAP), Key::generate())
+        .with_renewal_interval(RENEW_EVERY, GRACE)
+        .with_clock(clock.clone());
+    let app = app_with_held_routes(layer, &gate);
+    let first = login(&app, "cy").await;
+    let flood = |app: Router| async move {
+        for _ in 0..2 * CAP {
+            let reply = send(&app, "POST", "/set/k/v", None).await;
+            assert!(reply.token().is_some(), "each visitor stores a session");
+        }
+    };
+    flood(app.clone()).await;
+
+    // A logout with the first id has loaded the session and is held...
+    let logout = spawn_send(&app, "POST", "/held/logout", &first);
+    gate.reached().await;
+    // ...while another tab's request renews the id, and visitors keep coming.
+    clock.advance(RENEW_EVERY + Duration::from_secs(1));
+    let renewed = send(&app, "GET", "/whoami", Some(&first))
+        .await
+        .token()
+        .expect("a renewal hands out the new id");
+    flood(app.clone()).await;
+    assert_eq!(
+        whoami(&app, &first).await,
+        "cy",
+        "within the grace period the old id still forwards, whatever the anonymous traffic"
+    );
+    gate.open();
+    assert_eq!(logout.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        whoami(&app, &renewed).await,
+        "anonymous",
+        "a logout with the old id ends the renewed session"
+    );
+}

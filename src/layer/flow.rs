@@ -314,7 +314,7 @@ async fn load(
     let now = visitor.now;
     // Two rounds at most: a renewal lost to a concurrent request is retried
     // once, through the forward the winner left.
-    for _ in 0..2 {
+    for round in 0..2 {
         let (current, record, forwarded) = match lifecycle::load(&*config.store, &id, now).await? {
             Found::Session {
                 id,
@@ -323,7 +323,11 @@ async fn load(
             } => (id, record, forwarded),
             Found::Missing => {
                 visitor.reject(Some(&id), RejectReason::UnknownSession);
-                visitor.guess_failed();
+                // The second round follows a renewal this request lost:
+                // the id was real, whatever removed it since.
+                if round == 0 {
+                    visitor.guess_failed();
+                }
                 return Ok(Loading::Done(Token::None));
             }
             Found::InFlight => {

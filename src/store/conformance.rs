@@ -629,6 +629,7 @@ fn signed_in(outcome: LoginOutcome) -> (std::sync::Arc<SessionRecord>, bool, Vec
             record,
             moved,
             evicted,
+            ..
         } => (record, moved, evicted),
         LoginOutcome::LimitReached => {
             panic!("store contract: a login under the limit must succeed")

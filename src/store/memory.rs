@@ -36,8 +36,9 @@ const USER_LOCKS: usize = 64;
 ///   quick_cache's scan-resistant policy (S3-FIFO), so a burst of one-time
 ///   visitors does not flush the sessions in regular use.
 /// - **Signed-in sessions come first**: signed-in sessions and anonymous
-///   ones (with the placeholders a moved session leaves behind) are kept
-///   in two tiers. An anonymous session never evicts a signed-in one: a
+///   ones are kept in two tiers (the placeholder a moved session leaves
+///   behind stays in its session's tier, so a flood cannot cut a signed-in
+///   session's renewal short). An anonymous session never evicts a signed-in one: a
 ///   flood of anonymous visitors only pushes out other anonymous visitors.
 ///   Each signed-in session takes its room from the anonymous tier, down
 ///   to a reserve of 1 % of `max_sessions` (at least one), so that
@@ -95,8 +96,9 @@ struct Room {
     reserve: u64,
     /// The anonymous tier is resized when its target moved this far.
     step: u64,
-    /// The anonymous tier's capacity as last set.
-    anonymous: AtomicU64,
+    /// The anonymous tier's capacity as last set (set under this lock, so
+    /// that concurrent rebalances apply in order).
+    anonymous: Mutex<u64>,
     /// The backstop sweeps once per this many new sessions.
     sweep_every: u64,
 }
@@ -140,14 +142,14 @@ impl Stored {
     }
 }
 
-/// The per-user index, and the count of signed-in sessions.
+/// The per-user index, and the size of the signed-in tier.
 struct Index {
     /// User key → that user's session ids.
     users: Mutex<HashMap<u64, Ids, IdHashState>>,
     /// The index key of a user id.
     key_of: fn(&std::collections::hash_map::RandomState, &str) -> u64,
     hasher: std::collections::hash_map::RandomState,
-    /// Signed-in sessions stored.
+    /// Entries in the signed-in tier.
     signed_in: AtomicU64,
 }
 
@@ -229,28 +231,32 @@ impl Index {
             .unwrap_or_default()
     }
 
-    /// Accounts for `slot` under `id` leaving the store; `by_store` when
-    /// the store itself dropped it (an eviction, the backstop), which the
-    /// lifecycle does not see, so the user index is updated here.
-    fn released(&self, id: &IdHash, slot: &Slot, by_store: bool) {
-        if let Some(user) = slot.stored.user() {
+    /// Accounts for `slot` under `id` leaving the store, from the
+    /// signed-in tier or not; `by_store` when the store itself dropped it
+    /// (an eviction, the backstop), which the lifecycle does not see, so
+    /// the user index is updated here.
+    fn released(&self, id: &IdHash, slot: &Slot, signed_in_tier: bool, by_store: bool) {
+        if signed_in_tier {
             self.signed_in.fetch_sub(1, Ordering::Relaxed);
-            if by_store {
-                self.remove(user, std::slice::from_ref(id));
-            }
+        }
+        if let (true, Some(user)) = (by_store, slot.stored.user()) {
+            self.remove(user, std::slice::from_ref(id));
         }
     }
 }
 
 /// quick_cache's eviction hook: an evicted session leaves its user's index.
 #[derive(Clone)]
-struct Evictions(Arc<Index>);
+struct Evictions {
+    index: Arc<Index>,
+    signed_in_tier: bool,
+}
 
 impl Lifecycle<IdHash, Slot> for Evictions {
     type RequestState = ();
 
     fn on_evict(&self, _state: &mut (), id: IdHash, slot: Slot) {
-        self.0.released(&id, &slot, true);
+        self.index.released(&id, &slot, self.signed_in_tier, true);
     }
 }
 
@@ -269,24 +275,27 @@ impl MemoryStore {
     fn with_index(max_sessions: u64, started: Instant, index: Index) -> Self {
         let max_sessions = max_sessions.max(1);
         let index = Arc::new(index);
-        let tier = || {
+        let tier = |signed_in_tier| {
             Cache::with(
                 usize::try_from(max_sessions).unwrap_or(usize::MAX),
                 max_sessions,
                 UnitWeighter,
                 IdHashState::new(),
-                Evictions(Arc::clone(&index)),
+                Evictions {
+                    index: Arc::clone(&index),
+                    signed_in_tier,
+                },
             )
         };
         Self {
             shared: Arc::new(Shared {
-                signed_in: tier(),
-                anonymous: tier(),
+                signed_in: tier(true),
+                anonymous: tier(false),
                 room: Room {
                     max_sessions,
                     reserve: (max_sessions / 100).max(1),
                     step: (max_sessions / 256).max(1),
-                    anonymous: AtomicU64::new(max_sessions),
+                    anonymous: Mutex::new(max_sessions),
                     sweep_every: (max_sessions / 4).max(1024),
                 },
                 created: AtomicU64::new(0),
@@ -370,7 +379,11 @@ impl Shared {
         by_store: bool,
     ) -> Option<Slot> {
         let (_, slot) = tier.remove_if(id, condition)?;
-        self.index.released(id, &slot, by_store);
+        let signed_in_tier = std::ptr::eq(tier, &self.signed_in);
+        self.index.released(id, &slot, signed_in_tier, by_store);
+        if signed_in_tier {
+            self.rebalance();
+        }
         Some(slot)
     }
 
@@ -378,11 +391,11 @@ impl Shared {
     /// count of signed-in sessions exact.
     fn sweep(&self) {
         let now = self.now_secs();
-        for tier in [&self.signed_in, &self.anonymous] {
+        for (tier, signed_in_tier) in [(&self.signed_in, true), (&self.anonymous, false)] {
             tier.retain(|id, slot| {
                 let keep = slot.drop_after >= now;
                 if !keep {
-                    self.index.released(id, slot, true);
+                    self.index.released(id, slot, signed_in_tier, true);
                 }
                 keep
             });
@@ -394,18 +407,17 @@ impl Shared {
     /// the reserve, once the target has moved by a step.
     fn rebalance(&self) {
         let room = &self.room;
+        let mut anonymous = room
+            .anonymous
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let signed_in = self.index.signed_in.load(Ordering::Relaxed);
         let target = room
             .max_sessions
             .saturating_sub(signed_in)
             .max(room.reserve);
-        let current = room.anonymous.load(Ordering::Relaxed);
-        if target.abs_diff(current) >= room.step
-            && room
-                .anonymous
-                .compare_exchange(current, target, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if target.abs_diff(*anonymous) >= room.step {
+            *anonymous = target;
             self.anonymous.set_capacity(target);
         }
     }
@@ -504,15 +516,10 @@ impl SessionStore for MemoryStore {
         let at_version =
             |slot: &Slot| matches!(&slot.stored, Stored::Session(r) if r.version == version);
         let Some(with) = with else {
-            let removed = shared.take_if(tier, id, at_version, false);
-            if removed
-                .as_ref()
-                .is_some_and(|slot| slot.stored.user().is_some())
-            {
-                shared.rebalance();
-            }
-            return Ok(removed.is_some());
+            return Ok(shared.take_if(tier, id, at_version, false).is_some());
         };
+        // In place, in the tier the session was in: a placeholder lasts as
+        // long in the face of evictions as the session it stands for.
         let replaced = tier.entry(id, None, |_, slot| {
             let Stored::Session(current) = &slot.stored else {
                 return EntryAction::Retain(false);
@@ -522,37 +529,17 @@ impl SessionStore for MemoryStore {
             }
             // Kept at least as long as the session it replaces would have been.
             let lifetime = with.expires_at().saturating_sub(current.last_seen);
-            let new = shared.slot(with, lifetime);
-            if current.user_id.is_none() {
-                *slot = new;
-                return EntryAction::Retain(true);
-            }
-            // A placeholder belongs to the anonymous tier. It goes in
-            // before the session goes out, under the session's shard lock:
-            // a reader finds one or the other, never neither.
-            shared.anonymous.insert(*id, new);
-            EntryAction::Remove
+            *slot = shared.slot(with, lifetime);
+            EntryAction::Retain(true)
         });
-        Ok(match replaced {
-            EntryResult::Retained(done) => done,
-            EntryResult::Removed(_, session) => {
-                shared.index.released(id, &session, false);
-                shared.rebalance();
-                true
-            }
-            _ => false,
-        })
+        Ok(matches!(replaced, EntryResult::Retained(true)))
     }
 
     async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
         let shared = &*self.shared;
-        let removed = match shared.take_if(&shared.signed_in, id, |_| true, false) {
-            Some(slot) => {
-                shared.rebalance();
-                Some(slot)
-            }
-            None => shared.take_if(&shared.anonymous, id, |_| true, false),
-        };
+        let removed = shared
+            .take_if(&shared.signed_in, id, |_| true, false)
+            .or_else(|| shared.take_if(&shared.anonymous, id, |_| true, false));
         Ok(removed.map(|slot| slot.stored.into_entry()))
     }
 
@@ -723,22 +710,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_signed_in_session_replaced_by_a_placeholder_moves_to_the_anonymous_tier() {
+    async fn a_placeholder_stays_in_its_sessions_tier() {
         let store = MemoryStore::new(10);
         let r = signed_in(&store, "u").await;
-        assert_eq!(store.shared.index.signed_in.load(Ordering::Relaxed), 1);
         let marker = Entry::Superseded(crate::record::Superseded {
             successor: SessionId::generate().hash(),
             until: 2_000,
         });
         assert!(!store.replace(&r.id_hash, 7, Some(&marker)).await.unwrap());
         assert!(store.replace(&r.id_hash, 0, Some(&marker)).await.unwrap());
-        assert_eq!(store.shared.index.signed_in.load(Ordering::Relaxed), 0);
-        assert!(store.shared.anonymous.contains_key(&r.id_hash));
-        assert!(!store.shared.signed_in.contains_key(&r.id_hash));
+        assert!(store.shared.signed_in.contains_key(&r.id_hash));
         assert_eq!(store.load(&r.id_hash).await.unwrap(), Some(marker));
+        // An anonymous flood cannot push it out.
+        for _ in 0..1_000 {
+            store.create(&record(None)).await.unwrap();
+        }
+        assert!(store.load(&r.id_hash).await.unwrap().is_some());
         assert!(store.delete(&r.id_hash).await.unwrap().is_some());
-        assert!(store.is_empty());
+        assert_eq!(store.shared.index.signed_in.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
