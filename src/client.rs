@@ -190,8 +190,8 @@ impl TrustedProxies {
     ///
     /// # Errors
     ///
-    /// The first entry that is not a network, in a sentence.
-    pub fn networks<I, S>(networks: I) -> Result<Self, String>
+    /// [`InvalidProxyNetwork`] for the first entry that is not a network.
+    pub fn networks<I, S>(networks: I) -> Result<Self, InvalidProxyNetwork>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -200,9 +200,8 @@ impl TrustedProxies {
             .into_iter()
             .map(|text| {
                 let text = text.as_ref();
-                text.parse::<Network>().map_err(|_| {
-                    format!("{text:?} is not a network; write it as CIDR, e.g. `10.0.0.0/8`")
-                })
+                text.parse::<Network>()
+                    .map_err(|_| InvalidProxyNetwork(text.to_owned()))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|networks| Self {
@@ -368,6 +367,23 @@ pub(crate) fn checked_prefixes(ipv4: u8, ipv6: u8) -> (u8, u8) {
     );
     (ipv4, ipv6)
 }
+
+/// A trusted-proxy network that is not written as a network, from
+/// [`TrustedProxies::networks`]; holds the text given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidProxyNetwork(pub String);
+
+impl fmt::Display for InvalidProxyNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a network; write it as CIDR, e.g. `10.0.0.0/8`",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidProxyNetwork {}
 
 /// An IP network: an address and a prefix length, such as `203.0.113.0/24`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -90,7 +90,7 @@ pub use crate::session::{Session, MAX_USER_ID_LEN};
 #[cfg(feature = "redis")]
 pub use crate::store::RedisStore;
 pub use crate::store::{CachedStore, MemoryStore, SessionStore, StoreError};
-pub use crate::transport::{CookieConfig, Transport};
+pub use crate::transport::{CookieConfig, CookieConfigError, Transport};
 
 /// The `redis` crate this one is built with, for [`RedisStore::from_client`] and friends.
 #[cfg(feature = "redis")]

@@ -116,20 +116,15 @@ impl CookieConfig {
     /// # Errors
     ///
     /// A sentence that says what to change.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), CookieConfigError> {
+        let name = || self.name.clone();
         if self.name.is_empty() || !self.name.bytes().all(is_token_byte) {
-            return Err(format!(
-                "the session cookie name {:?} is not a valid cookie name; use letters, digits and `-_.!#$%&'*+^`|~` only",
-                self.name
-            ));
+            return Err(CookieConfigError::InvalidName(name()));
         }
         if !self.path.starts_with('/')
             || self.path.bytes().any(|b| b == b';' || b.is_ascii_control())
         {
-            return Err(format!(
-                "the session cookie path {:?} must start with `/` and contain no `;` or control characters",
-                self.path
-            ));
+            return Err(CookieConfigError::InvalidPath(self.path.clone()));
         }
         if let Some(domain) = &self.domain {
             if domain.is_empty()
@@ -137,47 +132,28 @@ impl CookieConfig {
                     .bytes()
                     .any(|b| b == b';' || b.is_ascii_control() || b == b' ')
             {
-                return Err(format!(
-                    "the session cookie domain {domain:?} is not a valid domain"
-                ));
+                return Err(CookieConfigError::InvalidDomain(domain.clone()));
             }
         }
         if has_prefix(&self.name, "__Host-") {
             if !self.secure {
-                return Err(format!(
-                    "the session cookie is named {:?} but `with_secure(false)` was set: browsers drop `__Host-` cookies \
-                     that are not Secure; keep `with_secure(true)` or choose a name without the `__Host-` prefix",
-                    self.name
-                ));
+                return Err(CookieConfigError::HostPrefixNotSecure(name()));
             }
             if self.domain.is_some() {
-                return Err(format!(
-                    "the session cookie is named {:?} but has a domain: browsers drop `__Host-` cookies with a Domain; \
-                     remove `with_domain(..)` or choose a name without the `__Host-` prefix",
-                    self.name
-                ));
+                return Err(CookieConfigError::HostPrefixWithDomain(name()));
             }
             if self.path != "/" {
-                return Err(format!(
-                    "the session cookie is named {:?} but its path is {:?}: `__Host-` cookies must have `Path=/`; \
-                     remove `with_path(..)` or choose a name without the `__Host-` prefix",
-                    self.name, self.path
-                ));
+                return Err(CookieConfigError::HostPrefixWithPath {
+                    name: name(),
+                    path: self.path.clone(),
+                });
             }
         }
         if has_prefix(&self.name, "__Secure-") && !self.secure {
-            return Err(format!(
-                "the session cookie is named {:?} but `with_secure(false)` was set: browsers drop `__Secure-` cookies \
-                 that are not Secure; keep `with_secure(true)` or rename the cookie",
-                self.name
-            ));
+            return Err(CookieConfigError::SecurePrefixNotSecure(name()));
         }
         if self.same_site == SameSite::None && !self.secure {
-            return Err(
-                "`SameSite=None` needs a Secure cookie (browsers drop it otherwise); keep `with_secure(true)` \
-                 or use `SameSite::Lax`"
-                    .to_owned(),
-            );
+            return Err(CookieConfigError::SameSiteNoneNotSecure);
         }
         Ok(())
     }
@@ -227,6 +203,78 @@ impl CookieConfig {
         }
     }
 }
+
+/// A cookie configuration browsers would refuse, from
+/// [`CookieConfig::validate`]. Each variant's message says what to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CookieConfigError {
+    /// The name is empty or holds characters a cookie name cannot.
+    InvalidName(String),
+    /// The path does not start with `/`, or holds `;` or control characters.
+    InvalidPath(String),
+    /// The domain is empty or holds `;`, spaces or control characters.
+    InvalidDomain(String),
+    /// A `__Host-` cookie that is not Secure.
+    HostPrefixNotSecure(String),
+    /// A `__Host-` cookie with a Domain.
+    HostPrefixWithDomain(String),
+    /// A `__Host-` cookie whose path is not `/`.
+    HostPrefixWithPath {
+        /// The cookie's name.
+        name: String,
+        /// The path it was given.
+        path: String,
+    },
+    /// A `__Secure-` cookie that is not Secure.
+    SecurePrefixNotSecure(String),
+    /// `SameSite=None` on a cookie that is not Secure.
+    SameSiteNoneNotSecure,
+}
+
+impl fmt::Display for CookieConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidName(name) => write!(
+                f,
+                "the session cookie name {name:?} is not a valid cookie name; use letters, digits and `-_.!#$%&'*+^`|~` only"
+            ),
+            Self::InvalidPath(path) => write!(
+                f,
+                "the session cookie path {path:?} must start with `/` and contain no `;` or control characters"
+            ),
+            Self::InvalidDomain(domain) => {
+                write!(f, "the session cookie domain {domain:?} is not a valid domain")
+            }
+            Self::HostPrefixNotSecure(name) => write!(
+                f,
+                "the session cookie is named {name:?} but `with_secure(false)` was set: browsers drop `__Host-` cookies \
+                 that are not Secure; keep `with_secure(true)` or choose a name without the `__Host-` prefix"
+            ),
+            Self::HostPrefixWithDomain(name) => write!(
+                f,
+                "the session cookie is named {name:?} but has a domain: browsers drop `__Host-` cookies with a Domain; \
+                 remove `with_domain(..)` or choose a name without the `__Host-` prefix"
+            ),
+            Self::HostPrefixWithPath { name, path } => write!(
+                f,
+                "the session cookie is named {name:?} but its path is {path:?}: `__Host-` cookies must have `Path=/`; \
+                 remove `with_path(..)` or choose a name without the `__Host-` prefix"
+            ),
+            Self::SecurePrefixNotSecure(name) => write!(
+                f,
+                "the session cookie is named {name:?} but `with_secure(false)` was set: browsers drop `__Secure-` cookies \
+                 that are not Secure; keep `with_secure(true)` or rename the cookie"
+            ),
+            Self::SameSiteNoneNotSecure => f.write_str(
+                "`SameSite=None` needs a Secure cookie (browsers drop it otherwise); keep `with_secure(true)` \
+                 or use `SameSite::Lax`",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CookieConfigError {}
 
 /// A [`CookieConfig`] rendered once at start-up: each response then only
 /// joins the name, the token and the fixed attributes.
@@ -723,15 +771,26 @@ mod tests {
     fn host_prefix_misconfigurations_are_refused_with_advice() {
         let base = CookieConfig::default();
         assert!(base.validate().is_ok());
-        let err = base.clone().with_secure(false).validate().unwrap_err();
+        let err = base
+            .clone()
+            .with_secure(false)
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("with_secure(true)"), "{err}");
         let err = base
             .clone()
             .with_domain("example.com")
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Domain"), "{err}");
-        let err = base.clone().with_path("/app").validate().unwrap_err();
+        let err = base
+            .clone()
+            .with_path("/app")
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Path=/"), "{err}");
         assert!(base.clone().with_name("bad name").validate().is_err());
         let err = base
@@ -739,7 +798,8 @@ mod tests {
             .with_name("__host-id")
             .with_secure(false)
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("with_secure(true)"),
             "prefixes match in any case: {err}"
