@@ -3,19 +3,37 @@
 //! Add one layer and every request has a validated [`Session`]:
 //!
 //! ```
-//! use axum::{routing::get, Router};
+//! use axum::routing::{get, post};
+//! use axum::{http::StatusCode, Router};
 //! use tower_session_guard::{Key, MemoryStore, Session, SessionError, SessionLayer};
 //!
-//! async fn handler(session: Session) -> Result<String, SessionError> {
+//! async fn visits(session: Session) -> Result<String, SessionError> {
 //!     let visits: u64 = session.get("visits")?.unwrap_or(0);
-//!     session.insert("visits", visits + 1)?;
+//!     session.insert("visits", visits + 1)?; // saved when the response goes out
 //!     Ok(format!("visit number {}", visits + 1))
 //! }
 //!
+//! async fn sign_in(session: Session) -> Result<&'static str, SessionError> {
+//!     // ...once the user's credentials checked out:
+//!     session.login("user-42").await?; // a new id now; the old one is dead
+//!     Ok("welcome")
+//! }
+//!
+//! async fn account(session: Session) -> Result<String, StatusCode> {
+//!     let user = session.user_id().ok_or(StatusCode::UNAUTHORIZED)?;
+//!     Ok(format!("signed in as {user}"))
+//! }
+//!
 //! let app: Router = Router::new()
-//!     .route("/", get(handler))
+//!     .route("/", get(visits))
+//!     .route("/sign-in", post(sign_in))
+//!     .route("/account", get(account))
 //!     .layer(SessionLayer::new(MemoryStore::default(), Key::generate()));
 //! ```
+//!
+//! The [`guide`] walks through protecting routes, developing over plain
+//! HTTP, deploying behind a proxy, running several instances and writing a
+//! store.
 //!
 //! # What the layer does for every request
 //!
@@ -23,12 +41,14 @@
 //! 2. **key** verifies its HMAC-SHA256 tag in constant time (a forged or
 //!    damaged token is simply *no session* and never reaches the store);
 //! 3. **client** notes the peer address and whether the request is HTTPS;
-//! 4. **store** loads the record by the id's SHA-256 at-rest hash;
-//! 5. **policy** checks the idle and absolute deadlines stored in the record;
+//! 4. **lifecycle** loads the session by the id's SHA-256 at-rest hash,
+//!    following a renewal's forward;
+//! 5. **policy** checks the idle and absolute deadlines stored in the
+//!    record, the client binding, and whether the id is due for renewal;
 //! 6. the handler gets a [`Session`] (synchronous `get`/`insert`/`remove`);
-//! 7. on the way out, what changed is committed to the store as a delta;
+//! 7. on the way out, **lifecycle** commits what changed as a delta;
 //! 8. a new or changed id goes back in `Set-Cookie`, with `Cache-Control: no-store`;
-//! 9. lifecycle [`SessionEvent`]s go to your handler and to `tracing`.
+//! 9. the request's [`SessionEvent`]s go to your handler and to `tracing`.
 //!
 //! # Security properties
 //!
@@ -61,6 +81,7 @@ pub mod client;
 pub mod clock;
 mod error;
 pub mod event;
+pub mod guide;
 mod guessing;
 pub mod id;
 mod key;
@@ -74,13 +95,17 @@ mod transport;
 
 pub use cookie::SameSite;
 
+#[doc(inline)]
 pub use crate::admin::{SessionAdmin, SessionHandle, SessionInfo};
+#[doc(inline)]
 pub use crate::client::{ClientContext, ForwardedHeader, Network, TrustedProxies};
 pub use crate::error::SessionError;
+#[doc(inline)]
 pub use crate::event::{RejectReason, SessionEvent};
 pub use crate::guessing::GuessingDetection;
 pub use crate::key::{Key, KeyError};
 pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
+#[doc(inline)]
 pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, RejectAction};
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
@@ -88,7 +113,9 @@ pub use crate::session::SessionLayerMissing;
 pub use crate::session::TonicSessionExt;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
 #[cfg(feature = "redis")]
+#[doc(inline)]
 pub use crate::store::RedisStore;
+#[doc(inline)]
 pub use crate::store::{CachedStore, MemoryStore, SessionStore, StoreError};
 pub use crate::transport::{CookieConfig, CookieConfigError, Transport};
 

@@ -296,6 +296,16 @@ impl Session {
     /// Call it on any privilege change short of a login (which regenerates
     /// by itself). A session that is not stored yet has no id to replace:
     /// it gets its first id only if it holds data (lazy creation).
+    ///
+    /// ```
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn become_admin(session: Session) -> Result<&'static str, SessionError> {
+    ///     session.insert("role", "admin")?;
+    ///     session.regenerate(); // the old id stops working when the response goes out
+    ///     Ok("you are an admin now")
+    /// }
+    /// ```
     pub fn regenerate(&self) {
         self.lock().regenerate = true;
     }
@@ -307,6 +317,17 @@ impl Session {
     /// Because the user id can only change through `login`, and `login`
     /// always changes the id, session fixation is impossible: an id an
     /// attacker planted before the login is worthless after it.
+    ///
+    /// ```
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn sign_in(session: Session) -> Result<&'static str, SessionError> {
+    ///     // ...once the password checked out:
+    ///     session.login("user-42").await?;
+    ///     assert_eq!(session.user_id().as_deref(), Some("user-42"));
+    ///     Ok("welcome")
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
@@ -393,6 +414,15 @@ impl Session {
     /// how many sessions were destroyed. Without a signed-in user it is the
     /// same as [`logout`](Self::logout) and returns 0 or 1.
     ///
+    /// ```
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn sign_out_everywhere(session: Session) -> Result<String, SessionError> {
+    ///     let ended = session.logout_everywhere().await?;
+    ///     Ok(format!("signed out of {ended} sessions"))
+    /// }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`SessionError::Store`] when the store fails; sessions deleted before
@@ -431,6 +461,16 @@ impl Session {
     /// This session stays signed in. Without a signed-in user it does
     /// nothing and returns 0.
     ///
+    /// ```
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn change_password(session: Session) -> Result<String, SessionError> {
+    ///     // ...once the new password is stored:
+    ///     let ended = session.logout_others().await?;
+    ///     Ok(format!("password changed; {ended} other devices signed out"))
+    /// }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`SessionError::Store`] when the store fails.
@@ -458,7 +498,19 @@ impl Session {
     /// Signs out: destroys the stored session now and removes the cookie.
     ///
     /// The handle is empty afterwards; anything inserted after the logout
-    /// starts a new anonymous session with a new id.
+    /// starts a new anonymous session with a new id. A request that moved
+    /// this session meanwhile (a renewal, a regeneration, a second login of
+    /// the same user) does not save it: the moved session ends too.
+    ///
+    /// ```
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn sign_out(session: Session) -> Result<&'static str, SessionError> {
+    ///     session.logout().await?;
+    ///     assert_eq!(session.user_id(), None);
+    ///     Ok("bye")
+    /// }
+    /// ```
     ///
     /// # Errors
     ///

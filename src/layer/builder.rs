@@ -176,7 +176,7 @@ impl SessionLayer {
 
     /// Limits how many live sessions one user may have. Default: no limit.
     ///
-    /// Checked on [`Session::login`], atomically per user in the store, so
+    /// Checked on [`Session::login`](crate::Session::login), atomically per user in the store, so
     /// concurrent logins cannot overshoot it. With
     /// [`OnLimit::EvictLeastRecent`] the user's least recently used sessions
     /// are destroyed to make room (their next request is anonymous and their

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use http::Response;
 
-/// The response future of [`SessionService`].
+/// The response future of [`SessionService`](super::SessionService).
 ///
 /// It is boxed: the request awaits the store twice around the inner
 /// service, and the store futures are already boxed trait-object futures,

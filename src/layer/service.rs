@@ -11,7 +11,7 @@ use super::builder::Config;
 use super::flow::handle;
 use super::ResponseFuture;
 
-/// The service made by [`SessionLayer`].
+/// The service made by [`SessionLayer`](super::SessionLayer).
 ///
 /// It works with any request body and any response body that implements
 /// `Default` (the body of the layer's own `503`, `409`, `429` and `401`
