@@ -237,7 +237,7 @@ hex_serde!(IdHash, "an id hash is 64 lower-case hex characters");
 /// (or by a `u64` that is itself a keyed hash).
 ///
 /// An `IdHash` is already a SHA-256 digest of a random id, so a table needs
-/// no second cryptographic hash of it: the default SipHash of 32 bytes was
+/// no second cryptographic hash of it: SipHash over all 32 bytes would cost
 /// a fifth of a new session's time. Mixing eight bytes of the digest with a
 /// per-table random seed is enough, and stays safe against crafted keys:
 /// these tables only ever store ids the server generated, a client chooses
