@@ -98,7 +98,23 @@ struct Visitor<'a> {
     sink: &'a mut EventSink,
 }
 
-impl Visitor<'_> {
+impl<'a> Visitor<'a> {
+    fn new(
+        config: &'a Config,
+        now: UnixMillis,
+        client: &'a ClientContext,
+        guessing_network: Option<Network>,
+        sink: &'a mut EventSink,
+    ) -> Self {
+        Self {
+            config,
+            now,
+            client,
+            guessing_network,
+            sink,
+        }
+    }
+
     fn reject(&mut self, id: Option<&SessionId>, reason: RejectReason) {
         let network = self.client.ip.map(Network::of_default);
         self.sink.push(|| SessionEvent::Rejected {
@@ -209,13 +225,7 @@ fn read<ReqBody>(
             return Err(Refusal::Blocked { retry_after });
         }
     }
-    let mut visitor = Visitor {
-        config,
-        now,
-        client: &client,
-        guessing_network,
-        sink,
-    };
+    let mut visitor = Visitor::new(config, now, &client, guessing_network, sink);
     let verified = match token {
         TokenRead::Absent => None,
         _ if !tokens_allowed => {
@@ -261,13 +271,7 @@ async fn find(config: &Config, reading: Reading, sink: &mut EventSink) -> Result
     let found = match verified {
         None => Token::None,
         Some((id, resign)) => {
-            let mut visitor = Visitor {
-                config,
-                now,
-                client: &client,
-                guessing_network,
-                sink,
-            };
+            let mut visitor = Visitor::new(config, now, &client, guessing_network, sink);
             // Boxed: its state is larger than the rest of the request's,
             // which would otherwise carry room for it.
             match Box::pin(load(&mut visitor, id, resign)).await {
