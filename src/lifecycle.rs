@@ -229,9 +229,9 @@ pub(crate) enum LoginOutcome {
     LimitReached,
 }
 
-/// Signs a user in under the new id in `login.record`: applies the limit,
-/// moves the previous session (or creates one), indexes it, and evicts
-/// what the limit says, all under the user's lock.
+/// Signs a user in under a new id: applies the limit, moves the previous
+/// session (or creates one), indexes it, and evicts what the limit says,
+/// all under the user's lock.
 pub(crate) async fn login(
     store: &dyn SessionStore,
     login: Login<'_>,
