@@ -72,6 +72,9 @@
 //! | `test-util` | no | [`store::conformance`], the contract suite for stores |
 //! | `tonic` | no | `TonicSessionExt` (the session from a `tonic::Request`); the client IP from tonic's `TcpConnectInfo` |
 //! | `redis` | no | `RedisStore` (single node or Cluster) and cross-instance invalidation for [`CachedStore`]; re-exports the `redis` crate |
+//! | `postgres` | no | `PostgresStore` (sqlx) and `LISTEN`/`NOTIFY` invalidation for [`CachedStore`] |
+//! | `sqlite` | no | `SqliteStore` (sqlx, SQLite bundled) |
+//! | `mysql` | no | `MySqlStore` (sqlx) for MySQL 8 and MariaDB 10.5+ |
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -112,9 +115,18 @@ pub use crate::session::SessionLayerMissing;
 #[cfg(feature = "tonic")]
 pub use crate::session::TonicSessionExt;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
+#[cfg(feature = "mysql")]
+#[doc(inline)]
+pub use crate::store::MySqlStore;
+#[cfg(feature = "postgres")]
+#[doc(inline)]
+pub use crate::store::PostgresStore;
 #[cfg(feature = "redis")]
 #[doc(inline)]
 pub use crate::store::RedisStore;
+#[cfg(feature = "sqlite")]
+#[doc(inline)]
+pub use crate::store::SqliteStore;
 #[doc(inline)]
 pub use crate::store::{CachedStore, MemoryStore, SessionStore, StoreError};
 pub use crate::transport::{CookieConfig, CookieConfigError, Transport};

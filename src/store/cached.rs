@@ -63,6 +63,9 @@ const FEED_DOWN: u8 = 2;
 ///   publishes every change on Redis pub/sub in the same script that makes
 ///   it, so another instance drops its copy within the pub/sub delivery
 ///   time, typically well under a millisecond on a local network.
+///   `PostgresStore` (feature `postgres`) does the same with `pg_notify`
+///   in the statement that makes the change, delivered at its commit, and
+///   `LISTEN` on a connection of its own.
 /// - **Staleness bound**: a message can still be lost (a pub/sub connection
 ///   that dies without the subscriber noticing yet). A copy is never kept
 ///   longer than the cache TTL (default [`DEFAULT_CACHE_TTL`], 5 seconds,

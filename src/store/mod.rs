@@ -11,7 +11,8 @@
 //! |---|---|---|
 //! | [`MemoryStore`] | always | one process; bounded, in memory ([`quick_cache`]) |
 //! | `RedisStore` | `redis` | several instances sharing Redis (single node or Cluster); see the `redis` module for the key layout and atomicity |
-//! | [`CachedStore`] | always | a bounded in-memory cache ([`moka`]) in front of another store; over Redis, invalidated across instances by pub/sub |
+//! | `PostgresStore`, `SqliteStore`, `MySqlStore` | `postgres`, `sqlite`, `mysql` | durable sessions in SQL on the application's sqlx pool; see the `sql` module for the schema, locking and purging |
+//! | [`CachedStore`] | always | a bounded in-memory cache ([`moka`]) in front of another store; invalidated across instances by Redis pub/sub or PostgreSQL `LISTEN`/`NOTIFY` |
 //!
 //! # Writing a store
 //!
@@ -190,6 +191,8 @@ mod lock;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
+pub mod sql;
 
 #[cfg(feature = "test-util")]
 pub mod conformance;
@@ -200,6 +203,12 @@ pub use self::lock::{HeldLock, UserLock};
 pub use self::memory::{MemoryStore, DEFAULT_MAX_SESSIONS};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
+#[cfg(feature = "mysql")]
+pub use self::sql::MySqlStore;
+#[cfg(feature = "postgres")]
+pub use self::sql::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use self::sql::SqliteStore;
 
 /// Storage primitives for session entries, keyed by the at-rest hash of
 /// the session id.

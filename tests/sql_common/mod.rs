@@ -1,0 +1,369 @@
+//! Helpers for the tests against real SQL databases: the shared PostgreSQL
+//! and MariaDB/MySQL servers (unique table prefixes per test, tables
+//! dropped afterwards), SQLite files in a temporary directory, and a
+//! private PostgreSQL server a test may stop and start.
+//!
+//! Without a server the tests print a `SKIPPED` line and pass, unless
+//! `REQUIRE_POSTGRES=1` / `REQUIRE_MYSQL=1`, which make a missing server a
+//! failure.
+#![allow(dead_code)]
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[cfg(feature = "mysql")]
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+#[cfg(feature = "postgres")]
+use sqlx::postgres::{PgPool, PgPoolOptions};
+#[cfg(feature = "sqlite")]
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+/// The shared PostgreSQL: `POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test`.
+pub fn postgres_url() -> String {
+    std::env::var("POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The shared MySQL or MariaDB: `MYSQL_URL`, default
+/// `mysql://root@127.0.0.1:3306/test`.
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+fn required(variable: &str) -> bool {
+    std::env::var(variable).is_ok_and(|v| v == "1")
+}
+
+/// Says a test is skipped, on the terminal even when output is captured;
+/// fails instead when `variable` (`REQUIRE_POSTGRES`, `REQUIRE_MYSQL`) is 1.
+pub fn skip(test: &str, why: &str, variable: &str) {
+    assert!(
+        !required(variable),
+        "{test}: {why} ({variable}=1 makes this a failure)"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why}; {variable}=1 makes this a failure"
+    );
+}
+
+/// A table prefix no other test (or test run) uses.
+pub fn unique_prefix(test: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let short: String = test
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    format!("t{short}_{}_{n}_{nanos}_", std::process::id())
+}
+
+/// The tables a store with `prefix` creates.
+pub fn tables(prefix: &str) -> [String; 4] {
+    ["sessions", "user_sessions", "locks", "schema"].map(|t| format!("{prefix}{t}"))
+}
+
+/// A pool on the shared PostgreSQL, or a skip line and `None`.
+#[cfg(feature = "postgres")]
+pub async fn postgres_pool(test: &str) -> Option<PgPool> {
+    let url = postgres_url();
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await;
+    match pool {
+        Ok(pool) => Some(pool),
+        Err(err) => {
+            skip(
+                test,
+                &format!("no PostgreSQL at {url} ({err}); start one or set POSTGRES_URL"),
+                "REQUIRE_POSTGRES",
+            );
+            None
+        }
+    }
+}
+
+/// A pool on the shared MySQL or MariaDB, or a skip line and `None`.
+#[cfg(feature = "mysql")]
+pub async fn mysql_pool(test: &str) -> Option<MySqlPool> {
+    let url = mysql_url();
+    let pool = MySqlPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await;
+    match pool {
+        Ok(pool) => Some(pool),
+        Err(err) => {
+            skip(
+                test,
+                &format!("no MySQL or MariaDB at {url} ({err}); start one or set MYSQL_URL"),
+                "REQUIRE_MYSQL",
+            );
+            None
+        }
+    }
+}
+
+/// A SQLite database file under a fresh temporary directory (removed on drop).
+pub struct SqliteFile {
+    pub dir: PathBuf,
+}
+
+impl SqliteFile {
+    pub fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique_prefix(test));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("sessions.db")
+    }
+
+    /// A new pool on the file (created if missing).
+    #[cfg(feature = "sqlite")]
+    pub async fn pool(&self) -> SqlitePool {
+        sqlite_pool(&self.path()).await
+    }
+}
+
+#[cfg(feature = "sqlite")]
+pub async fn sqlite_pool(path: &Path) -> SqlitePool {
+    // WAL (sqlx's default) with `synchronous = NORMAL`: no fsync per commit.
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .synchronous(SqliteSynchronous::Normal);
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+impl Drop for SqliteFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Drops the tables of `prefix` when dropped (also when the test panics).
+pub struct DropTables {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Drop for DropTables {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let prefix = self.prefix.clone();
+        // A runtime of its own: the test's may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let drop = format!("DROP TABLE IF EXISTS {}", tables(&prefix).join(", "));
+                #[cfg(feature = "postgres")]
+                if url.starts_with("postgres") {
+                    if let Ok(pool) = PgPool::connect(&url).await {
+                        let _ = sqlx::query(&drop).execute(&pool).await;
+                    }
+                }
+                #[cfg(feature = "mysql")]
+                if url.starts_with("mysql") {
+                    if let Ok(pool) = MySqlPool::connect(&url).await {
+                        let _ = sqlx::query(&drop).execute(&pool).await;
+                    }
+                }
+                let _ = (drop, url);
+            });
+        })
+        .join();
+    }
+}
+
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The directory of PostgreSQL's server programs (`initdb`, `postgres`):
+/// `PG_BIN`, or the newest under `/usr/lib/postgresql`.
+fn postgres_bin() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// A PostgreSQL server of the test's own, which it may stop and start
+/// again (same port, same data). Runs as the `postgres` OS user when the
+/// tests run as root. Killed and removed on drop.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivatePostgres {
+    /// Starts one, or prints a skip line and returns `None` when the server
+    /// programs are missing.
+    pub fn start(test: &str) -> Option<Self> {
+        let Some(bin) = postgres_bin() else {
+            skip(
+                test,
+                "no PostgreSQL server programs to start a private server (install postgresql or set PG_BIN)",
+                "REQUIRE_POSTGRES",
+            );
+            return None;
+        };
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("tsg-private-pg-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        as_postgres_user(&dir);
+        let status = as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed in {}", dir.display());
+        let mut server = Self {
+            port,
+            dir,
+            bin,
+            child: None,
+        };
+        server.launch();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again).
+    pub fn launch(&mut self) {
+        let child = as_postgres(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(&self.dir)
+            .args(["-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Accepting TCP is not yet accepting logins: give it a moment.
+                std::thread::sleep(Duration::from_millis(300));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the private PostgreSQL on port {} did not start", self.port);
+    }
+
+    /// Stops the server at once (`SIGQUIT`: an immediate shutdown that
+    /// closes every connection), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-QUIT")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The uid and gid of the `postgres` OS user, when the tests run as root
+/// (PostgreSQL refuses to run as root).
+fn postgres_user() -> Option<(u32, u32)> {
+    let id = |flag: &str, user: Option<&str>| -> Option<u32> {
+        let out = Command::new("id").arg(flag).args(user).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if id("-u", None)? != 0 {
+        return None;
+    }
+    Some((id("-u", Some("postgres"))?, id("-g", Some("postgres"))?))
+}
+
+/// Hands `dir` to the `postgres` OS user, when running as root.
+fn as_postgres_user(dir: &Path) {
+    if postgres_user().is_some() {
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status();
+    }
+}
+
+/// `program`, run as the `postgres` OS user when running as root (the
+/// process itself, so that its pid is the server's).
+fn as_postgres(program: &Path) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(program);
+    if let Some((uid, gid)) = postgres_user() {
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+/// Polls `check` until it holds or `within` passes; returns how long it took.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
