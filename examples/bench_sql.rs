@@ -593,15 +593,15 @@ async fn loads_only(url: &str, run: &str, count: usize) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let mut data = tower_session_guard::record::SessionData::default();
+    let mut data = tower_session_guard::store::SessionData::default();
     data.insert("greeting".to_owned(), json!("hello"));
-    let record = tower_session_guard::record::Deadlines {
+    let record = tower_session_guard::store::Deadlines {
         created_at: now,
         idle_deadline: now + 1_800_000,
         absolute_deadline: now + 3_600_000,
     }
     .record(
-        tower_session_guard::id::SessionId::generate().hash(),
+        tower_session_guard::store::SessionId::generate().hash(),
         None,
         data,
     );
@@ -620,7 +620,7 @@ async fn loads_only(url: &str, run: &str, count: usize) {
     for round in 0..3 {
         let start = Instant::now();
         for _ in 0..count {
-            std::hint::black_box(ours.load(&record.id_hash).await.unwrap());
+            std::hint::black_box(ours.load(&record.id_hash()).await.unwrap());
         }
         let a = start.elapsed() / u32::try_from(count).unwrap();
         let start = Instant::now();

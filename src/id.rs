@@ -12,7 +12,7 @@ use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
 /// Number of random bytes in a session id (128 bits, OWASP asks for at least 64).
-pub const ID_LEN: usize = 16;
+pub(crate) const ID_LEN: usize = 16;
 
 /// Serializes a type with `to_hex`/`from_hex` as its hex text.
 macro_rules! hex_serde {

@@ -62,7 +62,7 @@
 //! - [`Session::login`] changes the id at once; the user id can change in no
 //!   other way, so session fixation is impossible.
 //! - Raw ids never appear in logs, events, errors or `Debug` output: they
-//!   show a [`Fingerprint`](id::Fingerprint).
+//!   show a [`Fingerprint`].
 //!
 //! # Feature flags
 //!
@@ -86,12 +86,12 @@ mod error;
 pub mod event;
 mod guessing;
 pub mod guide;
-pub mod id;
+mod id;
 mod key;
 mod layer;
 mod lifecycle;
 pub mod policy;
-pub mod record;
+mod record;
 mod session;
 pub mod store;
 mod transport;
@@ -106,6 +106,7 @@ pub use crate::error::SessionError;
 #[doc(inline)]
 pub use crate::event::{RejectReason, SessionEvent};
 pub use crate::guessing::GuessingDetection;
+pub use crate::id::Fingerprint;
 pub use crate::key::{Key, KeyError};
 pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 #[doc(inline)]

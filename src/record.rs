@@ -21,35 +21,35 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The at-rest hash of the session id (the store key).
-    pub id_hash: IdHash,
+    pub(crate) id_hash: IdHash,
     /// The signed-in user, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
+    pub(crate) user_id: Option<String>,
     /// The session's key/value data.
     #[serde(default)]
-    pub data: SessionData,
+    pub(crate) data: SessionData,
     /// When the session was created.
-    pub created_at: UnixMillis,
+    pub(crate) created_at: UnixMillis,
     /// When the session was last touched (see the idle timeout docs on the layer).
-    pub last_seen: UnixMillis,
+    pub(crate) last_seen: UnixMillis,
     /// After this instant the session is expired for inactivity.
-    pub idle_deadline: UnixMillis,
+    pub(crate) idle_deadline: UnixMillis,
     /// After this instant the session is expired whatever its activity.
-    pub absolute_deadline: UnixMillis,
+    pub(crate) absolute_deadline: UnixMillis,
     /// When the current id was issued (creation, login, regeneration, renewal).
-    pub id_issued_at: UnixMillis,
+    pub(crate) id_issued_at: UnixMillis,
     /// Bumped by every applied change.
     #[serde(default)]
-    pub version: u64,
+    pub(crate) version: u64,
     /// The client address the session was created or signed in from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<IpAddr>,
+    pub(crate) ip: Option<IpAddr>,
     /// The client's User-Agent family (browser and platform, no versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<Box<str>>,
+    pub(crate) user_agent: Option<Box<str>>,
     /// What the session is bound to (client binding), when that is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binding: Option<Box<Binding>>,
+    pub(crate) binding: Option<Box<Binding>>,
 }
 
 /// The client a session is bound to: browser family, recent networks and
@@ -58,36 +58,187 @@ pub struct SessionRecord {
 pub struct Binding {
     /// The User-Agent family the session was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
+    pub(crate) user_agent: Option<String>,
     /// Networks the session was used from recently.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub networks: Vec<SeenNetwork>,
+    pub(crate) networks: Vec<SeenNetwork>,
     /// Where the session was last seen, when a locator is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<SeenLocation>,
+    pub(crate) location: Option<SeenLocation>,
 }
 
 /// A network a session was used from, and when last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeenNetwork {
+pub(crate) struct SeenNetwork {
     /// The client network (an IPv4 /24 or IPv6 /48 by default).
-    pub network: Network,
+    pub(crate) network: Network,
     /// When it was last seen.
-    pub last_seen: UnixMillis,
+    pub(crate) last_seen: UnixMillis,
 }
 
 /// A place a session was used from, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SeenLocation {
+pub(crate) struct SeenLocation {
     /// Degrees north.
-    pub latitude: f64,
+    pub(crate) latitude: f64,
     /// Degrees east.
-    pub longitude: f64,
+    pub(crate) longitude: f64,
     /// When the session was seen there.
-    pub at: UnixMillis,
+    pub(crate) at: UnixMillis,
+}
+
+/// Every field of a [`SessionRecord`], for a store that keeps a record in
+/// columns of its own and rebuilds it on load
+/// ([`SessionRecord::from_parts`], [`SessionRecord::into_parts`]). A store
+/// that keeps the record whole serializes it with serde instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordParts {
+    /// The at-rest hash of the session id (the store key).
+    pub id_hash: IdHash,
+    /// The signed-in user, if any.
+    pub user_id: Option<String>,
+    /// The session's key/value data.
+    pub data: SessionData,
+    /// When the session was created.
+    pub created_at: UnixMillis,
+    /// When the session was last touched.
+    pub last_seen: UnixMillis,
+    /// After this instant the session is expired for inactivity.
+    pub idle_deadline: UnixMillis,
+    /// After this instant the session is expired whatever its activity.
+    pub absolute_deadline: UnixMillis,
+    /// When the current id was issued (creation, login, regeneration, renewal).
+    pub id_issued_at: UnixMillis,
+    /// The record's version, bumped by every applied change.
+    pub version: u64,
+    /// The client address the session was created or signed in from.
+    pub ip: Option<IpAddr>,
+    /// The client's User-Agent family.
+    pub user_agent: Option<Box<str>>,
+    /// What the session is bound to (opaque; kept with serde).
+    pub binding: Option<Box<Binding>>,
 }
 
 impl SessionRecord {
+    /// A record rebuilt from its parts, exactly as [`into_parts`](Self::into_parts) gave them.
+    #[must_use]
+    pub fn from_parts(parts: RecordParts) -> Self {
+        let RecordParts {
+            id_hash,
+            user_id,
+            data,
+            created_at,
+            last_seen,
+            idle_deadline,
+            absolute_deadline,
+            id_issued_at,
+            version,
+            ip,
+            user_agent,
+            binding,
+        } = parts;
+        Self {
+            id_hash,
+            user_id,
+            data,
+            created_at,
+            last_seen,
+            idle_deadline,
+            absolute_deadline,
+            id_issued_at,
+            version,
+            ip,
+            user_agent,
+            binding,
+        }
+    }
+
+    /// The record taken apart, for a store that keeps it in columns.
+    #[must_use]
+    pub fn into_parts(self) -> RecordParts {
+        RecordParts {
+            id_hash: self.id_hash,
+            user_id: self.user_id,
+            data: self.data,
+            created_at: self.created_at,
+            last_seen: self.last_seen,
+            idle_deadline: self.idle_deadline,
+            absolute_deadline: self.absolute_deadline,
+            id_issued_at: self.id_issued_at,
+            version: self.version,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            binding: self.binding,
+        }
+    }
+
+    /// The at-rest hash of the session id: the key the record is stored under.
+    #[must_use]
+    pub fn id_hash(&self) -> IdHash {
+        self.id_hash
+    }
+
+    /// The signed-in user, if any: what a store indexes the session under.
+    #[must_use]
+    pub fn user_id(&self) -> Option<&str> {
+        self.user_id.as_deref()
+    }
+
+    /// The session's key/value data.
+    #[must_use]
+    pub fn data(&self) -> &SessionData {
+        &self.data
+    }
+
+    /// When the session was created.
+    #[must_use]
+    pub fn created_at(&self) -> UnixMillis {
+        self.created_at
+    }
+
+    /// When the session was last touched.
+    #[must_use]
+    pub fn last_seen(&self) -> UnixMillis {
+        self.last_seen
+    }
+
+    /// After this instant the session is expired for inactivity.
+    #[must_use]
+    pub fn idle_deadline(&self) -> UnixMillis {
+        self.idle_deadline
+    }
+
+    /// After this instant the session is expired whatever its activity.
+    #[must_use]
+    pub fn absolute_deadline(&self) -> UnixMillis {
+        self.absolute_deadline
+    }
+
+    /// When the current id was issued (creation, login, regeneration, renewal).
+    #[must_use]
+    pub fn id_issued_at(&self) -> UnixMillis {
+        self.id_issued_at
+    }
+
+    /// The record's version: [`replace`](crate::store::SessionStore::replace)
+    /// succeeds only at the version the caller read.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The client address the session was created or signed in from.
+    #[must_use]
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+
+    /// The client's User-Agent family (browser and platform, no versions).
+    #[must_use]
+    pub fn user_agent(&self) -> Option<&str> {
+        self.user_agent.as_deref()
+    }
+
     /// The earliest deadline: the instant after which no policy accepts this record.
     #[must_use]
     pub fn expires_at(&self) -> UnixMillis {

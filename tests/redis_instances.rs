@@ -12,7 +12,7 @@ use common::{send, Reply};
 use futures_util::future::join_all;
 use http::StatusCode;
 use redis_common::{eventually, SharedRedis};
-use tower_session_guard::id::IdHash;
+use tower_session_guard::store::IdHash;
 use tower_session_guard::store::{CachedStore, RedisStore};
 use tower_session_guard::{Key, OnLimit, SessionAdmin, SessionLayer, SessionStore};
 
@@ -282,7 +282,7 @@ async fn two_hundred_concurrent_writes_to_one_session_across_instances_are_all_k
     let record = entry.session().expect("a session");
     for i in 0..200 {
         assert_eq!(
-            record.data.get(&format!("k{i}")),
+            record.data().get(&format!("k{i}")),
             Some(&serde_json::json!(format!("v{i}"))),
             "k{i} lost"
         );

@@ -14,9 +14,9 @@ use redis::aio::MultiplexedConnection;
 use redis_common::{eventually, SharedRedis};
 use serde_json::json;
 use tower_session_guard::clock::{Clock, SystemClock};
-use tower_session_guard::id::{IdHash, SealedId, SessionId};
-use tower_session_guard::record::{Change, Entry, Forward, SessionRecord, Superseded, Touch};
 use tower_session_guard::store::{conformance, CachedStore, RedisStore};
+use tower_session_guard::store::{Change, Entry, Forward, SessionRecord, Superseded, Touch};
+use tower_session_guard::store::{IdHash, SealedId, SessionId};
 use tower_session_guard::{Key, OnLimit, SessionLayer, SessionStore, StoreError};
 
 #[tokio::test]
@@ -68,7 +68,7 @@ async fn signed_in(store: &RedisStore, user: &str) -> SessionRecord {
     let record = conformance::sample_record(Some(user));
     assert!(store.create(&record).await.unwrap());
     store
-        .index_add(user, &record.id_hash, record.absolute_deadline)
+        .index_add(user, &record.id_hash(), record.absolute_deadline())
         .await
         .unwrap();
     record
@@ -77,8 +77,8 @@ async fn signed_in(store: &RedisStore, user: &str) -> SessionRecord {
 fn touch(record: &SessionRecord, by: u64) -> Change {
     Change {
         touch: Some(Touch {
-            last_seen: record.last_seen + by,
-            idle_deadline: record.idle_deadline + by,
+            last_seen: record.last_seen() + by,
+            idle_deadline: record.idle_deadline() + by,
         }),
         ..Change::default()
     }
@@ -101,7 +101,7 @@ async fn every_key_lives_under_the_prefix_with_its_hash_tag() {
     let ann = IdHash::from_hex(&listed[0].handle.to_string()).unwrap();
 
     let keys = redis.keys();
-    for id in [anonymous.id_hash, ann] {
+    for id in [anonymous.id_hash(), ann] {
         let key = record_key(&redis, &id);
         assert!(keys.contains(&key), "{key} is not among {keys:?}");
     }
@@ -127,14 +127,14 @@ async fn redis_expiry_follows_each_entrys_end_plus_slack() {
     let mut connection = connection(&redis).await;
     let record = conformance::sample_record(None);
     redis.store.create(&record).await.unwrap();
-    let key = record_key(&redis, &record.id_hash);
+    let key = record_key(&redis, &record.id_hash());
     assert_eq!(
         expire_time(&mut connection, &key).await as u64,
         record.expires_at() + 30_000
     );
 
     let moved = touch(&record, 60_000);
-    assert!(redis.store.update(&record.id_hash, &moved).await.unwrap());
+    assert!(redis.store.update(&record.id_hash(), &moved).await.unwrap());
     let moved_to = moved.touch.unwrap().idle_deadline + 30_000;
     assert_eq!(
         expire_time(&mut connection, &key).await as u64,
@@ -145,7 +145,7 @@ async fn redis_expiry_follows_each_entrys_end_plus_slack() {
         set: vec![("k".into(), json!(1))],
         ..Change::default()
     };
-    assert!(redis.store.update(&record.id_hash, &write).await.unwrap());
+    assert!(redis.store.update(&record.id_hash(), &write).await.unwrap());
     assert_eq!(
         expire_time(&mut connection, &key).await as u64,
         moved_to,
@@ -171,10 +171,10 @@ async fn redis_expiry_follows_each_entrys_end_plus_slack() {
         redis.store.create(&record).await.unwrap();
         assert!(redis
             .store
-            .replace(&record.id_hash, record.version, Some(&placeholder))
+            .replace(&record.id_hash(), record.version(), Some(&placeholder))
             .await
             .unwrap());
-        let key = record_key(&redis, &record.id_hash);
+        let key = record_key(&redis, &record.id_hash());
         assert_eq!(
             expire_time(&mut connection, &key).await as u64,
             until + 30_000,
@@ -184,23 +184,24 @@ async fn redis_expiry_follows_each_entrys_end_plus_slack() {
 
     // The index lasts until its last entry's end, plus the slack.
     let first = signed_in(&redis.store, "ann").await;
-    let mut later = conformance::sample_record(Some("ann"));
+    let mut later = conformance::sample_record(Some("ann")).into_parts();
     later.absolute_deadline += 60_000;
+    let later = SessionRecord::from_parts(later);
     redis.store.create(&later).await.unwrap();
     redis
         .store
-        .index_add("ann", &later.id_hash, later.absolute_deadline)
+        .index_add("ann", &later.id_hash(), later.absolute_deadline())
         .await
         .unwrap();
     redis
         .store
-        .index_add("ann", &first.id_hash, first.absolute_deadline)
+        .index_add("ann", &first.id_hash(), first.absolute_deadline())
         .await
         .unwrap();
     let index = index_key(&redis);
     assert_eq!(
         expire_time(&mut connection, &index).await as u64,
-        later.absolute_deadline + 30_000
+        later.absolute_deadline() + 30_000
     );
 }
 
@@ -243,13 +244,13 @@ async fn the_user_index_is_scored_by_absolute_deadline_and_trimmed() {
     for (member, score) in &scored {
         let record = records
             .iter()
-            .find(|r| r.id_hash.to_hex() == *member)
+            .find(|r| r.id_hash().to_hex() == *member)
             .unwrap();
-        assert_eq!(*score, record.absolute_deadline);
+        assert_eq!(*score, record.absolute_deadline());
     }
 
     // A removed session leaves the index when a reader finds it gone.
-    redis.store.delete(&records[0].id_hash).await.unwrap();
+    redis.store.delete(&records[0].id_hash()).await.unwrap();
     let admin = SessionLayer::new(redis.store.clone(), Key::generate()).sessions();
     assert_eq!(admin.list("ann").await.unwrap().len(), 2);
     assert_eq!(
@@ -291,7 +292,7 @@ async fn the_user_index_is_scored_by_absolute_deadline_and_trimmed() {
     let listed = redis.store.index_members("ann", now).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(!listed.contains(&recent));
-    let far = records[2].absolute_deadline + 1;
+    let far = records[2].absolute_deadline() + 1;
     assert!(redis
         .store
         .index_members("ann", far)
@@ -319,20 +320,24 @@ async fn every_change_is_announced_on_the_change_channel() {
     let marker = |record: &SessionRecord| {
         Entry::Superseded(Superseded {
             successor: SessionId::generate().hash(),
-            until: record.created_at + 10_000,
+            until: record.created_at() + 10_000,
         })
     };
     let record = conformance::sample_record(None);
     redis.store.create(&record).await.unwrap();
-    redis.store.update(&record.id_hash, &change).await.unwrap();
-    let current = redis.store.load(&record.id_hash).await.unwrap().unwrap();
-    let version = current.session().unwrap().version;
     redis
         .store
-        .replace(&record.id_hash, version, Some(&marker(&record)))
+        .update(&record.id_hash(), &change)
         .await
         .unwrap();
-    redis.store.delete(&record.id_hash).await.unwrap();
+    let current = redis.store.load(&record.id_hash()).await.unwrap().unwrap();
+    let version = current.session().unwrap().version();
+    redis
+        .store
+        .replace(&record.id_hash(), version, Some(&marker(&record)))
+        .await
+        .unwrap();
+    redis.store.delete(&record.id_hash()).await.unwrap();
     for what in ["update", "replace", "delete"] {
         let message = tokio::time::timeout(Duration::from_secs(2), messages.next())
             .await
@@ -340,7 +345,7 @@ async fn every_change_is_announced_on_the_change_channel() {
             .unwrap();
         assert_eq!(
             message.get_payload::<String>().unwrap(),
-            record.id_hash.to_hex()
+            record.id_hash().to_hex()
         );
     }
     assert!(
@@ -353,12 +358,12 @@ async fn every_change_is_announced_on_the_change_channel() {
     let quiet = redis.store.clone().with_change_notifications(false);
     let other = conformance::sample_record(None);
     quiet.create(&other).await.unwrap();
-    quiet.update(&other.id_hash, &change).await.unwrap();
+    quiet.update(&other.id_hash(), &change).await.unwrap();
     quiet
-        .replace(&other.id_hash, other.version + 1, Some(&marker(&other)))
+        .replace(&other.id_hash(), other.version() + 1, Some(&marker(&other)))
         .await
         .unwrap();
-    quiet.delete(&other.id_hash).await.unwrap();
+    quiet.delete(&other.id_hash()).await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(200), messages.next())
             .await
@@ -385,12 +390,16 @@ async fn a_session_with_many_keys_and_odd_values_round_trips() {
             .collect(),
         ..Change::default()
     };
-    assert!(redis.store.update(&record.id_hash, &change).await.unwrap());
-    let loaded = redis.store.load(&record.id_hash).await.unwrap().unwrap();
+    assert!(redis
+        .store
+        .update(&record.id_hash(), &change)
+        .await
+        .unwrap());
+    let loaded = redis.store.load(&record.id_hash()).await.unwrap().unwrap();
     let loaded = loaded.session().expect("a session");
-    assert_eq!(loaded.data.len(), 501);
+    assert_eq!(loaded.data().len(), 501);
     for (key, value) in &change.set {
-        assert_eq!(loaded.data.get(key), Some(value), "{key}");
+        assert_eq!(loaded.data().get(key), Some(value), "{key}");
     }
 }
 

@@ -9,8 +9,8 @@ mod sql_common;
 use serde_json::json;
 #[allow(unused_imports)]
 use sql_common::{DropTables, SqliteFile};
-use tower_session_guard::record::Change;
 use tower_session_guard::store::conformance;
+use tower_session_guard::store::{Change, SessionRecord};
 use tower_session_guard::SessionStore;
 
 #[cfg(feature = "postgres")]
@@ -108,12 +108,13 @@ mod postgres {
         let Some((store, _tables)) = store("pg_purge_task").await else {
             return;
         };
-        let mut ended = conformance::sample_record(None);
+        let mut ended = conformance::sample_record(None).into_parts();
         ended.idle_deadline = ended.created_at - 60_000;
+        let ended = SessionRecord::from_parts(ended);
         assert!(store.create(&ended).await.unwrap());
         let task = store.spawn_purge_task(std::time::Duration::from_millis(50));
         let gone = sql_common::eventually(std::time::Duration::from_secs(5), || async {
-            store.load(&ended.id_hash).await.unwrap().is_none()
+            store.load(&ended.id_hash()).await.unwrap().is_none()
         })
         .await;
         task.abort();
@@ -182,8 +183,8 @@ mod sqlite {
         b.migrate().await.unwrap();
         let record = conformance::sample_record(None);
         a.create(&record).await.unwrap();
-        assert!(b.load(&record.id_hash).await.unwrap().is_none());
-        assert!(a.load(&record.id_hash).await.unwrap().is_some());
+        assert!(b.load(&record.id_hash()).await.unwrap().is_none());
+        assert!(a.load(&record.id_hash()).await.unwrap().is_some());
     }
 
     #[tokio::test]
@@ -296,9 +297,9 @@ async fn odd_keys_round_trip<S: SessionStore>(store: &S) {
             .collect(),
         ..Change::default()
     };
-    assert!(store.update(&record.id_hash, &change).await.unwrap());
-    let loaded = store.load(&record.id_hash).await.unwrap().unwrap();
-    let data = &loaded.session().unwrap().data;
+    assert!(store.update(&record.id_hash(), &change).await.unwrap());
+    let loaded = store.load(&record.id_hash()).await.unwrap().unwrap();
+    let data = &loaded.session().unwrap().data();
     for (key, value) in keys.iter().zip(&values) {
         assert_eq!(data.get(key), Some(value), "{key:?}");
     }
@@ -308,9 +309,9 @@ async fn odd_keys_round_trip<S: SessionStore>(store: &S) {
         removed: vec!["back\\slash".into(), "dot.ted".into(), "greeting".into()],
         ..Change::default()
     };
-    assert!(store.update(&record.id_hash, &change).await.unwrap());
-    let loaded = store.load(&record.id_hash).await.unwrap().unwrap();
-    let data = &loaded.session().unwrap().data;
+    assert!(store.update(&record.id_hash(), &change).await.unwrap());
+    let loaded = store.load(&record.id_hash()).await.unwrap().unwrap();
+    let data = &loaded.session().unwrap().data();
     assert_eq!(data.get("quo\"te"), Some(&json!({"only": 1})));
     assert_eq!(data.get("back\\slash"), None);
     assert_eq!(data.get("dot.ted"), None);
@@ -332,16 +333,17 @@ where
     let live = conformance::sample_record(Some("ann"));
     let mut ended = Vec::new();
     for _ in 0..2_500 {
-        let mut record = conformance::sample_record(None);
+        let mut record = conformance::sample_record(None).into_parts();
         record.created_at = now - 7_200_000;
         record.last_seen = record.created_at;
         record.id_issued_at = record.created_at;
         record.idle_deadline = now - 3_600_000;
         record.absolute_deadline = now - 60_000;
-        ended.push(record);
+        ended.push(SessionRecord::from_parts(record));
     }
-    let mut recent = conformance::sample_record(None);
+    let mut recent = conformance::sample_record(None).into_parts();
     recent.idle_deadline = now - 1_000; // ended, but within the slack
+    let recent = SessionRecord::from_parts(recent);
     assert!(store.create(&live).await.unwrap());
     assert!(store.create(&recent).await.unwrap());
     use futures_util::StreamExt as _;
@@ -353,21 +355,21 @@ where
         assert!(matches!(c, Ok(true)), "{c:?}");
     }
     store
-        .index_add("ann", &live.id_hash, live.absolute_deadline)
+        .index_add("ann", &live.id_hash(), live.absolute_deadline())
         .await
         .unwrap();
     store
-        .index_add("ann", &ended[0].id_hash, now - 60_000)
+        .index_add("ann", &ended[0].id_hash(), now - 60_000)
         .await
         .unwrap();
     let purged = purge().await.unwrap();
     assert_eq!(purged, 2_501, "2 500 sessions and one index entry");
-    assert!(store.load(&live.id_hash).await.unwrap().is_some());
-    assert!(store.load(&recent.id_hash).await.unwrap().is_some());
-    assert!(store.load(&ended[7].id_hash).await.unwrap().is_none());
+    assert!(store.load(&live.id_hash()).await.unwrap().is_some());
+    assert!(store.load(&recent.id_hash()).await.unwrap().is_some());
+    assert!(store.load(&ended[7].id_hash()).await.unwrap().is_none());
     assert_eq!(
         store.index_members("ann", 0).await.unwrap(),
-        vec![live.id_hash]
+        vec![live.id_hash()]
     );
     assert_eq!(purge().await.unwrap(), 0);
 }

@@ -50,8 +50,7 @@
 //!
 //! use async_trait::async_trait;
 //! use tower_session_guard::clock::UnixMillis;
-//! use tower_session_guard::id::IdHash;
-//! use tower_session_guard::record::{Change, Entry, SessionRecord};
+//! use tower_session_guard::store::{Change, Entry, IdHash, SessionRecord};
 //! use tower_session_guard::store::{SessionStore, StoreError, UserLock};
 //!
 //! /// Sessions in a `HashMap`, for one process.
@@ -182,8 +181,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::clock::UnixMillis;
-use crate::id::IdHash;
-use crate::record::{Change, Entry, SessionRecord};
 
 mod cached;
 mod changes;
@@ -209,6 +206,11 @@ pub use self::sql::MySqlStore;
 pub use self::sql::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use self::sql::SqliteStore;
+pub use crate::id::{IdHash, SealedId, SessionId};
+pub use crate::record::{
+    Binding, Change, Deadlines, Entry, Forward, RecordParts, SessionData, SessionRecord,
+    Superseded, Touch,
+};
 
 /// Storage primitives for session entries, keyed by the at-rest hash of
 /// the session id.

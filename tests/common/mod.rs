@@ -15,9 +15,9 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_session_guard::clock::UnixMillis;
-use tower_session_guard::id::IdHash;
-use tower_session_guard::record::{Change, Entry, SessionRecord};
+use tower_session_guard::store::IdHash;
 use tower_session_guard::store::UserLock;
+use tower_session_guard::store::{Change, Entry, SessionRecord};
 use tower_session_guard::{
     MemoryStore, Session, SessionError, SessionLayer, SessionStore, StoreError,
 };
