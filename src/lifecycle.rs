@@ -191,7 +191,7 @@ pub(crate) async fn regenerate(
                 sealed_id: old.seal(new),
                 until: now.saturating_add(grace),
             }),
-            None => superseded_by(&new.hash(), now),
+            None => superseded_by(current, &new.hash(), now),
         };
         (record, left)
     })
@@ -272,7 +272,7 @@ async fn login_locked(
         moved = move_session(store, previous, true, |current, new| {
             (
                 moved_by(login, current, new),
-                superseded_by(&new.hash(), login.now),
+                superseded_by(current, &new.hash(), login.now),
             )
         })
         .await?;
@@ -319,10 +319,12 @@ fn moved_by(login: &Login<'_>, previous: &SessionRecord, new: &SessionId) -> Ses
     moved
 }
 
-fn superseded_by(successor: &IdHash, now: UnixMillis) -> Entry {
+/// The marker left under a moved session's old id.
+fn superseded_by(previous: &SessionRecord, successor: &IdHash, now: UnixMillis) -> Entry {
     Entry::Superseded(Superseded {
         successor: *successor,
         until: now.saturating_add(SUPERSEDED_FOR_MS),
+        user_id: previous.user_id.clone(),
     })
 }
 
@@ -378,8 +380,9 @@ async fn move_session(
 /// Whose session a removal means, to decide which moves it follows.
 #[derive(Clone, Copy)]
 enum Owner<'a> {
-    /// Unknown: only a renewal's forward is followed (a renewal never
-    /// changes the user).
+    /// Unknown: a renewal's forward is followed (a renewal never changes
+    /// the user), and a login's or regeneration's marker to a session of
+    /// the user the marker names.
     Unknown,
     /// The session's user (`None`: anonymous): a login's or regeneration's
     /// marker is followed too, to a session of that same user.
@@ -395,13 +398,16 @@ async fn remove_following(
     keep: Option<&IdHash>,
 ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
     let mut current = *id;
+    // The user a followed session must have: `None` while any will do.
+    let mut owner: Option<Option<String>> = match owner {
+        Owner::Unknown => None,
+        Owner::Known(user) => Some(user.map(str::to_owned)),
+    };
     for hop in 0..MAX_HOPS {
-        if let (Owner::Known(user), true) = (owner, hop > 0) {
+        if let (Some(user), true) = (&owner, hop > 0) {
             // Only a session of the same user is followed to.
             match store.load(&current).await? {
-                Some(Entry::Session(record)) if record.user_id.as_deref() != user => {
-                    return Ok(None)
-                }
+                Some(Entry::Session(record)) if record.user_id != *user => return Ok(None),
                 None => return Ok(None),
                 Some(_) => {}
             }
@@ -415,10 +421,16 @@ async fn remove_following(
                 return Ok(Some(record));
             }
             Some(Entry::Forward(forward)) => forward.successor,
-            Some(Entry::Superseded(marker)) => match owner {
-                Owner::Known(_) => marker.successor,
-                Owner::Unknown => return Ok(None),
-            },
+            Some(Entry::Superseded(marker)) => {
+                if owner.is_none() {
+                    // Followed only into the session of the user it had.
+                    match marker.user_id {
+                        Some(user) => owner = Some(Some(user)),
+                        None => return Ok(None),
+                    }
+                }
+                marker.successor
+            }
         };
         if Some(&next) == keep {
             return Ok(None);
@@ -440,7 +452,8 @@ pub(crate) async fn logout(
 }
 
 /// Removes the session under `id` (from an admin handle), following a
-/// renewal's forward. Returns the session removed, if one was.
+/// renewal's forward, and a regeneration's or login's marker to the
+/// session of the same user. Returns the session removed, if one was.
 pub(crate) async fn revoke(
     store: &dyn SessionStore,
     id: &IdHash,

@@ -299,13 +299,17 @@ pub struct Forward {
 }
 
 /// The marker left under an id that a login or a regeneration replaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superseded {
     /// The at-rest hash of the id that replaced this one (a logout racing
     /// the move follows it).
     pub successor: IdHash,
     /// When the marker may go.
     pub until: UnixMillis,
+    /// The user the session had before the move (`None`: anonymous). A
+    /// removal that names the old id follows the marker only to a session
+    /// of this same user, never into a different user's sign-in.
+    pub user_id: Option<String>,
 }
 
 impl Entry {

@@ -164,6 +164,7 @@ async fn redis_expiry_follows_each_entrys_end_plus_slack() {
         Entry::Superseded(Superseded {
             successor: new.hash(),
             until,
+            user_id: None,
         }),
     ];
     for placeholder in placeholders {
@@ -321,6 +322,7 @@ async fn every_change_is_announced_on_the_change_channel() {
         Entry::Superseded(Superseded {
             successor: SessionId::generate().hash(),
             until: record.created_at() + 10_000,
+            user_id: None,
         })
     };
     let record = conformance::sample_record(None);

@@ -568,3 +568,57 @@ async fn a_logout_racing_a_renewal_still_ends_the_session() {
         "the logout reached the renewed session"
     );
 }
+
+#[tokio::test]
+async fn revoking_a_handle_listed_before_a_regeneration_ends_the_moved_session() {
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate());
+    let admin = layer.sessions();
+    let app = app(layer);
+    let old = login(&app, "ida").await;
+    let listed = admin.list("ida").await.unwrap();
+    let moved = send(&app, "POST", "/regenerate", Some(&old))
+        .await
+        .token()
+        .expect("a regeneration issues a new id");
+    assert_eq!(whoami(&app, &moved).await.body, "ida");
+    assert!(admin.revoke(&listed[0].handle).await.unwrap());
+    assert_eq!(
+        whoami(&app, &moved).await.body,
+        "anonymous",
+        "the regenerated session is gone too"
+    );
+    assert!(admin.list("ida").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn revoking_a_handle_listed_before_a_second_login_ends_the_moved_session() {
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate());
+    let admin = layer.sessions();
+    let app = app(layer);
+    let old = login(&app, "joe").await;
+    let listed = admin.list("joe").await.unwrap();
+    let again = send(&app, "POST", "/login/joe", Some(&old))
+        .await
+        .token()
+        .expect("a login issues a new id");
+    assert!(admin.revoke(&listed[0].handle).await.unwrap());
+    assert_eq!(whoami(&app, &again).await.body, "anonymous");
+}
+
+#[tokio::test]
+async fn revoking_a_handle_never_follows_a_session_into_another_users_sign_in() {
+    let layer = SessionLayer::new(MemoryStore::new(100), Key::generate());
+    let admin = layer.sessions();
+    let app = app(layer);
+    let kim = login(&app, "kim").await;
+    let listed = admin.list("kim").await.unwrap();
+    let lee = send(&app, "POST", "/login/lee", Some(&kim))
+        .await
+        .token()
+        .expect("signing in as another user issues a new id");
+    assert!(
+        !admin.revoke(&listed[0].handle).await.unwrap(),
+        "kim's session is no more: nothing to revoke"
+    );
+    assert_eq!(whoami(&app, &lee).await.body, "lee", "lee stays signed in");
+}

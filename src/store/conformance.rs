@@ -62,6 +62,7 @@ pub async fn run<S: SessionStore>(store: &S) {
     login_rejected_at_the_limit_changes_nothing(store).await;
     concurrent_logins_never_overshoot_the_limit(store).await;
     logout_follows_a_session_moved_meanwhile(store).await;
+    revoke_follows_a_move_only_within_its_user(store).await;
     logout_everywhere_keeps_the_one_asked_for(store).await;
 }
 
@@ -242,6 +243,7 @@ async fn update_writes_nothing_without_a_session<S: SessionStore>(store: &S) {
     let marker = Entry::Superseded(Superseded {
         successor: SessionId::generate().hash(),
         until: now() + 10_000,
+        user_id: None,
     });
     must(
         "replace",
@@ -404,6 +406,12 @@ async fn placeholders_round_trip<S: SessionStore>(store: &S) {
         Entry::Superseded(Superseded {
             successor: new.hash(),
             until: now() + 10_000,
+            user_id: None,
+        }),
+        Entry::Superseded(Superseded {
+            successor: new.hash(),
+            until: now() + 10_000,
+            user_id: Some("ann@example.com".to_owned()),
         }),
     ];
     for placeholder in placeholders {
@@ -792,6 +800,49 @@ async fn logout_follows_a_session_moved_meanwhile<S: SessionStore>(store: &S) {
         );
         assert!(listed(store, &user_id).await.is_empty());
     }
+}
+
+async fn revoke_follows_a_move_only_within_its_user<S: SessionStore>(store: &S) {
+    // A regeneration keeps the user: a handle to the old id ends the moved session.
+    let user_id = user();
+    let record = created(store, Some(&user_id)).await;
+    let old_id = SessionId::generate();
+    rekey(store, record, &old_id).await;
+    let (new_id, _) = must(
+        "move",
+        lifecycle::regenerate(store, &old_id, &Change::default(), now(), None).await,
+    )
+    .expect("store contract: a stored session must move");
+    let revoked = must("revoke", lifecycle::revoke(store, &old_id.hash()).await);
+    assert_eq!(
+        revoked.map(|r| r.id_hash),
+        Some(new_id.hash()),
+        "store contract: revoking a regenerated session's old id must end the moved session"
+    );
+    assert!(listed(store, &user_id).await.is_empty());
+
+    // Signing in as someone else: the old id's user is gone, the new user's
+    // session must survive a revocation through the old id.
+    let (first, second) = (user(), user());
+    let (previous, _, _) = signed_in(logged_in(store, &first, None, None).await);
+    let (switched, moved, _) =
+        signed_in(logged_in(store, &second, Some(previous.id_hash), None).await);
+    assert!(
+        moved,
+        "store contract: a login must move the previous session"
+    );
+    assert!(
+        must("revoke", lifecycle::revoke(store, &previous.id_hash).await).is_none(),
+        "store contract: a revocation must not follow a session into another user's sign-in"
+    );
+    assert!(
+        must("load", store.load(&switched.id_hash).await).is_some(),
+        "store contract: the other user's session must survive"
+    );
+    must(
+        "logout everywhere",
+        lifecycle::logout_user(store, &second, None, now()).await,
+    );
 }
 
 async fn logout_everywhere_keeps_the_one_asked_for<S: SessionStore>(store: &S) {

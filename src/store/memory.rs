@@ -716,6 +716,7 @@ mod tests {
         let marker = Entry::Superseded(crate::record::Superseded {
             successor: SessionId::generate().hash(),
             until: 2_000,
+            user_id: None,
         });
         assert!(!store.replace(&r.id_hash, 7, Some(&marker)).await.unwrap());
         assert!(store.replace(&r.id_hash, 0, Some(&marker)).await.unwrap());

@@ -79,11 +79,17 @@ pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<(String, String)>, Store
             field("sealed", forward.sealed_id.to_hex()),
             field("until", forward.until.to_string()),
         ]),
-        Entry::Superseded(marker) => Ok(vec![
-            field("kind", KIND_SUPERSEDED),
-            field("succ", marker.successor.to_hex()),
-            field("until", marker.until.to_string()),
-        ]),
+        Entry::Superseded(marker) => {
+            let mut fields = vec![
+                field("kind", KIND_SUPERSEDED),
+                field("succ", marker.successor.to_hex()),
+                field("until", marker.until.to_string()),
+            ];
+            if let Some(user) = &marker.user_id {
+                fields.push(field("user", user.as_str()));
+            }
+            Ok(fields)
+        }
     }
 }
 
@@ -146,10 +152,11 @@ pub(super) fn decode_entry(
             })
         }
         KIND_SUPERSEDED => {
-            let placeholder = Placeholder::read(fields)?;
+            let mut placeholder = Placeholder::read(fields)?;
             Entry::Superseded(Superseded {
                 successor: placeholder.successor()?,
                 until: placeholder.until()?,
+                user_id: placeholder.user.take(),
             })
         }
         _ => return Err(corrupt("a stored entry is of an unknown kind")),
@@ -163,6 +170,7 @@ struct Placeholder {
     successor: Option<IdHash>,
     sealed: Option<SealedId>,
     until: Option<UnixMillis>,
+    user: Option<String>,
 }
 
 impl Placeholder {
@@ -183,6 +191,7 @@ impl Placeholder {
                     );
                 }
                 "until" => placeholder.until = Some(number(&value)?),
+                "user" => placeholder.user = Some(value),
                 // `kind`, and fields of a newer version.
                 _ => {}
             }
@@ -385,6 +394,7 @@ mod tests {
         let marker = Entry::Superseded(Superseded {
             successor: new.hash(),
             until: 9_000,
+            user_id: Some("ann".to_owned()),
         });
         assert_eq!(round_trip(old.hash(), &marker), marker);
         let fields = encode_entry(&marker).unwrap();

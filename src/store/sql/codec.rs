@@ -79,12 +79,10 @@ impl Columns {
                 Some(hex_bytes(&forward.sealed_id.to_hex())),
                 forward.until,
             )),
-            Entry::Superseded(marker) => Ok(Self::placeholder(
-                KIND_SUPERSEDED,
-                marker.successor,
-                None,
-                marker.until,
-            )),
+            Entry::Superseded(marker) => Ok(Self {
+                user_id: marker.user_id.clone(),
+                ..Self::placeholder(KIND_SUPERSEDED, marker.successor, None, marker.until)
+            }),
         }
     }
 
@@ -198,6 +196,7 @@ impl Stored {
             KIND_SUPERSEDED => Ok(Entry::Superseded(Superseded {
                 successor: successor(self.successor.as_deref())?,
                 until: unix_millis(self.absolute_deadline)?,
+                user_id: self.user_id,
             })),
             _ => Err(corrupt("a stored entry is of an unknown kind")),
         }
