@@ -204,8 +204,8 @@ pub(crate) struct Login<'a> {
     pub(crate) previous: Option<IdHash>,
     /// The session to create when there is no previous one: the user, the
     /// client (its `id_hash` is replaced by the new id's). Its `user_id`,
-    /// `id_issued_at`, `ip`, `user_agent` and `binding` also go to a moved
-    /// session.
+    /// `id_issued_at`, deadlines, `ip`, `user_agent` and `binding` also go
+    /// to a moved session.
     pub(crate) record: SessionRecord,
     /// The request's pending writes, applied to a moved session.
     pub(crate) change: &'a Change,
@@ -313,6 +313,11 @@ fn moved_by(login: &Login<'_>, previous: &SessionRecord, new: &SessionId) -> Ses
     moved.id_hash = new.hash();
     moved.user_id.clone_from(&template.user_id);
     moved.id_issued_at = template.id_issued_at;
+    // A sign-in starts the idle and absolute windows afresh: the absolute
+    // timeout counts from authentication, not from the first anonymous visit.
+    moved.last_seen = moved.last_seen.max(template.last_seen);
+    moved.idle_deadline = template.idle_deadline;
+    moved.absolute_deadline = template.absolute_deadline;
     moved.ip = template.ip;
     moved.user_agent.clone_from(&template.user_agent);
     moved.binding.clone_from(&template.binding);

@@ -139,9 +139,41 @@ async fn a_persistent_cookie_carries_the_time_left_to_the_absolute_deadline() {
         .with_absolute_timeout(Duration::from_secs(3600))
         .with_cookie(tower_session_guard::CookieConfig::default().with_persistent(true))
         .with_clock(clock.clone()));
-    let token = send(&app, "GET", "/count", None).await.token().unwrap();
+    let token = send(&app, "POST", "/login/pat", None)
+        .await
+        .token()
+        .unwrap();
     clock.advance(Duration::from_secs(600));
-    let login = send(&app, "POST", "/login/pat", Some(&token)).await;
-    let cookie = &login.session_cookies()[0];
+    let regenerated = send(&app, "POST", "/regenerate", Some(&token)).await;
+    let cookie = &regenerated.session_cookies()[0];
     assert!(cookie.contains("Max-Age=3000"), "{cookie}");
+}
+
+#[tokio::test]
+async fn the_absolute_timeout_counts_from_sign_in_not_from_the_first_visit() {
+    let clock = ManualClock::new();
+    let layer = SessionLayer::new(MemoryStore::new(1_000), Key::generate())
+        .with_idle_timeout(ABSOLUTE * 4)
+        .with_absolute_timeout(ABSOLUTE)
+        .with_clock(clock.clone());
+    let app = app(layer);
+    // An anonymous visitor browses for most of the absolute window...
+    let anonymous = send(&app, "GET", "/count", None).await.token().unwrap();
+    clock.advance(ABSOLUTE - Duration::from_secs(3600));
+    // ...then signs in: the window starts again, and the data stays.
+    let signed_in = send(&app, "POST", "/login/ann", Some(&anonymous))
+        .await
+        .token()
+        .unwrap();
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(
+        send(&app, "GET", "/whoami", Some(&signed_in)).await.body,
+        "ann",
+        "signed in for two hours of an eight-hour window"
+    );
+    assert_eq!(send(&app, "GET", "/read", Some(&signed_in)).await.body, "1");
+    clock.advance(ABSOLUTE - Duration::from_secs(2 * 3600));
+    let reply = send(&app, "GET", "/whoami", Some(&signed_in)).await;
+    assert_eq!(reply.body, "anonymous", "eight hours after sign-in it ends");
+    assert!(reply.clears_cookie());
 }
