@@ -123,33 +123,19 @@ impl SessionRecord {
     /// A record rebuilt from its parts, exactly as [`into_parts`](Self::into_parts) gave them.
     #[must_use]
     pub fn from_parts(parts: RecordParts) -> Self {
-        let RecordParts {
-            id_hash,
-            user_id,
-            data,
-            created_at,
-            last_seen,
-            idle_deadline,
-            absolute_deadline,
-            id_issued_at,
-            version,
-            ip,
-            user_agent,
-            binding,
-        } = parts;
         Self {
-            id_hash,
-            user_id,
-            data,
-            created_at,
-            last_seen,
-            idle_deadline,
-            absolute_deadline,
-            id_issued_at,
-            version,
-            ip,
-            user_agent,
-            binding,
+            id_hash: parts.id_hash,
+            user_id: parts.user_id,
+            data: parts.data,
+            created_at: parts.created_at,
+            last_seen: parts.last_seen,
+            idle_deadline: parts.idle_deadline,
+            absolute_deadline: parts.absolute_deadline,
+            id_issued_at: parts.id_issued_at,
+            version: parts.version,
+            ip: parts.ip,
+            user_agent: parts.user_agent,
+            binding: parts.binding,
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::routing::post;
 use axum::Router;
-use common::{send, Gate, Reply};
+use common::{send, sign_in, Gate, Reply};
 use http::StatusCode;
 use tokio::task::JoinHandle;
 use tower_session_guard::clock::ManualClock;
@@ -81,12 +81,6 @@ fn spawn_send(
     tokio::spawn(async move { send(&app, method, uri, Some(&token)).await })
 }
 
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().expect("a login hands out a token")
-}
-
 async fn whoami(app: &Router, token: &str) -> String {
     send(app, "GET", "/whoami", Some(token)).await.body
 }
@@ -103,7 +97,7 @@ async fn revoking_a_renewed_session_through_a_cache_ends_it_at_once() {
     let layer = cached_renewing_layer(&clock);
     let admin = layer.sessions();
     let app = common::app(layer);
-    let old = login(&app, "ana").await;
+    let old = sign_in(&app, "ana").await;
 
     // An admin opens ana's sessions page...
     let listed = admin.list("ana").await.unwrap();
@@ -140,7 +134,7 @@ async fn a_write_in_flight_across_a_renewal_is_seen_with_the_new_token_at_once()
     let clock = ManualClock::new();
     let gate = Gate::default();
     let app = app_with_held_routes(cached_renewing_layer(&clock), &gate);
-    let old = login(&app, "bo").await;
+    let old = sign_in(&app, "bo").await;
 
     // Request A arrives with the old token before a renewal is due, loads
     // the session and is held before it writes.
@@ -185,7 +179,7 @@ async fn a_held_logout_racing(racer: &str) -> (Router, String) {
     let gate = Gate::default();
     let layer = SessionLayer::new(MemoryStore::new(1_000), Key::generate());
     let app = app_with_held_routes(layer, &gate);
-    let token = login(&app, "cy").await;
+    let token = sign_in(&app, "cy").await;
 
     let logout = spawn_send(&app, "POST", "/held/logout", &token);
     gate.reached().await;
@@ -239,7 +233,7 @@ async fn an_anonymous_flood_never_evicts_a_signed_in_session() {
     let mut signed_in = Vec::new();
     for i in 0..CAP / 2 {
         let user = format!("user{i}");
-        let token = login(&app, &user).await;
+        let token = sign_in(&app, &user).await;
         signed_in.push((user, token));
     }
 
@@ -276,7 +270,7 @@ async fn a_request_in_flight_across_a_renewal_and_a_regeneration_keeps_the_new_c
         .with_renewal_interval(RENEW_EVERY, GRACE)
         .with_clock(clock.clone());
     let app = common::app(layer);
-    let first = login(&app, "bo").await;
+    let first = sign_in(&app, "bo").await;
     clock.advance(RENEW_EVERY + Duration::from_secs(1));
     // One tab's request renews the id; another tab then regenerates it.
     let renewed = send(&app, "GET", "/whoami", Some(&first))
@@ -306,7 +300,7 @@ async fn an_anonymous_flood_does_not_cut_a_renewal_short() {
         .with_renewal_interval(RENEW_EVERY, GRACE)
         .with_clock(clock.clone());
     let app = app_with_held_routes(layer, &gate);
-    let first = login(&app, "cy").await;
+    let first = sign_in(&app, "cy").await;
     let flood = |app: Router| async move {
         for _ in 0..2 * CAP {
             let reply = send(&app, "POST", "/set/k/v", None).await;

@@ -8,7 +8,7 @@ mod redis_common;
 use std::time::Duration;
 
 use axum::Router;
-use common::{send, Reply};
+use common::{send, sign_in, who_is, Reply};
 use futures_util::future::join_all;
 use http::StatusCode;
 use redis_common::{eventually, SharedRedis};
@@ -66,12 +66,6 @@ async fn two_different_instances(
     Some((a, b, redis))
 }
 
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().unwrap()
-}
-
 /// `count` logins of `user` at once, alternating between the instances.
 async fn race_logins(a: &Instance, b: &Instance, user: &str, count: usize) -> Vec<Reply> {
     let path = format!("/login/{user}");
@@ -82,17 +76,13 @@ async fn race_logins(a: &Instance, b: &Instance, user: &str, count: usize) -> Ve
     .await
 }
 
-async fn whoami(app: &Router, token: &str) -> Reply {
-    send(app, "GET", "/whoami", Some(token)).await
-}
-
 #[tokio::test]
 async fn a_login_on_one_instance_is_signed_in_on_the_other() {
     let Some((a, b, _redis)) = two_instances("login_across", |l| l).await else {
         return;
     };
-    let token = login(&a.app, "ann").await;
-    assert_eq!(whoami(&b.app, &token).await.body, "ann");
+    let token = sign_in(&a.app, "ann").await;
+    assert_eq!(who_is(&b.app, &token).await.body, "ann");
 
     let set = send(&a.app, "POST", "/set/color/blue", Some(&token)).await;
     assert_eq!(set.status, StatusCode::OK);
@@ -116,15 +106,15 @@ async fn a_logout_on_one_instance_signs_out_on_the_other_within_100_ms() {
     let Some((a, b, _redis)) = two_instances("logout_across", |l| l).await else {
         return;
     };
-    let token = login(&a.app, "ann").await;
+    let token = sign_in(&a.app, "ann").await;
     // A serves the session from its cache.
-    assert_eq!(whoami(&a.app, &token).await.body, "ann");
-    assert_eq!(whoami(&a.app, &token).await.body, "ann");
+    assert_eq!(who_is(&a.app, &token).await.body, "ann");
+    assert_eq!(who_is(&a.app, &token).await.body, "ann");
 
     let logout = send(&b.app, "POST", "/logout", Some(&token)).await;
     assert_eq!(logout.status, StatusCode::OK);
     let took = eventually(Duration::from_millis(100), || async {
-        whoami(&a.app, &token).await.body == "anonymous"
+        who_is(&a.app, &token).await.body == "anonymous"
     })
     .await;
     assert!(
@@ -139,10 +129,10 @@ async fn a_revocation_on_one_instance_signs_out_on_the_other_within_100_ms() {
     let Some((a, b, _redis)) = two_instances("revoke_across", |l| l).await else {
         return;
     };
-    let first = login(&a.app, "ann").await;
-    let second = login(&a.app, "ann").await;
-    assert_eq!(whoami(&a.app, &first).await.body, "ann");
-    assert_eq!(whoami(&a.app, &second).await.body, "ann");
+    let first = sign_in(&a.app, "ann").await;
+    let second = sign_in(&a.app, "ann").await;
+    assert_eq!(who_is(&a.app, &first).await.body, "ann");
+    assert_eq!(who_is(&a.app, &second).await.body, "ann");
 
     let listed = b.admin.list("ann").await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -150,7 +140,7 @@ async fn a_revocation_on_one_instance_signs_out_on_the_other_within_100_ms() {
     assert!(eventually(Duration::from_millis(100), || async {
         let mut anonymous = 0;
         for token in [&first, &second] {
-            if whoami(&a.app, token).await.body == "anonymous" {
+            if who_is(&a.app, token).await.body == "anonymous" {
                 anonymous += 1;
             }
         }
@@ -161,8 +151,8 @@ async fn a_revocation_on_one_instance_signs_out_on_the_other_within_100_ms() {
 
     assert_eq!(b.admin.revoke_user("ann").await.unwrap(), 1);
     assert!(eventually(Duration::from_millis(100), || async {
-        whoami(&a.app, &first).await.body == "anonymous"
-            && whoami(&a.app, &second).await.body == "anonymous"
+        who_is(&a.app, &first).await.body == "anonymous"
+            && who_is(&a.app, &second).await.body == "anonymous"
     })
     .await
     .is_some());
@@ -189,20 +179,20 @@ async fn a_lost_invalidation_is_bounded_by_the_cache_ttl() {
         .with_change_notifications(false);
     let b = common::app(SessionLayer::new(quiet, key));
 
-    let token = login(&a, "ann").await;
-    assert_eq!(whoami(&a, &token).await.body, "ann");
+    let token = sign_in(&a, "ann").await;
+    assert_eq!(who_is(&a, &token).await.body, "ann");
     assert_eq!(
         send(&b, "POST", "/logout", Some(&token)).await.status,
         StatusCode::OK
     );
     assert_eq!(
-        whoami(&a, &token).await.body,
+        who_is(&a, &token).await.body,
         "ann",
         "A serves its copy: it heard nothing"
     );
     assert!(
         eventually(ttl + Duration::from_millis(200), || async {
-            whoami(&a, &token).await.body == "anonymous"
+            who_is(&a, &token).await.body == "anonymous"
         })
         .await
         .is_some(),
@@ -228,7 +218,7 @@ async fn the_session_limit_holds_when_20_logins_race_on_both_instances() {
     let mut signed_in = 0;
     for (i, token) in tokens.iter().enumerate() {
         let app = if i % 2 == 0 { &b.app } else { &a.app };
-        if whoami(app, token).await.body == "ann" {
+        if who_is(app, token).await.body == "ann" {
             signed_in += 1;
         }
     }
@@ -262,7 +252,7 @@ async fn two_hundred_concurrent_writes_to_one_session_across_instances_are_all_k
     let Some((a, b, redis)) = two_instances("concurrent_writes", |l| l).await else {
         return;
     };
-    let token = login(&a.app, "ann").await;
+    let token = sign_in(&a.app, "ann").await;
     let replies = join_all((0..200).map(|i| {
         let app = if i % 2 == 0 { &a.app } else { &b.app };
         let uri = format!("/set/k{i}/v{i}");
@@ -313,22 +303,22 @@ async fn a_renewal_on_one_instance_is_followed_on_the_other_within_100_ms() {
     else {
         return;
     };
-    let old = login(&a.app, "ann").await;
-    assert_eq!(whoami(&a.app, &old).await.body, "ann");
+    let old = sign_in(&a.app, "ann").await;
+    assert_eq!(who_is(&a.app, &old).await.body, "ann");
     tokio::time::sleep(Duration::from_millis(250)).await;
     // A serves the old id from its copy and keeps it (A renews nothing).
-    let kept = whoami(&a.app, &old).await;
+    let kept = who_is(&a.app, &old).await;
     assert_eq!(kept.body, "ann");
     assert_eq!(kept.token(), None);
 
-    let renewed = whoami(&b.app, &old).await;
+    let renewed = who_is(&b.app, &old).await;
     assert_eq!(renewed.body, "ann");
     let new = renewed.token().expect("B renewed the id");
     assert_ne!(new, old);
     // A drops its copy of the old id, finds the forwarding entry and hands
     // out the same new id.
     let followed = eventually(Duration::from_millis(100), || async {
-        let reply = whoami(&a.app, &old).await;
+        let reply = who_is(&a.app, &old).await;
         reply.body == "ann" && reply.token().as_deref() == Some(new.as_str())
     })
     .await;
@@ -336,7 +326,7 @@ async fn a_renewal_on_one_instance_is_followed_on_the_other_within_100_ms() {
         followed.is_some(),
         "A still serves the renewed id as it was"
     );
-    assert_eq!(whoami(&a.app, &new).await.body, "ann");
+    assert_eq!(who_is(&a.app, &new).await.body, "ann");
 }
 
 #[tokio::test]
@@ -348,16 +338,16 @@ async fn an_eviction_on_one_instance_signs_out_on_the_other_within_100_ms() {
     else {
         return;
     };
-    let first = login(&a.app, "ann").await;
-    assert_eq!(whoami(&a.app, &first).await.body, "ann");
-    assert_eq!(whoami(&a.app, &first).await.body, "ann");
-    let second = login(&b.app, "ann").await;
+    let first = sign_in(&a.app, "ann").await;
+    assert_eq!(who_is(&a.app, &first).await.body, "ann");
+    assert_eq!(who_is(&a.app, &first).await.body, "ann");
+    let second = sign_in(&b.app, "ann").await;
     assert!(eventually(Duration::from_millis(100), || async {
-        whoami(&a.app, &first).await.body == "anonymous"
+        who_is(&a.app, &first).await.body == "anonymous"
     })
     .await
     .is_some());
-    assert_eq!(whoami(&a.app, &second).await.body, "ann");
+    assert_eq!(who_is(&a.app, &second).await.body, "ann");
 }
 
 #[tokio::test]
@@ -385,5 +375,5 @@ async fn a_login_on_one_instance_retires_the_old_id_on_the_other_within_100_ms()
     .await
     .is_some());
     assert_eq!(send(&a.app, "GET", "/read", Some(&token)).await.body, "1");
-    assert_eq!(whoami(&a.app, &token).await.body, "ann");
+    assert_eq!(who_is(&a.app, &token).await.body, "ann");
 }

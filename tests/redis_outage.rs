@@ -15,21 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use common::{send, Reply};
+use common::{send, sign_in, who_is};
 use http::StatusCode;
 use redis_common::{eventually, free_port, PrivateRedis};
 use tower_session_guard::store::{CachedStore, RedisStore};
 use tower_session_guard::{Key, SessionLayer};
-
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().unwrap()
-}
-
-async fn whoami(app: &Router, token: &str) -> Reply {
-    send(app, "GET", "/whoami", Some(token)).await
-}
 
 /// Sends a request and checks it failed with 503 within `limit`.
 async fn unavailable_within(
@@ -66,8 +56,8 @@ async fn a_frozen_redis_answers_503_within_the_timeout_and_service_resumes() {
         .unwrap()
         .with_timeout(timeout);
     let app = common::app(SessionLayer::new(store, Key::generate()));
-    let ann = login(&app, "ann").await;
-    let bob = login(&app, "bob").await;
+    let ann = sign_in(&app, "ann").await;
+    let bob = sign_in(&app, "bob").await;
     send(&app, "POST", "/set/color/blue", Some(&ann)).await;
 
     redis.freeze();
@@ -79,14 +69,14 @@ async fn a_frozen_redis_answers_503_within_the_timeout_and_service_resumes() {
 
     redis.thaw();
     let back = eventually(Duration::from_secs(10), || async {
-        whoami(&app, &ann).await.body == "ann"
+        who_is(&app, &ann).await.body == "ann"
     })
     .await;
     assert!(
         back.is_some(),
         "service did not resume after Redis came back"
     );
-    assert_eq!(whoami(&app, &bob).await.body, "bob");
+    assert_eq!(who_is(&app, &bob).await.body, "bob");
     assert_eq!(
         send(&app, "GET", "/get/color", Some(&ann)).await.body,
         "blue"
@@ -102,7 +92,7 @@ async fn a_stopped_redis_answers_503_and_sessions_survive_its_restart() {
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     assert_eq!(store.timeout(), Duration::from_secs(2));
     let app = common::app(SessionLayer::new(store, Key::generate()));
-    let ann = login(&app, "ann").await;
+    let ann = sign_in(&app, "ann").await;
     send(&app, "POST", "/set/color/blue", Some(&ann)).await;
 
     redis.stop_saving();
@@ -112,7 +102,7 @@ async fn a_stopped_redis_answers_503_and_sessions_survive_its_restart() {
 
     redis.launch();
     let back = eventually(Duration::from_secs(10), || async {
-        whoami(&app, &ann).await.body == "ann"
+        who_is(&app, &ann).await.body == "ann"
     })
     .await;
     assert!(back.is_some(), "service did not resume after the restart");
@@ -177,9 +167,9 @@ async fn a_cache_is_bypassed_while_redis_is_down_and_resumes_after() {
             .is_some()
     );
     let app = common::app(SessionLayer::new(cache.clone(), Key::generate()));
-    let ann = login(&app, "ann").await;
-    assert_eq!(whoami(&app, &ann).await.body, "ann");
-    assert_eq!(whoami(&app, &ann).await.body, "ann");
+    let ann = sign_in(&app, "ann").await;
+    assert_eq!(who_is(&app, &ann).await.body, "ann");
+    assert_eq!(who_is(&app, &ann).await.body, "ann");
 
     // A frozen server: the feed's probe notices within about two seconds,
     // and from then on the cached copy is not served.
@@ -193,7 +183,7 @@ async fn a_cache_is_bypassed_while_redis_is_down_and_resumes_after() {
     unavailable_within(&app, "GET", "/whoami", Some(&ann), Duration::from_secs(1)).await;
     redis.thaw();
     assert!(eventually(Duration::from_secs(10), || async {
-        whoami(&app, &ann).await.body == "ann"
+        who_is(&app, &ann).await.body == "ann"
     })
     .await
     .is_some());
@@ -204,7 +194,7 @@ async fn a_cache_is_bypassed_while_redis_is_down_and_resumes_after() {
             .await
             .is_some()
     );
-    assert_eq!(whoami(&app, &ann).await.body, "ann");
+    assert_eq!(who_is(&app, &ann).await.body, "ann");
     redis.stop_saving();
     assert!(
         eventually(Duration::from_secs(1), || async { !cache.is_caching() })
@@ -214,7 +204,7 @@ async fn a_cache_is_bypassed_while_redis_is_down_and_resumes_after() {
     unavailable_within(&app, "GET", "/whoami", Some(&ann), Duration::from_secs(1)).await;
     redis.launch();
     assert!(eventually(Duration::from_secs(10), || async {
-        cache.is_caching() && whoami(&app, &ann).await.body == "ann"
+        cache.is_caching() && who_is(&app, &ann).await.body == "ann"
     })
     .await
     .is_some());
@@ -233,7 +223,7 @@ async fn no_request_is_served_as_another_user_while_redis_flaps() {
     let mut users = Vec::new();
     for i in 0..6 {
         let user = format!("user{i}");
-        let token = login(&app, &user).await;
+        let token = sign_in(&app, &user).await;
         users.push((user, token));
     }
 
@@ -246,7 +236,7 @@ async fn no_request_is_served_as_another_user_while_redis_flaps() {
             tokio::spawn(async move {
                 let (mut served, mut refused) = (0, 0);
                 while Instant::now() < stop_at {
-                    let reply = whoami(&app, &token).await;
+                    let reply = who_is(&app, &token).await;
                     match reply.status {
                         StatusCode::OK => {
                             assert_eq!(reply.body, user, "served as someone else");
@@ -279,7 +269,7 @@ async fn no_request_is_served_as_another_user_while_redis_flaps() {
     );
     for (user, token) in &users {
         let back = eventually(Duration::from_secs(10), || async {
-            whoami(&app, token).await.body == *user
+            who_is(&app, token).await.body == *user
         })
         .await;
         assert!(back.is_some());

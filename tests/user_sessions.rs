@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::Router;
-use common::{send, Reply};
+use common::{send, sign_in, who_is};
 use http::StatusCode;
 use tower_session_guard::clock::ManualClock;
 use tower_session_guard::{
@@ -57,16 +57,6 @@ async fn login_status(session: Session, Path(user): Path<String>) -> String {
     }
 }
 
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().unwrap()
-}
-
-async fn whoami(app: &Router, token: &str) -> Reply {
-    send(app, "GET", "/whoami", Some(token)).await
-}
-
 fn kinds(events: &Events) -> Vec<&'static str> {
     events
         .lock()
@@ -85,24 +75,24 @@ async fn the_least_recently_used_session_is_evicted_at_the_limit() {
             .with_clock(clock.clone()),
     );
     let app = app(layer);
-    let first = login(&app, "ana").await;
+    let first = sign_in(&app, "ana").await;
     clock.advance(Duration::from_secs(60));
-    let second = login(&app, "ana").await;
+    let second = sign_in(&app, "ana").await;
     clock.advance(Duration::from_secs(60));
-    let third = login(&app, "ana").await;
+    let third = sign_in(&app, "ana").await;
     // Use the first session again, long enough later to record activity.
     clock.advance(Duration::from_secs(10 * 60));
-    assert_eq!(whoami(&app, &first).await.body, "ana");
+    assert_eq!(who_is(&app, &first).await.body, "ana");
 
-    let fourth = login(&app, "ana").await;
-    let evicted = whoami(&app, &second).await;
+    let fourth = sign_in(&app, "ana").await;
+    let evicted = who_is(&app, &second).await;
     assert_eq!(
         evicted.body, "anonymous",
         "the least recently used session is gone"
     );
     assert!(evicted.clears_cookie());
     for token in [&first, &third, &fourth] {
-        assert_eq!(whoami(&app, token).await.body, "ana");
+        assert_eq!(who_is(&app, token).await.body, "ana");
     }
     assert!(kinds(&events).contains(&"evicted"));
 }
@@ -111,16 +101,16 @@ async fn the_least_recently_used_session_is_evicted_at_the_limit() {
 async fn reject_login_refuses_a_login_over_the_limit_and_changes_nothing() {
     let app = app(SessionLayer::new(MemoryStore::new(100), Key::generate())
         .with_session_limit(2, OnLimit::RejectLogin));
-    let a = login(&app, "ben").await;
-    let b = login(&app, "ben").await;
+    let a = sign_in(&app, "ben").await;
+    let b = sign_in(&app, "ben").await;
     let anonymous = send(&app, "GET", "/count", None).await.token().unwrap();
     let refused = send(&app, "POST", "/login/ben", Some(&anonymous)).await;
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert!(refused.body.contains("most allowed"), "{}", refused.body);
     assert_eq!(refused.token(), None, "no new id was issued");
-    assert_eq!(whoami(&app, &a).await.body, "ben");
-    assert_eq!(whoami(&app, &b).await.body, "ben");
-    let still = whoami(&app, &anonymous).await;
+    assert_eq!(who_is(&app, &a).await.body, "ben");
+    assert_eq!(who_is(&app, &b).await.body, "ben");
+    let still = who_is(&app, &anonymous).await;
     assert_eq!(still.body, "anonymous");
     assert_eq!(
         send(&app, "GET", "/read", Some(&anonymous)).await.body,
@@ -138,7 +128,7 @@ async fn twenty_concurrent_logins_never_overshoot_a_limit_of_three() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let app = app.clone();
-            tokio::spawn(async move { login(&app, "cy").await })
+            tokio::spawn(async move { sign_in(&app, "cy").await })
         })
         .collect();
     let mut tokens = Vec::new();
@@ -148,7 +138,7 @@ async fn twenty_concurrent_logins_never_overshoot_a_limit_of_three() {
     assert_eq!(admin.list("cy").await.unwrap().len(), 3);
     let mut alive = 0;
     for token in &tokens {
-        if whoami(&app, token).await.body == "cy" {
+        if who_is(&app, token).await.body == "cy" {
             alive += 1;
         }
     }
@@ -166,13 +156,13 @@ async fn a_per_user_limit_applies_per_role() {
         OnLimit::RejectLogin,
     );
     let app = app(layer);
-    login(&app, "admin").await;
+    sign_in(&app, "admin").await;
     assert_eq!(
         send(&app, "POST", "/login/admin", None).await.status,
         StatusCode::CONFLICT
     );
     for _ in 0..3 {
-        login(&app, "dee").await;
+        sign_in(&app, "dee").await;
     }
     assert_eq!(
         send(&app, "POST", "/login/dee", None).await.status,
@@ -198,15 +188,15 @@ async fn logout_everywhere_destroys_every_session_of_the_user() {
     let (layer, events) = recording(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let app = app(layer);
     let tokens: Vec<String> = futures_join(&app, "eve", 4).await;
-    let other_user = login(&app, "fay").await;
+    let other_user = sign_in(&app, "fay").await;
     let reply = send(&app, "POST", "/everywhere", Some(&tokens[0])).await;
     assert_eq!(reply.body, "4");
     assert!(reply.clears_cookie());
     for token in &tokens {
-        assert_eq!(whoami(&app, token).await.body, "anonymous");
+        assert_eq!(who_is(&app, token).await.body, "anonymous");
     }
     assert_eq!(
-        whoami(&app, &other_user).await.body,
+        who_is(&app, &other_user).await.body,
         "fay",
         "other users are untouched"
     );
@@ -226,9 +216,9 @@ async fn logout_others_keeps_the_current_session() {
     let reply = send(&app, "POST", "/others", Some(&tokens[2])).await;
     assert_eq!(reply.body, "2");
     assert!(!reply.touches_cookie());
-    assert_eq!(whoami(&app, &tokens[2]).await.body, "gil");
-    assert_eq!(whoami(&app, &tokens[0]).await.body, "anonymous");
-    assert_eq!(whoami(&app, &tokens[1]).await.body, "anonymous");
+    assert_eq!(who_is(&app, &tokens[2]).await.body, "gil");
+    assert_eq!(who_is(&app, &tokens[0]).await.body, "anonymous");
+    assert_eq!(who_is(&app, &tokens[1]).await.body, "anonymous");
     // Anonymous sessions have no "others".
     let anonymous = send(&app, "GET", "/count", None).await.token().unwrap();
     assert_eq!(
@@ -240,7 +230,7 @@ async fn logout_others_keeps_the_current_session() {
 async fn futures_join(app: &Router, user: &str, n: usize) -> Vec<String> {
     let mut tokens = Vec::new();
     for _ in 0..n {
-        tokens.push(login(app, user).await);
+        tokens.push(sign_in(app, user).await);
     }
     tokens
 }
@@ -250,8 +240,8 @@ async fn the_admin_handle_lists_and_revokes_without_ids() {
     let (layer, events) = recording(SessionLayer::new(MemoryStore::new(100), Key::generate()));
     let admin = layer.sessions();
     let app = app(layer);
-    let first = login(&app, "hal").await;
-    let second = login(&app, "hal").await;
+    let first = sign_in(&app, "hal").await;
+    let second = sign_in(&app, "hal").await;
 
     let sessions = admin.list("hal").await.unwrap();
     assert_eq!(sessions.len(), 2);
@@ -277,14 +267,14 @@ async fn the_admin_handle_lists_and_revokes_without_ids() {
         !admin.revoke(&handle).await.unwrap(),
         "revoking twice is a no-op"
     );
-    let revoked = whoami(&app, &first).await;
+    let revoked = who_is(&app, &first).await;
     assert_eq!(revoked.body, "anonymous");
     assert!(revoked.clears_cookie());
-    assert_eq!(whoami(&app, &second).await.body, "hal");
+    assert_eq!(who_is(&app, &second).await.body, "hal");
     assert!(kinds(&events).contains(&"revoked"));
 
     assert_eq!(admin.revoke_user("hal").await.unwrap(), 1);
-    assert_eq!(whoami(&app, &second).await.body, "anonymous");
+    assert_eq!(who_is(&app, &second).await.body, "anonymous");
 }
 
 async fn fingerprint_of(app: &Router, token: &str) -> String {
@@ -335,7 +325,7 @@ async fn the_user_index_does_not_outgrow_the_store() {
     let store = MemoryStore::new(50);
     let app = app(SessionLayer::new(store.clone(), Key::generate()));
     for i in 0..500 {
-        login(&app, &format!("user{i}")).await;
+        sign_in(&app, &format!("user{i}")).await;
     }
     store.run_pending_tasks().await;
     assert!(
@@ -354,8 +344,8 @@ async fn expired_sessions_drop_out_of_the_index() {
         .with_clock(clock.clone());
     let admin = layer.sessions();
     let app = app(layer);
-    login(&app, "ida").await;
-    login(&app, "ida").await;
+    sign_in(&app, "ida").await;
+    sign_in(&app, "ida").await;
     assert_eq!(admin.list("ida").await.unwrap().len(), 2);
     clock.advance(Duration::from_secs(61));
     assert!(admin.list("ida").await.unwrap().is_empty());
@@ -379,10 +369,10 @@ async fn renewal_issues_a_new_id_and_the_old_one_works_only_during_grace() {
         .unwrap();
 
     clock.advance(Duration::from_secs(14 * 60));
-    assert_eq!(whoami(&app, &old).await.token(), None, "not due yet");
+    assert_eq!(who_is(&app, &old).await.token(), None, "not due yet");
 
     clock.advance(Duration::from_secs(60));
-    let renewed = whoami(&app, &old).await;
+    let renewed = who_is(&app, &old).await;
     assert_eq!(renewed.body, "jo");
     let new = renewed.token().expect("a due session gets a new id");
     assert_ne!(new, old);
@@ -390,7 +380,7 @@ async fn renewal_issues_a_new_id_and_the_old_one_works_only_during_grace() {
 
     // Inside the grace period the old id still works, and is pointed at the new id.
     clock.advance(Duration::from_secs(29));
-    let in_grace = whoami(&app, &old).await;
+    let in_grace = who_is(&app, &old).await;
     assert_eq!(in_grace.body, "jo");
     assert_eq!(in_grace.token().as_deref(), Some(new.as_str()));
     assert_eq!(
@@ -401,10 +391,10 @@ async fn renewal_issues_a_new_id_and_the_old_one_works_only_during_grace() {
 
     // After it, the old id is dead and the new one lives on.
     clock.advance(Duration::from_secs(2));
-    let late = whoami(&app, &old).await;
+    let late = who_is(&app, &old).await;
     assert_eq!(late.body, "anonymous");
     assert!(late.clears_cookie());
-    assert_eq!(whoami(&app, &new).await.body, "jo");
+    assert_eq!(who_is(&app, &new).await.body, "jo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,7 +405,7 @@ async fn a_burst_with_the_old_id_at_renewal_time_all_lands_on_one_new_id() {
         .with_renewal_interval(Duration::from_secs(60), Duration::from_secs(10))
         .with_clock(clock.clone());
     let app = app(layer);
-    let old = login(&app, "kit").await;
+    let old = sign_in(&app, "kit").await;
     clock.advance(Duration::from_secs(61));
     let tasks: Vec<_> = (0..40)
         .map(|i| {
@@ -435,7 +425,7 @@ async fn a_burst_with_the_old_id_at_renewal_time_all_lands_on_one_new_id() {
     assert_eq!(new_tokens.len(), 1, "all requests end on the same new id");
     let new = new_tokens.into_iter().next().unwrap();
     assert_ne!(new, old);
-    assert_eq!(whoami(&app, &new).await.body, "kit");
+    assert_eq!(who_is(&app, &new).await.body, "kit");
     for i in 0..40 {
         assert_eq!(
             send(&app, "GET", &format!("/get/k{i}"), Some(&new))
@@ -454,14 +444,14 @@ async fn renewal_keeps_the_absolute_deadline() {
         .with_absolute_timeout(Duration::from_secs(3 * 3600))
         .with_renewal_interval(Duration::from_secs(900), Duration::ZERO)
         .with_clock(clock.clone()));
-    let mut token = login(&app, "lu").await;
+    let mut token = sign_in(&app, "lu").await;
     for _ in 0..11 {
         clock.advance(Duration::from_secs(950));
-        let reply = whoami(&app, &token).await;
+        let reply = who_is(&app, &token).await;
         assert_eq!(reply.body, "lu");
         let next = reply.token().unwrap();
         assert_eq!(
-            whoami(&app, &token).await.body,
+            who_is(&app, &token).await.body,
             "anonymous",
             "zero grace kills the old id at once"
         );
@@ -469,7 +459,7 @@ async fn renewal_keeps_the_absolute_deadline() {
     }
     clock.advance(Duration::from_secs(950));
     assert_eq!(
-        whoami(&app, &token).await.body,
+        who_is(&app, &token).await.body,
         "anonymous",
         "renewals do not extend the absolute deadline"
     );
@@ -481,23 +471,23 @@ async fn key_rotation_accepts_fallback_keys_and_reissues_with_the_primary() {
     let old_key = Key::generate();
     let new_key = Key::generate();
     let before = app(SessionLayer::new(store.clone(), old_key.clone()));
-    let token = login(&before, "mo").await;
+    let token = sign_in(&before, "mo").await;
 
     let during =
         app(SessionLayer::new(store.clone(), new_key.clone()).with_fallback_keys([old_key]));
-    let reply = whoami(&during, &token).await;
+    let reply = who_is(&during, &token).await;
     assert_eq!(reply.body, "mo");
     let resigned = reply.token().expect("a fallback-signed token is re-issued");
     assert_ne!(resigned, token);
     assert_eq!(
-        whoami(&during, &resigned).await.token(),
+        who_is(&during, &resigned).await.token(),
         None,
         "a primary-signed token is left alone"
     );
 
     let after = app(SessionLayer::new(store, new_key));
-    assert_eq!(whoami(&after, &resigned).await.body, "mo");
-    let removed = whoami(&after, &token).await;
+    assert_eq!(who_is(&after, &resigned).await.body, "mo");
+    let removed = who_is(&after, &token).await;
     assert_eq!(
         removed.body, "anonymous",
         "a token signed with a removed key is no session"
@@ -512,13 +502,13 @@ async fn revoking_a_handle_listed_before_a_renewal_ends_the_renewed_session() {
         .with_clock(clock.clone());
     let admin = layer.sessions();
     let app = app(layer);
-    let old = login(&app, "ned").await;
+    let old = sign_in(&app, "ned").await;
     let listed = admin.list("ned").await.unwrap();
     clock.advance(Duration::from_secs(16 * 60));
-    let renewed = whoami(&app, &old).await.token().expect("renewed");
+    let renewed = who_is(&app, &old).await.token().expect("renewed");
     assert!(admin.revoke(&listed[0].handle).await.unwrap());
     assert_eq!(
-        whoami(&app, &renewed).await.body,
+        who_is(&app, &renewed).await.body,
         "anonymous",
         "the renewed session is gone too"
     );
@@ -548,7 +538,7 @@ async fn a_logout_racing_a_renewal_still_ends_the_session() {
         )
         .layer(layer.clone());
     let app = app(layer).merge(slow);
-    let old = login(&app, "oli").await;
+    let old = sign_in(&app, "oli").await;
     let logout = {
         let app = app.clone();
         let old = old.clone();
@@ -556,14 +546,14 @@ async fn a_logout_racing_a_renewal_still_ends_the_session() {
     };
     gate.reached().await;
     clock.advance(Duration::from_secs(16 * 60));
-    let renewed = whoami(&app, &old)
+    let renewed = who_is(&app, &old)
         .await
         .token()
         .expect("renewed while the logout waited");
     gate.open();
     logout.await.unwrap();
     assert_eq!(
-        whoami(&app, &renewed).await.body,
+        who_is(&app, &renewed).await.body,
         "anonymous",
         "the logout reached the renewed session"
     );
@@ -574,16 +564,16 @@ async fn revoking_a_handle_listed_before_a_regeneration_ends_the_moved_session()
     let layer = SessionLayer::new(MemoryStore::new(100), Key::generate());
     let admin = layer.sessions();
     let app = app(layer);
-    let old = login(&app, "ida").await;
+    let old = sign_in(&app, "ida").await;
     let listed = admin.list("ida").await.unwrap();
     let moved = send(&app, "POST", "/regenerate", Some(&old))
         .await
         .token()
         .expect("a regeneration issues a new id");
-    assert_eq!(whoami(&app, &moved).await.body, "ida");
+    assert_eq!(who_is(&app, &moved).await.body, "ida");
     assert!(admin.revoke(&listed[0].handle).await.unwrap());
     assert_eq!(
-        whoami(&app, &moved).await.body,
+        who_is(&app, &moved).await.body,
         "anonymous",
         "the regenerated session is gone too"
     );
@@ -595,14 +585,14 @@ async fn revoking_a_handle_listed_before_a_second_login_ends_the_moved_session()
     let layer = SessionLayer::new(MemoryStore::new(100), Key::generate());
     let admin = layer.sessions();
     let app = app(layer);
-    let old = login(&app, "joe").await;
+    let old = sign_in(&app, "joe").await;
     let listed = admin.list("joe").await.unwrap();
     let again = send(&app, "POST", "/login/joe", Some(&old))
         .await
         .token()
         .expect("a login issues a new id");
     assert!(admin.revoke(&listed[0].handle).await.unwrap());
-    assert_eq!(whoami(&app, &again).await.body, "anonymous");
+    assert_eq!(who_is(&app, &again).await.body, "anonymous");
 }
 
 #[tokio::test]
@@ -610,7 +600,7 @@ async fn revoking_a_handle_never_follows_a_session_into_another_users_sign_in() 
     let layer = SessionLayer::new(MemoryStore::new(100), Key::generate());
     let admin = layer.sessions();
     let app = app(layer);
-    let kim = login(&app, "kim").await;
+    let kim = sign_in(&app, "kim").await;
     let listed = admin.list("kim").await.unwrap();
     let lee = send(&app, "POST", "/login/lee", Some(&kim))
         .await
@@ -620,5 +610,5 @@ async fn revoking_a_handle_never_follows_a_session_into_another_users_sign_in() 
         !admin.revoke(&listed[0].handle).await.unwrap(),
         "kim's session is no more: nothing to revoke"
     );
-    assert_eq!(whoami(&app, &lee).await.body, "lee", "lee stays signed in");
+    assert_eq!(who_is(&app, &lee).await.body, "lee", "lee stays signed in");
 }

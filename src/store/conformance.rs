@@ -680,10 +680,7 @@ async fn login_moves_the_previous_session_into_the_index<S: SessionStore>(store:
         vec![record.id_hash],
         "store contract: the signed-in session must be in the user's index"
     );
-    must(
-        "logout everywhere",
-        lifecycle::logout_user(store, &user_id, None, now()).await,
-    );
+    sign_out_everywhere(store, &user_id).await;
     store.delete(&anonymous.id_hash).await.ok();
 }
 
@@ -717,10 +714,7 @@ async fn login_evicts_the_least_recently_used_at_the_limit<S: SessionStore>(stor
     let mut expected = vec![first.id_hash, third.id_hash];
     expected.sort();
     assert_eq!(listed(store, &user_id).await, expected);
-    must(
-        "logout everywhere",
-        lifecycle::logout_user(store, &user_id, None, now()).await,
-    );
+    sign_out_everywhere(store, &user_id).await;
 }
 
 async fn login_rejected_at_the_limit_changes_nothing<S: SessionStore>(store: &S) {
@@ -746,10 +740,7 @@ async fn login_rejected_at_the_limit_changes_nothing<S: SessionStore>(store: &S)
         "store contract: a refused login must leave the previous session alone"
     );
     assert_eq!(listed(store, &user_id).await, vec![first.id_hash]);
-    must(
-        "logout everywhere",
-        lifecycle::logout_user(store, &user_id, None, now()).await,
-    );
+    sign_out_everywhere(store, &user_id).await;
     store.delete(&anonymous.id_hash).await.ok();
 }
 
@@ -768,10 +759,7 @@ async fn concurrent_logins_never_overshoot_the_limit<S: SessionStore>(store: &S)
         3,
         "store contract: concurrent logins must leave exactly the limit"
     );
-    must(
-        "logout everywhere",
-        lifecycle::logout_user(store, &user_id, None, now()).await,
-    );
+    sign_out_everywhere(store, &user_id).await;
 }
 
 async fn logout_follows_a_session_moved_meanwhile<S: SessionStore>(store: &S) {
@@ -839,10 +827,7 @@ async fn revoke_follows_a_move_only_within_its_user<S: SessionStore>(store: &S) 
         must("load", store.load(&switched.id_hash).await).is_some(),
         "store contract: the other user's session must survive"
     );
-    must(
-        "logout everywhere",
-        lifecycle::logout_user(store, &second, None, now()).await,
-    );
+    sign_out_everywhere(store, &second).await;
 }
 
 async fn logout_everywhere_keeps_the_one_asked_for<S: SessionStore>(store: &S) {
@@ -883,6 +868,14 @@ async fn logout_everywhere_keeps_the_one_asked_for<S: SessionStore>(store: &S) {
 
 /// Stores `record` again under `id`'s hash (the suite needs the id itself
 /// to renew), removing it from its random one.
+/// Ends every session of `user_id`: a check's clean-up.
+async fn sign_out_everywhere<S: SessionStore>(store: &S, user_id: &str) {
+    must(
+        "logout everywhere",
+        lifecycle::logout_user(store, user_id, None, now()).await,
+    );
+}
+
 async fn rekey<S: SessionStore>(
     store: &S,
     mut record: SessionRecord,

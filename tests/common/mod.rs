@@ -150,6 +150,19 @@ impl Reply {
 }
 
 /// Sends one request through the app.
+/// Signs `user` in on a fresh session of `app` (the test app's `/login`)
+/// and returns the token.
+pub async fn sign_in(app: &Router, user: &str) -> String {
+    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.token().expect("a login hands out a token")
+}
+
+/// Who the test app says `token` is signed in as (`anonymous` if no one).
+pub async fn who_is(app: &Router, token: &str) -> Reply {
+    send(app, "GET", "/whoami", Some(token)).await
+}
+
 pub async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>) -> Reply {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(token) = token {
