@@ -8,7 +8,7 @@ mod redis_common;
 use std::time::Duration;
 
 use axum::Router;
-use common::{send, Reply};
+use common::{login_as as login, send, whoami_with as whoami, Reply};
 use futures_util::future::join_all;
 use http::StatusCode;
 use redis_common::{eventually, SharedRedis};
@@ -66,12 +66,6 @@ async fn two_different_instances(
     Some((a, b, redis))
 }
 
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().unwrap()
-}
-
 /// `count` logins of `user` at once, alternating between the instances.
 async fn race_logins(a: &Instance, b: &Instance, user: &str, count: usize) -> Vec<Reply> {
     let path = format!("/login/{user}");
@@ -80,10 +74,6 @@ async fn race_logins(a: &Instance, b: &Instance, user: &str, count: usize) -> Ve
         send(app, "POST", &path, None)
     }))
     .await
-}
-
-async fn whoami(app: &Router, token: &str) -> Reply {
-    send(app, "GET", "/whoami", Some(token)).await
 }
 
 #[tokio::test]

@@ -15,21 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use common::{send, Reply};
+use common::{login_as as login, send, whoami_with as whoami};
 use http::StatusCode;
 use redis_common::{eventually, free_port, PrivateRedis};
 use tower_session_guard::store::{CachedStore, RedisStore};
 use tower_session_guard::{Key, SessionLayer};
-
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().unwrap()
-}
-
-async fn whoami(app: &Router, token: &str) -> Reply {
-    send(app, "GET", "/whoami", Some(token)).await
-}
 
 /// Sends a request and checks it failed with 503 within `limit`.
 async fn unavailable_within(

@@ -8,35 +8,72 @@ mod sql_common;
 
 use serde_json::json;
 #[allow(unused_imports)]
-use sql_common::{DropTables, SqliteFile};
+use sql_common::SqliteFile;
 use tower_session_guard::record::Change;
 use tower_session_guard::store::conformance;
 use tower_session_guard::SessionStore;
+
+/// The tests of a backend on a shared server, under the names given:
+/// `$store(test)` opens a migrated store under a fresh prefix, or skips.
+#[allow(unused_macros)]
+macro_rules! server_backend_tests {
+    ($store:path; $contract:ident, $migrations:ident, $odd_keys:ident, $purge:ident,) => {
+        #[tokio::test]
+        async fn $contract() {
+            let Some((store, _tables)) = $store(stringify!($contract)).await else {
+                return;
+            };
+            conformance::run(&store).await;
+        }
+
+        #[tokio::test]
+        async fn $migrations() {
+            let Some((store, _tables)) = $store(stringify!($migrations)).await else {
+                return;
+            };
+            store.migrate().await.unwrap();
+            store.clone().migrate().await.unwrap();
+            let version: i32 = sqlx::query_scalar(&format!(
+                "SELECT version FROM {}schema",
+                store.table_prefix()
+            ))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            assert_eq!(version, 1);
+        }
+
+        #[tokio::test]
+        async fn $odd_keys() {
+            let Some((store, _tables)) = $store(stringify!($odd_keys)).await else {
+                return;
+            };
+            super::odd_keys_round_trip(&store).await;
+        }
+
+        #[tokio::test]
+        async fn $purge() {
+            let Some((store, _tables)) = $store(stringify!($purge)).await else {
+                return;
+            };
+            super::purge_removes_only_what_ended(&store, || store.purge_expired()).await;
+        }
+    };
+}
 
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
     use tower_session_guard::store::{CachedStore, PostgresStore};
 
-    /// A migrated store on the shared PostgreSQL under a fresh prefix.
-    pub async fn store(test: &str) -> Option<(PostgresStore, DropTables)> {
-        let pool = sql_common::postgres_pool(test).await?;
-        let prefix = sql_common::unique_prefix(test);
-        let guard = DropTables {
-            url: sql_common::postgres_url(),
-            prefix: prefix.clone(),
-        };
-        let store = PostgresStore::new(pool).with_table_prefix(prefix);
-        store.migrate().await.unwrap();
-        Some((store, guard))
-    }
+    use sql_common::postgres_store as store;
 
-    #[tokio::test]
-    async fn postgres_store_passes_the_store_contract() {
-        let Some((store, _tables)) = store("pg_contract").await else {
-            return;
-        };
-        conformance::run(&store).await;
+    server_backend_tests! {
+        store;
+        postgres_store_passes_the_store_contract,
+        postgres_migrations_are_idempotent,
+        postgres_applies_odd_keys_in_the_delta,
+        postgres_purge_removes_only_what_ended,
     }
 
     #[tokio::test]
@@ -62,23 +99,6 @@ mod postgres {
     }
 
     #[tokio::test]
-    async fn postgres_migrations_are_idempotent() {
-        let Some((store, _tables)) = store("pg_migrate").await else {
-            return;
-        };
-        store.migrate().await.unwrap();
-        store.clone().migrate().await.unwrap();
-        let version: i32 = sqlx::query_scalar(&format!(
-            "SELECT version FROM {}schema",
-            store.table_prefix()
-        ))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        assert_eq!(version, 1);
-    }
-
-    #[tokio::test]
     async fn postgres_keeps_data_as_jsonb() {
         let Some((store, _tables)) = store("pg_jsonb").await else {
             return;
@@ -93,14 +113,6 @@ mod postgres {
         .await
         .unwrap();
         assert_eq!(kind, "object");
-    }
-
-    #[tokio::test]
-    async fn postgres_applies_odd_keys_in_the_delta() {
-        let Some((store, _tables)) = store("pg_odd_keys").await else {
-            return;
-        };
-        super::odd_keys_round_trip(&store).await;
     }
 
     #[tokio::test]
@@ -145,14 +157,6 @@ mod postgres {
             .connect_lazy("postgres://nobody@127.0.0.1/none")
             .unwrap();
         let _ = PostgresStore::new(pool).with_table_prefix("x; DROP TABLE users; --");
-    }
-
-    #[tokio::test]
-    async fn postgres_purge_removes_only_what_ended() {
-        let Some((store, _tables)) = store("pg_purge").await else {
-            return;
-        };
-        super::purge_removes_only_what_ended(&store, || store.purge_expired()).await;
     }
 }
 
@@ -203,58 +207,15 @@ mod sqlite {
 #[cfg(feature = "mysql")]
 mod mysql {
     use super::*;
-    use tower_session_guard::store::MySqlStore;
 
-    pub async fn store(test: &str) -> Option<(MySqlStore, DropTables)> {
-        let pool = sql_common::mysql_pool(test).await?;
-        let prefix = sql_common::unique_prefix(test);
-        let guard = DropTables {
-            url: sql_common::mysql_url(),
-            prefix: prefix.clone(),
-        };
-        let store = MySqlStore::new(pool).with_table_prefix(prefix);
-        store.migrate().await.unwrap();
-        Some((store, guard))
-    }
+    use sql_common::mysql_store as store;
 
-    #[tokio::test]
-    async fn mysql_store_passes_the_store_contract() {
-        let Some((store, _tables)) = store("my_contract").await else {
-            return;
-        };
-        conformance::run(&store).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_migrations_are_idempotent() {
-        let Some((store, _tables)) = store("my_migrate").await else {
-            return;
-        };
-        store.migrate().await.unwrap();
-        let version: i32 = sqlx::query_scalar(&format!(
-            "SELECT version FROM {}schema",
-            store.table_prefix()
-        ))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        assert_eq!(version, 1);
-    }
-
-    #[tokio::test]
-    async fn mysql_applies_odd_keys_in_the_delta() {
-        let Some((store, _tables)) = store("my_odd_keys").await else {
-            return;
-        };
-        super::odd_keys_round_trip(&store).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_purge_removes_only_what_ended() {
-        let Some((store, _tables)) = store("my_purge").await else {
-            return;
-        };
-        super::purge_removes_only_what_ended(&store, || store.purge_expired()).await;
+    server_backend_tests! {
+        store;
+        mysql_store_passes_the_store_contract,
+        mysql_migrations_are_idempotent,
+        mysql_applies_odd_keys_in_the_delta,
+        mysql_purge_removes_only_what_ended,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::Router;
-use common::{send, Reply};
+use common::{login_as as login, send, whoami_with as whoami};
 use http::StatusCode;
 use tower_session_guard::clock::ManualClock;
 use tower_session_guard::{
@@ -55,16 +55,6 @@ async fn login_status(session: Session, Path(user): Path<String>) -> String {
         Ok(()) => "ok".to_owned(),
         Err(err) => err.to_string(),
     }
-}
-
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().unwrap()
-}
-
-async fn whoami(app: &Router, token: &str) -> Reply {
-    send(app, "GET", "/whoami", Some(token)).await
 }
 
 fn kinds(events: &Events) -> Vec<&'static str> {

@@ -158,6 +158,18 @@ pub async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>) ->
     send_request(app, request.body(Body::empty()).unwrap()).await
 }
 
+/// Signs `user` in through the app's `/login/{user}`; the new token.
+pub async fn login_as(app: &Router, user: &str) -> String {
+    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.token().unwrap()
+}
+
+/// Who the app says `token` is signed in as (`/whoami`).
+pub async fn whoami_with(app: &Router, token: &str) -> Reply {
+    send(app, "GET", "/whoami", Some(token)).await
+}
+
 /// Sends a request with raw `Cookie` header values.
 pub async fn send_cookies(app: &Router, uri: &str, cookies: &[HeaderValue]) -> Reply {
     let mut request = Request::builder().uri(uri).body(Body::empty()).unwrap();
