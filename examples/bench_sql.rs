@@ -26,6 +26,8 @@
 //! with `REQUESTS` more requests, each on a pool closed and given time for
 //! its backends to report (a few minutes in all). `COUNT_SCANS=1` counts
 //! index and table scans instead (statements that read a table).
+//! `SYNCHRONOUS_DATA_WRITES=1` makes this crate's data writes commit
+//! synchronously (`PostgresStore::with_synchronous_data_writes(true)`).
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -127,7 +129,8 @@ async fn router(subject: Subject, url: &str, run: &str) -> (Router, PgPool) {
     let router = match subject {
         Subject::Guard | Subject::GuardCached => {
             let store = tower_session_guard::PostgresStore::new(pool.clone())
-                .with_table_prefix(guard_prefix(subject, run));
+                .with_table_prefix(guard_prefix(subject, run))
+                .with_synchronous_data_writes(std::env::var("SYNCHRONOUS_DATA_WRITES").is_ok());
             store.migrate().await.expect("migrate");
             if subject == Subject::Guard {
                 // Nothing caches the plain store's sessions: no need to announce.

@@ -98,6 +98,116 @@ mod postgres {
         conformance::run(&cached).await;
     }
 
+    /// Records, for every row the store writes in its sessions table, the
+    /// `synchronous_commit` in force in the writing transaction (which is
+    /// what its commit reads), and returns the modes recorded so far.
+    struct CommitModes {
+        store: PostgresStore,
+    }
+
+    impl CommitModes {
+        async fn install(store: &PostgresStore) -> Self {
+            let p = store.table_prefix();
+            for statement in [
+                format!("CREATE TABLE {p}commit_modes (n SERIAL PRIMARY KEY, mode TEXT NOT NULL)"),
+                format!(
+                    "CREATE FUNCTION {p}record_commit_mode() RETURNS trigger AS $$ BEGIN \
+                     INSERT INTO {p}commit_modes (mode) \
+                     VALUES (current_setting('synchronous_commit')); \
+                     RETURN NEW; END $$ LANGUAGE plpgsql"
+                ),
+                format!(
+                    "CREATE TRIGGER {p}commit_mode BEFORE INSERT OR UPDATE ON {p}sessions \
+                     FOR EACH ROW EXECUTE FUNCTION {p}record_commit_mode()"
+                ),
+            ] {
+                sqlx::query(&statement).execute(store.pool()).await.unwrap();
+            }
+            Self {
+                store: store.clone(),
+            }
+        }
+
+        /// The modes recorded since the last call.
+        async fn taken(&self) -> Vec<String> {
+            let p = self.store.table_prefix();
+            sqlx::query_scalar(&format!("DELETE FROM {p}commit_modes RETURNING mode"))
+                .fetch_all(self.store.pool())
+                .await
+                .unwrap()
+        }
+    }
+
+    impl Drop for CommitModes {
+        fn drop(&mut self) {
+            let p = self.store.table_prefix().to_owned();
+            let url = sql_common::postgres_url();
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                        for statement in [
+                            format!("DROP TABLE IF EXISTS {p}commit_modes"),
+                            format!("DROP FUNCTION IF EXISTS {p}record_commit_mode() CASCADE"),
+                        ] {
+                            let _ = sqlx::query(&statement).execute(&pool).await;
+                        }
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_data_writes_commit_asynchronously_and_everything_else_synchronously() {
+        let Some((store, _tables)) = store("pg_commit_modes").await else {
+            return;
+        };
+        let modes = CommitModes::install(&store).await;
+        let record = conformance::sample_record(None);
+        let data = Change {
+            set: vec![("n".into(), json!(1))],
+            ..Change::default()
+        };
+        let rebinding = Change {
+            binding: Some(Default::default()),
+            ..data.clone()
+        };
+
+        assert!(store.create(&record).await.unwrap());
+        assert_eq!(modes.taken().await, ["on"], "creating a session");
+        assert!(store.update(&record.id_hash, &data).await.unwrap());
+        assert_eq!(modes.taken().await, ["off"], "a data write");
+        assert!(store.update(&record.id_hash, &rebinding).await.unwrap());
+        assert_eq!(modes.taken().await, ["on"], "a changed client binding");
+        let stored = store.load(&record.id_hash).await.unwrap().unwrap();
+        let version = stored.session().unwrap().version;
+        assert!(store
+            .replace(&record.id_hash, version, Some(&stored))
+            .await
+            .unwrap());
+        assert_eq!(
+            modes.taken().await,
+            ["on"],
+            "a replacement (login, renewal)"
+        );
+
+        let synchronous = store.clone().with_synchronous_data_writes(true);
+        assert!(synchronous.update(&record.id_hash, &data).await.unwrap());
+        assert_eq!(
+            modes.taken().await,
+            ["on"],
+            "a data write with synchronous data writes"
+        );
+        let quiet = store.clone().with_change_notifications(false);
+        assert!(quiet.update(&record.id_hash, &data).await.unwrap());
+        assert_eq!(modes.taken().await, ["off"], "a data write without NOTIFY");
+    }
+
     #[tokio::test]
     async fn postgres_keeps_data_as_jsonb() {
         let Some((store, _tables)) = store("pg_jsonb").await else {

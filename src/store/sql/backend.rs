@@ -126,6 +126,14 @@ pub(super) mod sealed {
             write
         }
 
+        /// The delta's statements where they do not depend on the keys a
+        /// change names (PostgreSQL): committed synchronously, and as a data
+        /// write commits. Empty where the delta is written per change.
+        fn fixed_deltas(extra: &Self::Extra, sessions: &str, channel: &str) -> [String; 2] {
+            let _ = (extra, sessions, channel);
+            [String::new(), String::new()]
+        }
+
         /// `delete`'s statement: removes the row of parameter 1 and returns
         /// its entry columns (`columns`).
         fn delete_returning(

@@ -83,6 +83,28 @@
 //! transaction instead (read, apply, write: SQLite lets one writer at a
 //! time in, so it is just as atomic).
 //!
+//! # Durability
+//!
+//! Every write commits synchronously (it returns once the database has it
+//! on disk), with one exception on PostgreSQL: a request's delta that only
+//! writes session data and activity (keys set and removed, last seen, the
+//! idle deadline) commits asynchronously unless
+//! [`with_synchronous_data_writes(true)`](PostgresStore::with_synchronous_data_writes).
+//! The statement sets `synchronous_commit = off` for its own transaction
+//! (`set_config(..., true)` on the row it updates), so nothing else on the
+//! connection is affected. Such a commit skips the wait for the WAL flush,
+//! which is most of a write's time; the price is that a crash of the
+//! *database server* loses the data writes of its last moments (at most
+//! three times `wal_writer_delay`, 600 ms by default), and those sessions
+//! come back as they were just before. Creating a session, logins,
+//! logouts, renewals, revocations, deletions, a changed client binding, the
+//! user index and the user lock always commit synchronously, and every
+//! synchronous commit makes all earlier asynchronous ones durable with it:
+//! a crash never brings back a session that was logged out or revoked. A
+//! crash of the application loses nothing either way. SQLite and MySQL
+//! commit every write as their configuration says (on SQLite see
+//! [`SqliteStore`] about `synchronous`).
+//!
 //! # Locking
 //!
 //! Logins and "log out everywhere" hold their user's lock, so that the

@@ -47,10 +47,12 @@ use crate::store::{ChangeListener, StoreChange, StoreError};
 pub type PostgresStore = SqlStore<Postgres>;
 
 /// What a PostgreSQL store holds besides its pool: whether writes announce
-/// their changes, and the runtime its change feed runs on.
+/// their changes, whether data writes commit synchronously, and the runtime
+/// its change feed runs on.
 #[derive(Clone)]
-pub struct Announce {
-    on: bool,
+pub struct PgOptions {
+    announce: bool,
+    synchronous_data_writes: bool,
     runtime: Option<Handle>,
 }
 
@@ -61,23 +63,50 @@ impl PostgresStore {
     /// must be the same on every instance.
     #[must_use]
     pub fn with_change_notifications(mut self, announce: bool) -> Self {
-        self.extra.on = announce;
+        self.extra.announce = announce;
+        self.rewrite_statements();
+        self
+    }
+
+    /// Whether a commit that only writes session data and activity (the
+    /// delta of a request: keys set and removed, last seen, the idle
+    /// deadline) waits for PostgreSQL to flush it to disk. Default: off,
+    /// such commits are asynchronous (`synchronous_commit = off` for that
+    /// statement's transaction alone).
+    ///
+    /// An asynchronous commit returns before its WAL record is flushed,
+    /// which saves a write most of its time; if the *database server*
+    /// crashes, the data writes of its last moments (at most three times
+    /// `wal_writer_delay`, 600 ms by default) are lost, and those sessions
+    /// come back as they were just before. Nothing else is: creating a
+    /// session, logins, logouts, renewals, revocations, deletions, a changed
+    /// client binding and the user index and lock commit synchronously, and
+    /// each synchronous commit also makes every earlier asynchronous one
+    /// durable, so a crash can never bring back a session that was logged
+    /// out or revoked. A crash of the application loses nothing either way.
+    ///
+    /// Turn it on where a data write acknowledged to a user must survive a
+    /// crash of the database server.
+    #[must_use]
+    pub fn with_synchronous_data_writes(mut self, synchronous: bool) -> Self {
+        self.extra.synchronous_data_writes = synchronous;
         self.rewrite_statements();
         self
     }
 }
 
 impl Backend for Postgres {
-    type Extra = Announce;
+    type Extra = PgOptions;
 
     const STORE_NAME: &'static str = "PostgresStore";
     const DIALECT: Dialect = Dialect::Postgres;
     const NOW_MS: &'static str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
     const DATA_AS_TEXT: &'static str = "data::text";
 
-    fn new_extra() -> Announce {
-        Announce {
-            on: true,
+    fn new_extra() -> PgOptions {
+        PgOptions {
+            announce: true,
+            synchronous_data_writes: false,
             runtime: Handle::try_current().ok(),
         }
     }
@@ -93,8 +122,8 @@ impl Backend for Postgres {
     /// A write that changed an entry announces its hash in the same
     /// statement, for caches on other instances; PostgreSQL delivers the
     /// notification when the statement commits.
-    fn announced(announce: &Announce, write: String, channel: &str) -> String {
-        if announce.on {
+    fn announced(options: &PgOptions, write: String, channel: &str) -> String {
+        if options.announce {
             format!(
                 "WITH changed AS ({write} RETURNING id_hash) SELECT 1 FROM changed \
                  CROSS JOIN LATERAL pg_notify('{channel}', encode(changed.id_hash, 'hex'))"
@@ -105,12 +134,12 @@ impl Backend for Postgres {
     }
 
     fn delete_returning(
-        announce: &Announce,
+        options: &PgOptions,
         sessions: &str,
         columns: &str,
         channel: &str,
     ) -> String {
-        if announce.on {
+        if options.announce {
             format!(
                 "WITH gone AS (DELETE FROM {sessions} WHERE id_hash = $1 RETURNING *) \
                  SELECT {columns}, pg_notify('{channel}', encode(id_hash, 'hex')) IS NULL \
@@ -124,7 +153,27 @@ impl Backend for Postgres {
     runners!();
 
     /// `data = (data - removed) || set`, with the keys removed as one
-    /// `text[]` and the keys set as one `jsonb` object.
+    /// `text[]` (parameter 7) and the keys set as one `jsonb` object; the
+    /// second commits asynchronously unless data writes are synchronous.
+    fn fixed_deltas(options: &PgOptions, sessions: &str, channel: &str) -> [String; 2] {
+        let delta = |asynchronous: bool| {
+            // Evaluated on the row it updates, so in force when this
+            // statement's own transaction commits, and for it alone.
+            let commit = if asynchronous {
+                " AND set_config('synchronous_commit', 'off', true) = 'off'"
+            } else {
+                ""
+            };
+            let update = format!(
+                "UPDATE {sessions} SET data = (data - $7::text[]) || $2::jsonb, {touch} \
+                 WHERE id_hash = $1 AND kind = 's'{commit}",
+                touch = Statements::touch::<Self>(3),
+            );
+            Self::announced(options, update, channel)
+        };
+        [delta(false), delta(!options.synchronous_data_writes)]
+    }
+
     fn update<'a>(
         store: &'a PostgresStore,
         id: &'a IdHash,
@@ -132,20 +181,18 @@ impl Backend for Postgres {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let delta = Delta::of(change)?;
-            let sql = Self::announced(
-                &store.extra,
-                format!(
-                    "UPDATE {s} SET data = (data - $7::text[]) || $2::jsonb, {touch} \
-                     WHERE id_hash = $1 AND kind = 's'",
-                    s = store.sql.sessions,
-                    touch = Statements::touch::<Self>(3),
-                ),
-                &store.sql.channel,
-            );
+            // A changed client binding is a security decision: it commits
+            // synchronously, like the rest of them.
+            let [synchronous, data_write] = &store.sql.fixed_deltas;
+            let sql = if change.binding.is_some() {
+                synchronous
+            } else {
+                data_write
+            };
             let params = Params::new().id(id).text(Some(Delta::set_object(change)?));
             let query = delta
                 .touch_params(params)
-                .bind(sqlx::query(&sql))
+                .bind(sqlx::query(sql))
                 .bind(&delta.removed);
             let done = bounded(store.settings.timeout, async {
                 query.execute(&store.pool).await.map_err(store_error)
@@ -172,7 +219,7 @@ impl Backend for Postgres {
     }
 
     fn watch_changes(store: &PostgresStore, listener: Arc<dyn ChangeListener>) -> bool {
-        if !store.extra.on {
+        if !store.extra.announce {
             return false;
         }
         let runtime = store
@@ -197,8 +244,10 @@ impl Backend for Postgres {
         true
     }
 
-    fn debug_extra(announce: &Announce, debug: &mut fmt::DebugStruct<'_, '_>) {
-        debug.field("change_notifications", &announce.on);
+    fn debug_extra(options: &PgOptions, debug: &mut fmt::DebugStruct<'_, '_>) {
+        debug
+            .field("change_notifications", &options.announce)
+            .field("synchronous_data_writes", &options.synchronous_data_writes);
     }
 }
 

@@ -23,6 +23,11 @@ pub(super) struct Statements {
     pub(super) lock_clear: String,
     pub(super) lock_give_back: String,
     pub(super) purge: [String; 3],
+    /// The delta, where it is one statement for every change: committed
+    /// synchronously, and as a data write commits (see
+    /// [`Backend::fixed_deltas`]).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(super) fixed_deltas: [String; 2],
 }
 
 impl Statements {
@@ -124,6 +129,7 @@ impl Statements {
                 (t.locks.as_str(), "user_key", "ends_at"),
             ]
             .map(|(table, key, deadline)| DB::purge_batch(table, key, deadline)),
+            fixed_deltas: DB::fixed_deltas(extra, &t.sessions, &channel),
             sessions: t.sessions,
             users: t.users,
             channel,
