@@ -26,6 +26,11 @@
 //! with `REQUESTS` more requests, each on a pool closed and given time for
 //! its backends to report (a few minutes in all). `COUNT_SCANS=1` counts
 //! index and table scans instead (statements that read a table).
+//! `SYNCHRONOUS_DATA_WRITES=1` makes this crate's data writes commit
+//! synchronously (`PostgresStore::with_synchronous_data_writes(true)`).
+
+#[path = "../benches/support/mod.rs"]
+mod support;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -33,7 +38,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::{HeaderValue, Method, Request, StatusCode};
-use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -125,18 +129,19 @@ async fn router(subject: Subject, url: &str, run: &str) -> (Router, PgPool) {
     let router = match subject {
         Subject::Guard | Subject::GuardCached => {
             let store = tower_session_guard::PostgresStore::new(pool.clone())
-                .with_table_prefix(guard_prefix(subject, run));
+                .with_table_prefix(guard_prefix(subject, run))
+                .with_synchronous_data_writes(std::env::var("SYNCHRONOUS_DATA_WRITES").is_ok());
             store.migrate().await.expect("migrate");
             if subject == Subject::Guard {
                 // Nothing caches the plain store's sessions: no need to announce.
-                guard::router(store.with_change_notifications(false))
+                guard_router(store.with_change_notifications(false))
             } else {
                 let cached = tower_session_guard::CachedStore::new(store, 100_000);
                 let start = Instant::now();
                 while !cached.is_caching() && start.elapsed() < Duration::from_secs(5) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                guard::router(cached)
+                guard_router(cached)
             }
         }
         Subject::TowerSessions | Subject::TowerSessionsCached => {
@@ -145,14 +150,22 @@ async fn router(subject: Subject, url: &str, run: &str) -> (Router, PgPool) {
                 .expect("a valid schema name");
             store.migrate().await.expect("migrate");
             if subject == Subject::TowerSessions {
-                tower_sessions_app::router(store)
+                support::tower_sessions_app::router_over(store)
             } else {
                 let cache = tower_sessions_moka_store::MokaStore::new(Some(100_000));
-                tower_sessions_app::router(tower_sessions::CachingSessionStore::new(cache, store))
+                support::tower_sessions_app::router_over(tower_sessions::CachingSessionStore::new(
+                    cache, store,
+                ))
             }
         }
     };
     (router, pool)
+}
+
+/// The benchmarks' handlers behind this crate's layer over `store`.
+fn guard_router(store: impl tower_session_guard::SessionStore) -> Router {
+    let layer = tower_session_guard::SessionLayer::new(store, tower_session_guard::Key::generate());
+    support::guard::routes().layer(layer)
 }
 
 fn request(method: Method, path: &'static str, cookie: Option<&HeaderValue>) -> Request<Body> {
@@ -515,71 +528,6 @@ fn render(summary: &serde_json::Value) -> String {
     }
     svg.push_str("</svg>\n");
     svg
-}
-
-/// This crate's handlers: read one key, increment a counter, start a session.
-mod guard {
-    use super::*;
-    use tower_session_guard::{Key, Session, SessionError, SessionLayer, SessionStore};
-
-    pub fn router(store: impl SessionStore) -> Router {
-        Router::new()
-            .route("/read", get(read))
-            .route("/write", post(write))
-            .route("/new", post(new))
-            .layer(SessionLayer::new(store, Key::generate()))
-    }
-
-    async fn read(session: Session) -> Result<String, SessionError> {
-        let n: u64 = session.get("n")?.unwrap_or(0);
-        Ok(n.to_string())
-    }
-
-    async fn write(session: Session) -> Result<String, SessionError> {
-        let n: u64 = session.get("n")?.unwrap_or(0);
-        session.insert("n", n + 1)?;
-        Ok((n + 1).to_string())
-    }
-
-    async fn new(session: Session) -> Result<&'static str, SessionError> {
-        session.insert("n", 0_u64)?;
-        Ok("0")
-    }
-}
-
-/// The same handlers on tower-sessions 0.14 with signed cookies.
-mod tower_sessions_app {
-    use super::*;
-    use tower_sessions::cookie::Key;
-    use tower_sessions::{Session, SessionManagerLayer, SessionStore};
-
-    pub fn router(store: impl SessionStore + Clone) -> Router {
-        Router::new()
-            .route("/read", get(read))
-            .route("/write", post(write))
-            .route("/new", post(new))
-            .layer(SessionManagerLayer::new(store).with_signed(Key::generate()))
-    }
-
-    fn failed<E>(_: E) -> StatusCode {
-        StatusCode::INTERNAL_SERVER_ERROR
-    }
-
-    async fn read(session: Session) -> Result<String, StatusCode> {
-        let n: u64 = session.get("n").await.map_err(failed)?.unwrap_or(0);
-        Ok(n.to_string())
-    }
-
-    async fn write(session: Session) -> Result<String, StatusCode> {
-        let n: u64 = session.get("n").await.map_err(failed)?.unwrap_or(0);
-        session.insert("n", n + 1).await.map_err(failed)?;
-        Ok((n + 1).to_string())
-    }
-
-    async fn new(session: Session) -> Result<&'static str, StatusCode> {
-        session.insert("n", 0_u64).await.map_err(failed)?;
-        Ok("0")
-    }
 }
 
 /// Time per `load` of the two stores alone, without a layer (`LOADS_ONLY=1`).

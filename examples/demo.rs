@@ -13,36 +13,30 @@
 //! browser makes. In production keep `CookieConfig::default()`
 //! (`__Host-id; Secure; HttpOnly; SameSite=Lax; Path=/`) behind HTTPS.
 
-use std::net::SocketAddr;
+mod site;
+
 use std::time::Duration;
 
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
-use serde::Deserialize;
-use tower_session_guard::{
-    CookieConfig, Key, MemoryStore, Session, SessionError, SessionEvent, SessionLayer,
+use tower_session_guard::{CookieConfig, Key, MemoryStore, SessionEvent, SessionLayer};
+
+use site::Page;
+
+const PAGE: Page = Page {
+    title: "tower-session-guard demo",
+    heading: "tower-session-guard demo",
+    note: r#"<a href="/">Reload</a>"#,
 };
 
 #[tokio::main]
 async fn main() {
-    let address: SocketAddr = std::env::var("DEMO_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
-        .parse()
-        .expect("DEMO_ADDR must be an address such as 127.0.0.1:3000");
-
+    let address = site::address();
     let sessions = SessionLayer::new(MemoryStore::default(), Key::generate())
         .with_idle_timeout(Duration::from_secs(30 * 60))
         .with_absolute_timeout(Duration::from_secs(8 * 3600))
         // Plain-HTTP development cookie; see the module docs.
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false))
         .with_event_handler(|event: &SessionEvent| println!("session event: {event:?}"));
-
-    let app = Router::new()
-        .route("/", get(home))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .layer(sessions);
+    let app = site::router(PAGE, sessions);
 
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -54,66 +48,4 @@ async fn main() {
         listener.local_addr().unwrap()
     );
     axum::serve(listener, app).await.unwrap();
-}
-
-async fn home(session: Session) -> Result<Html<String>, SessionError> {
-    let visits: u64 = session.get::<u64>("visits")?.unwrap_or(0) + 1;
-    session.insert("visits", visits)?;
-    let who = match session.user_id() {
-        Some(user) => format!(
-            r#"<p>Signed in as <strong id="user">{}</strong>.</p>
-<form method="post" action="/logout"><button id="logout" type="submit">Sign out</button></form>"#,
-            escape(&user)
-        ),
-        None => r#"<p id="user-anonymous">Not signed in.</p>
-<form method="post" action="/login">
-  <label>User name <input id="username" name="username" autocomplete="username" required maxlength="64"></label>
-  <button id="login" type="submit">Sign in</button>
-</form>"#
-            .to_owned(),
-    };
-    Ok(Html(format!(
-        r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>tower-session-guard demo</title></head>
-<body>
-<h1>tower-session-guard demo</h1>
-<p>Visits in this session: <strong id="visits">{visits}</strong></p>
-{who}
-<p><a href="/">Reload</a></p>
-</body>
-</html>"#
-    )))
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    username: String,
-}
-
-async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
-    let username = form.username.trim();
-    if username.is_empty() || username.len() > 64 {
-        return Redirect::to("/").into_response();
-    }
-    // A real site checks a password here. `login` gives the session a new
-    // id, so an id planted before sign-in is worthless after it.
-    match session.login(username).await {
-        Ok(()) => Redirect::to("/").into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn logout(session: Session) -> Response {
-    match session.logout().await {
-        Ok(()) => Redirect::to("/").into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -24,25 +24,25 @@
 //! The demo serves plain HTTP, so it uses a cookie named `id` without the
 //! `Secure` flag; in production keep `CookieConfig::default()` behind HTTPS.
 
-use std::net::SocketAddr;
+mod site;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
-use serde::Deserialize;
-use tower_session_guard::{
-    CookieConfig, Key, Session, SessionError, SessionEvent, SessionLayer, SessionStore,
+use tower_session_guard::{CookieConfig, Key, SessionEvent, SessionLayer, SessionStore};
+
+use site::Page;
+
+const PAGE: Page = Page {
+    title: "tower-session-guard: durable sessions",
+    heading: "Durable sessions",
+    note: "Restart the program: you stay signed in.",
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let address: SocketAddr = std::env::var("DEMO_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
-        .parse()
-        .expect("DEMO_ADDR must be an address such as 127.0.0.1:3000");
+    let address = site::address();
     let database =
         std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://durable-sessions.db".to_owned());
     let key_file =
@@ -56,12 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Plain-HTTP development cookie; see the module docs.
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false))
         .with_event_handler(|event: &SessionEvent| println!("session event: {event:?}"));
-
-    let app = Router::new()
-        .route("/", get(home))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .layer(sessions);
+    let app = site::router(PAGE, sessions);
 
     let listener = tokio::net::TcpListener::bind(address).await?;
     println!(
@@ -113,65 +108,4 @@ fn load_or_create_key(path: &Path) -> Result<Key, Box<dyn std::error::Error>> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     std::io::Write::write_all(&mut options.open(path)?, &bytes)?;
     Ok(Key::from_bytes(&bytes)?)
-}
-
-async fn home(session: Session) -> Result<Html<String>, SessionError> {
-    let visits: u64 = session.get::<u64>("visits")?.unwrap_or(0) + 1;
-    session.insert("visits", visits)?;
-    let who = match session.user_id() {
-        Some(user) => format!(
-            r#"<p>Signed in as <strong id="user">{}</strong>.</p>
-<form method="post" action="/logout"><button id="logout" type="submit">Sign out</button></form>"#,
-            escape(&user)
-        ),
-        None => r#"<p id="user-anonymous">Not signed in.</p>
-<form method="post" action="/login">
-  <label>User name <input id="username" name="username" autocomplete="username" required maxlength="64"></label>
-  <button id="login" type="submit">Sign in</button>
-</form>"#
-            .to_owned(),
-    };
-    Ok(Html(format!(
-        r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>tower-session-guard: durable sessions</title></head>
-<body>
-<h1>Durable sessions</h1>
-<p>Visits in this session: <strong id="visits">{visits}</strong></p>
-{who}
-<p>Restart the program: you stay signed in.</p>
-</body>
-</html>"#
-    )))
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    username: String,
-}
-
-async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
-    let username = form.username.trim();
-    if username.is_empty() || username.len() > 64 {
-        return Redirect::to("/").into_response();
-    }
-    // A real site checks a password here.
-    match session.login(username).await {
-        Ok(()) => Redirect::to("/").into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn logout(session: Session) -> Response {
-    match session.logout().await {
-        Ok(()) => Redirect::to("/").into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

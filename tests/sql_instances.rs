@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use common::{send, Reply};
+use common::{send, sign_in as login, who_is as whoami};
 use futures_util::future::join_all;
 use http::StatusCode;
 #[allow(unused_imports)]
@@ -46,13 +46,7 @@ impl Db {
         match self {
             #[cfg(feature = "postgres")]
             Self::Postgres { prefix, .. } => {
-                let pool = sqlx::PgPool::connect(&sql_common::postgres_url())
-                    .await
-                    .unwrap();
-                let store =
-                    tower_session_guard::PostgresStore::new(pool).with_table_prefix(prefix.clone());
-                store.migrate().await.unwrap();
-                Arc::new(store)
+                open_shared::<sqlx::Postgres>(&sql_common::postgres_url(), prefix).await
             }
             #[cfg(feature = "sqlite")]
             Self::Sqlite { file } => {
@@ -62,13 +56,7 @@ impl Db {
             }
             #[cfg(feature = "mysql")]
             Self::MySql { prefix, .. } => {
-                let pool = sqlx::MySqlPool::connect(&sql_common::mysql_url())
-                    .await
-                    .unwrap();
-                let store =
-                    tower_session_guard::MySqlStore::new(pool).with_table_prefix(prefix.clone());
-                store.migrate().await.unwrap();
-                Arc::new(store)
+                open_shared::<sqlx::MySql>(&sql_common::mysql_url(), prefix).await
             }
         }
     }
@@ -135,20 +123,29 @@ impl Db {
     }
 }
 
+/// A store on the shared server at `url` with a pool of its own, as a new
+/// instance (or a restarted process) opens it, its tables migrated.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn open_shared<DB: tower_session_guard::store::sql::SqlBackend>(
+    url: &str,
+    prefix: &str,
+) -> Arc<dyn SessionStore> {
+    let pool = sqlx::Pool::<DB>::connect(url).await.unwrap();
+    let store = tower_session_guard::store::sql::SqlStore::new(pool).with_table_prefix(prefix);
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
 /// Every database available to this run, each under a fresh prefix (or
 /// file). Missing servers are skipped (or fail, with `REQUIRE_*=1`).
 #[allow(clippy::vec_init_then_push)] // which pushes run depends on the features
 async fn databases(test: &str) -> Vec<Db> {
     let mut databases = Vec::new();
     #[cfg(feature = "postgres")]
-    if sql_common::postgres_pool(test).await.is_some() {
-        let prefix = sql_common::unique_prefix(test);
+    if let Some((store, tables)) = sql_common::postgres_store(test).await {
         databases.push(Db::Postgres {
-            _tables: DropTables {
-                url: sql_common::postgres_url(),
-                prefix: prefix.clone(),
-            },
-            prefix,
+            prefix: store.table_prefix().to_owned(),
+            _tables: tables,
         });
     }
     #[cfg(feature = "sqlite")]
@@ -156,14 +153,10 @@ async fn databases(test: &str) -> Vec<Db> {
         file: SqliteFile::new(test),
     });
     #[cfg(feature = "mysql")]
-    if sql_common::mysql_pool(test).await.is_some() {
-        let prefix = sql_common::unique_prefix(test);
+    if let Some((store, tables)) = sql_common::mysql_store(test).await {
         databases.push(Db::MySql {
-            _tables: DropTables {
-                url: sql_common::mysql_url(),
-                prefix: prefix.clone(),
-            },
-            prefix,
+            prefix: store.table_prefix().to_owned(),
+            _tables: tables,
         });
     }
     databases
@@ -197,16 +190,6 @@ async fn two_instances(
         instance(db.open().await, &key, configure),
         instance(db.open().await, &key, configure),
     )
-}
-
-async fn login(app: &Router, user: &str) -> String {
-    let reply = send(app, "POST", &format!("/login/{user}"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    reply.token().unwrap()
-}
-
-async fn whoami(app: &Router, token: &str) -> Reply {
-    send(app, "GET", "/whoami", Some(token)).await
 }
 
 #[tokio::test]
@@ -407,24 +390,18 @@ mod postgres {
     #[tokio::test]
     async fn cached_instances_drop_copies_through_listen_notify_within_100_ms() {
         let test = "sql_cached_pg";
-        let Some(pool) = sql_common::postgres_pool(test).await else {
+        let Some((store, _tables)) = sql_common::postgres_store(test).await else {
             return;
-        };
-        let prefix = sql_common::unique_prefix(test);
-        let _tables = DropTables {
-            url: sql_common::postgres_url(),
-            prefix: prefix.clone(),
         };
         let key = Key::generate();
         let mut instances = Vec::new();
-        for pool in [
-            pool.clone(),
-            sqlx::PgPool::connect(&sql_common::postgres_url())
-                .await
-                .unwrap(),
+        let another = sqlx::PgPool::connect(&sql_common::postgres_url())
+            .await
+            .unwrap();
+        for store in [
+            store.clone(),
+            PostgresStore::new(another).with_table_prefix(store.table_prefix()),
         ] {
-            let store = PostgresStore::new(pool).with_table_prefix(prefix.clone());
-            store.migrate().await.unwrap();
             let cache = CachedStore::new(store, 10_000);
             let connected =
                 eventually(Duration::from_secs(5), || async { cache.is_caching() }).await;
@@ -448,32 +425,16 @@ mod postgres {
             "A still read no color 100 ms after B wrote it"
         );
 
-        let logout = send(&b.app, "POST", "/logout", Some(&token)).await;
-        assert_eq!(logout.status, StatusCode::OK);
-        let took = eventually(Duration::from_millis(100), || async {
-            whoami(&a.app, &token).await.body == "anonymous"
-        })
-        .await;
-        assert!(
-            took.is_some(),
-            "the token still worked on A 100 ms after logging out on B"
-        );
-        println!("replay on A refused {took:?} after logout on B");
+        common::logout_reaches_the_other_instance(&b.app, &a.app, &token).await;
     }
 
     #[tokio::test]
     async fn a_request_that_changes_nothing_writes_nothing() {
         let test = "sql_no_write";
-        let Some(pool) = sql_common::postgres_pool(test).await else {
+        let Some((store, _tables)) = sql_common::postgres_store(test).await else {
             return;
         };
-        let prefix = sql_common::unique_prefix(test);
-        let _tables = DropTables {
-            url: sql_common::postgres_url(),
-            prefix: prefix.clone(),
-        };
-        let store = PostgresStore::new(pool.clone()).with_table_prefix(prefix.clone());
-        store.migrate().await.unwrap();
+        let (pool, prefix) = (store.pool().clone(), store.table_prefix().to_owned());
         let app = instance(Arc::new(store), &Key::generate(), |l| l).app;
         let token = login(&app, "ann").await;
         send(&app, "POST", "/set/color/red", Some(&token)).await;

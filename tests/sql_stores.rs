@@ -8,35 +8,72 @@ mod sql_common;
 
 use serde_json::json;
 #[allow(unused_imports)]
-use sql_common::{DropTables, SqliteFile};
+use sql_common::SqliteFile;
 use tower_session_guard::store::conformance;
 use tower_session_guard::store::{Change, SessionRecord};
 use tower_session_guard::SessionStore;
+
+/// The tests of a backend on a shared server, under the names given:
+/// `$store(test)` opens a migrated store under a fresh prefix, or skips.
+#[allow(unused_macros)]
+macro_rules! server_backend_tests {
+    ($store:path; $contract:ident, $migrations:ident, $odd_keys:ident, $purge:ident,) => {
+        #[tokio::test]
+        async fn $contract() {
+            let Some((store, _tables)) = $store(stringify!($contract)).await else {
+                return;
+            };
+            conformance::run(&store).await;
+        }
+
+        #[tokio::test]
+        async fn $migrations() {
+            let Some((store, _tables)) = $store(stringify!($migrations)).await else {
+                return;
+            };
+            store.migrate().await.unwrap();
+            store.clone().migrate().await.unwrap();
+            let version: i32 = sqlx::query_scalar(&format!(
+                "SELECT version FROM {}schema",
+                store.table_prefix()
+            ))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            assert_eq!(version, 1);
+        }
+
+        #[tokio::test]
+        async fn $odd_keys() {
+            let Some((store, _tables)) = $store(stringify!($odd_keys)).await else {
+                return;
+            };
+            super::odd_keys_round_trip(&store).await;
+        }
+
+        #[tokio::test]
+        async fn $purge() {
+            let Some((store, _tables)) = $store(stringify!($purge)).await else {
+                return;
+            };
+            super::purge_removes_only_what_ended(&store, || store.purge_expired()).await;
+        }
+    };
+}
 
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
     use tower_session_guard::store::{CachedStore, PostgresStore};
 
-    /// A migrated store on the shared PostgreSQL under a fresh prefix.
-    pub async fn store(test: &str) -> Option<(PostgresStore, DropTables)> {
-        let pool = sql_common::postgres_pool(test).await?;
-        let prefix = sql_common::unique_prefix(test);
-        let guard = DropTables {
-            url: sql_common::postgres_url(),
-            prefix: prefix.clone(),
-        };
-        let store = PostgresStore::new(pool).with_table_prefix(prefix);
-        store.migrate().await.unwrap();
-        Some((store, guard))
-    }
+    use sql_common::postgres_store as store;
 
-    #[tokio::test]
-    async fn postgres_store_passes_the_store_contract() {
-        let Some((store, _tables)) = store("pg_contract").await else {
-            return;
-        };
-        conformance::run(&store).await;
+    server_backend_tests! {
+        store;
+        postgres_store_passes_the_store_contract,
+        postgres_migrations_are_idempotent,
+        postgres_applies_odd_keys_in_the_delta,
+        postgres_purge_removes_only_what_ended,
     }
 
     #[tokio::test]
@@ -61,21 +98,114 @@ mod postgres {
         conformance::run(&cached).await;
     }
 
+    /// Records, for every row the store writes in its sessions table, the
+    /// `synchronous_commit` in force in the writing transaction (which is
+    /// what its commit reads), and returns the modes recorded so far.
+    struct CommitModes {
+        store: PostgresStore,
+    }
+
+    impl CommitModes {
+        async fn install(store: &PostgresStore) -> Self {
+            let p = store.table_prefix();
+            for statement in [
+                format!("CREATE TABLE {p}commit_modes (n SERIAL PRIMARY KEY, mode TEXT NOT NULL)"),
+                format!(
+                    "CREATE FUNCTION {p}record_commit_mode() RETURNS trigger AS $$ BEGIN \
+                     INSERT INTO {p}commit_modes (mode) \
+                     VALUES (current_setting('synchronous_commit')); \
+                     RETURN NEW; END $$ LANGUAGE plpgsql"
+                ),
+                format!(
+                    "CREATE TRIGGER {p}commit_mode BEFORE INSERT OR UPDATE ON {p}sessions \
+                     FOR EACH ROW EXECUTE FUNCTION {p}record_commit_mode()"
+                ),
+            ] {
+                sqlx::query(&statement).execute(store.pool()).await.unwrap();
+            }
+            Self {
+                store: store.clone(),
+            }
+        }
+
+        /// The modes recorded since the last call.
+        async fn taken(&self) -> Vec<String> {
+            let p = self.store.table_prefix();
+            sqlx::query_scalar(&format!("DELETE FROM {p}commit_modes RETURNING mode"))
+                .fetch_all(self.store.pool())
+                .await
+                .unwrap()
+        }
+    }
+
+    impl Drop for CommitModes {
+        fn drop(&mut self) {
+            let p = self.store.table_prefix().to_owned();
+            let url = sql_common::postgres_url();
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                        for statement in [
+                            format!("DROP TABLE IF EXISTS {p}commit_modes"),
+                            format!("DROP FUNCTION IF EXISTS {p}record_commit_mode() CASCADE"),
+                        ] {
+                            let _ = sqlx::query(&statement).execute(&pool).await;
+                        }
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
     #[tokio::test]
-    async fn postgres_migrations_are_idempotent() {
-        let Some((store, _tables)) = store("pg_migrate").await else {
+    async fn postgres_data_writes_commit_asynchronously_and_everything_else_synchronously() {
+        let Some((store, _tables)) = store("pg_commit_modes").await else {
             return;
         };
-        store.migrate().await.unwrap();
-        store.clone().migrate().await.unwrap();
-        let version: i32 = sqlx::query_scalar(&format!(
-            "SELECT version FROM {}schema",
-            store.table_prefix()
-        ))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        assert_eq!(version, 1);
+        let modes = CommitModes::install(&store).await;
+        let record = conformance::sample_record(None);
+        let data = Change {
+            set: vec![("n".into(), json!(1))],
+            ..Change::default()
+        };
+        let rebinding = Change {
+            binding: Some(Default::default()),
+            ..data.clone()
+        };
+
+        assert!(store.create(&record).await.unwrap());
+        assert_eq!(modes.taken().await, ["on"], "creating a session");
+        assert!(store.update(&record.id_hash(), &data).await.unwrap());
+        assert_eq!(modes.taken().await, ["off"], "a data write");
+        assert!(store.update(&record.id_hash(), &rebinding).await.unwrap());
+        assert_eq!(modes.taken().await, ["on"], "a changed client binding");
+        let stored = store.load(&record.id_hash()).await.unwrap().unwrap();
+        let version = stored.session().unwrap().version();
+        assert!(store
+            .replace(&record.id_hash(), version, Some(&stored))
+            .await
+            .unwrap());
+        assert_eq!(
+            modes.taken().await,
+            ["on"],
+            "a replacement (login, renewal)"
+        );
+
+        let synchronous = store.clone().with_synchronous_data_writes(true);
+        assert!(synchronous.update(&record.id_hash(), &data).await.unwrap());
+        assert_eq!(
+            modes.taken().await,
+            ["on"],
+            "a data write with synchronous data writes"
+        );
+        let quiet = store.clone().with_change_notifications(false);
+        assert!(quiet.update(&record.id_hash(), &data).await.unwrap());
+        assert_eq!(modes.taken().await, ["off"], "a data write without NOTIFY");
     }
 
     #[tokio::test]
@@ -93,14 +223,6 @@ mod postgres {
         .await
         .unwrap();
         assert_eq!(kind, "object");
-    }
-
-    #[tokio::test]
-    async fn postgres_applies_odd_keys_in_the_delta() {
-        let Some((store, _tables)) = store("pg_odd_keys").await else {
-            return;
-        };
-        super::odd_keys_round_trip(&store).await;
     }
 
     #[tokio::test]
@@ -146,14 +268,6 @@ mod postgres {
             .connect_lazy("postgres://nobody@127.0.0.1/none")
             .unwrap();
         let _ = PostgresStore::new(pool).with_table_prefix("x; DROP TABLE users; --");
-    }
-
-    #[tokio::test]
-    async fn postgres_purge_removes_only_what_ended() {
-        let Some((store, _tables)) = store("pg_purge").await else {
-            return;
-        };
-        super::purge_removes_only_what_ended(&store, || store.purge_expired()).await;
     }
 }
 
@@ -204,58 +318,15 @@ mod sqlite {
 #[cfg(feature = "mysql")]
 mod mysql {
     use super::*;
-    use tower_session_guard::store::MySqlStore;
 
-    pub async fn store(test: &str) -> Option<(MySqlStore, DropTables)> {
-        let pool = sql_common::mysql_pool(test).await?;
-        let prefix = sql_common::unique_prefix(test);
-        let guard = DropTables {
-            url: sql_common::mysql_url(),
-            prefix: prefix.clone(),
-        };
-        let store = MySqlStore::new(pool).with_table_prefix(prefix);
-        store.migrate().await.unwrap();
-        Some((store, guard))
-    }
+    use sql_common::mysql_store as store;
 
-    #[tokio::test]
-    async fn mysql_store_passes_the_store_contract() {
-        let Some((store, _tables)) = store("my_contract").await else {
-            return;
-        };
-        conformance::run(&store).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_migrations_are_idempotent() {
-        let Some((store, _tables)) = store("my_migrate").await else {
-            return;
-        };
-        store.migrate().await.unwrap();
-        let version: i32 = sqlx::query_scalar(&format!(
-            "SELECT version FROM {}schema",
-            store.table_prefix()
-        ))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        assert_eq!(version, 1);
-    }
-
-    #[tokio::test]
-    async fn mysql_applies_odd_keys_in_the_delta() {
-        let Some((store, _tables)) = store("my_odd_keys").await else {
-            return;
-        };
-        super::odd_keys_round_trip(&store).await;
-    }
-
-    #[tokio::test]
-    async fn mysql_purge_removes_only_what_ended() {
-        let Some((store, _tables)) = store("my_purge").await else {
-            return;
-        };
-        super::purge_removes_only_what_ended(&store, || store.purge_expired()).await;
+    server_backend_tests! {
+        store;
+        mysql_store_passes_the_store_contract,
+        mysql_migrations_are_idempotent,
+        mysql_applies_odd_keys_in_the_delta,
+        mysql_purge_removes_only_what_ended,
     }
 }
 

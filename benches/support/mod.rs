@@ -138,12 +138,16 @@ pub mod guard {
     }
 
     pub fn router(capacity: u64) -> Router {
+        routes().layer(layer(capacity))
+    }
+
+    /// The routes, for a layer over another store.
+    pub fn routes() -> Router {
         Router::new()
             .route("/read", get(read))
             .route("/write", post(write))
             .route("/new", post(new))
             .route("/login", post(login))
-            .layer(layer(capacity))
     }
 
     async fn read(session: Session) -> Result<String, SessionError> {
@@ -177,7 +181,7 @@ pub mod tower_sessions_app {
     use super::*;
     use tower_sessions::cookie::Key;
     use tower_sessions::service::SignedCookie;
-    use tower_sessions::{Session, SessionManagerLayer};
+    use tower_sessions::{Session, SessionManagerLayer, SessionStore};
     use tower_sessions_moka_store::MokaStore;
 
     /// The layer with a store holding up to `capacity` sessions.
@@ -186,11 +190,19 @@ pub mod tower_sessions_app {
     }
 
     pub fn router(capacity: u64) -> Router {
+        routes().layer(layer(capacity))
+    }
+
+    /// The routes behind a layer over `store` (another tower-sessions store).
+    pub fn router_over(store: impl SessionStore + Clone) -> Router {
+        routes().layer(SessionManagerLayer::new(store).with_signed(Key::generate()))
+    }
+
+    fn routes() -> Router {
         Router::new()
             .route("/read", get(read))
             .route("/write", post(write))
             .route("/new", post(new))
-            .layer(layer(capacity))
     }
 
     fn failed<E>(_: E) -> StatusCode {

@@ -406,3 +406,19 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         (**self).watch_changes(listener)
     }
 }
+
+/// Runs a network store's `operation` within `timeout`.
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "mysql"
+))]
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, operation)
+        .await
+        .unwrap_or(Err(StoreError::Timeout))
+}

@@ -171,6 +171,28 @@ pub async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>) ->
     send_request(app, request.body(Body::empty()).unwrap()).await
 }
 
+/// Logs `token` out on instance `b`, and asserts that instance `a` (which
+/// may hold a cached copy) refuses it within 100 ms.
+pub async fn logout_reaches_the_other_instance(b: &Router, a: &Router, token: &str) {
+    let logout = send(b, "POST", "/logout", Some(token)).await;
+    assert_eq!(logout.status, StatusCode::OK);
+    let start = std::time::Instant::now();
+    let refused = tokio::time::timeout(std::time::Duration::from_millis(100), async {
+        while who_is(a, token).await.body != "anonymous" {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "the token still worked on A 100 ms after logging out on B"
+    );
+    println!(
+        "replay on A refused {:?} after logout on B",
+        start.elapsed()
+    );
+}
+
 /// Sends a request with raw `Cookie` header values.
 pub async fn send_cookies(app: &Router, uri: &str, cookies: &[HeaderValue]) -> Reply {
     let mut request = Request::builder().uri(uri).body(Body::empty()).unwrap();

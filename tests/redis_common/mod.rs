@@ -6,12 +6,15 @@
 //! `REQUIRE_REDIS=1`, which makes a missing Redis a failure.
 #![allow(dead_code)]
 
-use std::io::Write as _;
+#[path = "../common/external.rs"]
+mod external;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+pub use external::eventually;
 
 use tower_session_guard::store::RedisStore;
 
@@ -20,35 +23,14 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// Whether a missing Redis fails the tests instead of skipping them.
-pub fn redis_required() -> bool {
-    std::env::var("REQUIRE_REDIS").is_ok_and(|v| v == "1")
-}
-
-/// Says a test is skipped, on the terminal even when output is captured;
-/// fails instead when Redis is required.
+/// Says a test is skipped, or fails it when `REQUIRE_REDIS=1`.
 pub fn skip(test: &str, why: &str) {
-    assert!(
-        !redis_required(),
-        "{test}: {why} (REQUIRE_REDIS=1 makes this a failure)"
-    );
-    // Written to stderr directly, not with `eprintln!`, which the test
-    // harness captures: a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}; REQUIRE_REDIS=1 makes this a failure"
-    );
+    external::skip(test, why, "REQUIRE_REDIS");
 }
 
 /// A key prefix no other test (or test run) uses.
 pub fn unique_prefix(test: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("tsg-test:{test}:{}-{n}-{nanos}:", std::process::id())
+    format!("tsg-test:{test}:{}:", external::unique_suffix('-'))
 }
 
 /// A store on the shared Redis under a fresh prefix, whose keys are
@@ -292,23 +274,5 @@ impl Drop for PrivateRedis {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Polls `check` until it holds or `within` passes; returns how long it took.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

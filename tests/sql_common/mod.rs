@@ -8,17 +8,26 @@
 //! failure.
 #![allow(dead_code)]
 
-use std::io::Write as _;
+#[path = "../common/external.rs"]
+mod external;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use sqlx::pool::{Pool, PoolOptions};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use tower_session_guard::store::sql::{SqlBackend, SqlStore};
 #[cfg(feature = "mysql")]
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use tower_session_guard::MySqlStore;
 #[cfg(feature = "postgres")]
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use tower_session_guard::PostgresStore;
+
+#[cfg(feature = "mysql")]
+use sqlx::mysql::MySqlPool;
+#[cfg(feature = "postgres")]
+use sqlx::postgres::PgPool;
 #[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
@@ -35,37 +44,17 @@ pub fn mysql_url() -> String {
     std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
 }
 
-fn required(variable: &str) -> bool {
-    std::env::var(variable).is_ok_and(|v| v == "1")
-}
-
-/// Says a test is skipped, on the terminal even when output is captured;
-/// fails instead when `variable` (`REQUIRE_POSTGRES`, `REQUIRE_MYSQL`) is 1.
-pub fn skip(test: &str, why: &str, variable: &str) {
-    assert!(
-        !required(variable),
-        "{test}: {why} ({variable}=1 makes this a failure)"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}; {variable}=1 makes this a failure"
-    );
-}
+#[allow(unused_imports)] // each test binary uses a different part
+pub use external::{eventually, skip};
 
 /// A table prefix no other test (or test run) uses.
 pub fn unique_prefix(test: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
     let short: String = test
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(12)
         .collect();
-    format!("t{short}_{}_{n}_{nanos}_", std::process::id())
+    format!("t{short}_{}_", external::unique_suffix('_'))
 }
 
 /// The tables a store with `prefix` creates.
@@ -76,45 +65,69 @@ pub fn tables(prefix: &str) -> [String; 4] {
 /// A pool on the shared PostgreSQL, or a skip line and `None`.
 #[cfg(feature = "postgres")]
 pub async fn postgres_pool(test: &str) -> Option<PgPool> {
-    let url = postgres_url();
-    let pool = PgPoolOptions::new()
+    shared_pool(test, &postgres_url(), "PostgreSQL", "POSTGRES").await
+}
+
+/// A pool on the shared MySQL or MariaDB, or a skip line and `None`.
+#[cfg(feature = "mysql")]
+pub async fn mysql_pool(test: &str) -> Option<MySqlPool> {
+    shared_pool(test, &mysql_url(), "MySQL or MariaDB", "MYSQL").await
+}
+
+/// A pool on the shared server at `url`, or a skip line (or a failure,
+/// with `REQUIRE_<NAME>=1`) and `None`.
+async fn shared_pool<DB: sqlx::Database>(
+    test: &str,
+    url: &str,
+    server: &str,
+    name: &str,
+) -> Option<Pool<DB>> {
+    let pool = PoolOptions::<DB>::new()
         .max_connections(20)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
+        .connect(url)
         .await;
     match pool {
         Ok(pool) => Some(pool),
         Err(err) => {
             skip(
                 test,
-                &format!("no PostgreSQL at {url} ({err}); start one or set POSTGRES_URL"),
-                "REQUIRE_POSTGRES",
+                &format!("no {server} at {url} ({err}); start one or set {name}_URL"),
+                &format!("REQUIRE_{name}"),
             );
             None
         }
     }
 }
 
-/// A pool on the shared MySQL or MariaDB, or a skip line and `None`.
+/// A migrated store on the shared PostgreSQL under a fresh prefix, and the
+/// guard that drops its tables.
+#[cfg(feature = "postgres")]
+pub async fn postgres_store(test: &str) -> Option<(PostgresStore, DropTables)> {
+    Some(migrated(postgres_pool(test).await?, postgres_url(), test).await)
+}
+
+/// A migrated store on the shared MySQL or MariaDB under a fresh prefix,
+/// and the guard that drops its tables.
 #[cfg(feature = "mysql")]
-pub async fn mysql_pool(test: &str) -> Option<MySqlPool> {
-    let url = mysql_url();
-    let pool = MySqlPoolOptions::new()
-        .max_connections(20)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await;
-    match pool {
-        Ok(pool) => Some(pool),
-        Err(err) => {
-            skip(
-                test,
-                &format!("no MySQL or MariaDB at {url} ({err}); start one or set MYSQL_URL"),
-                "REQUIRE_MYSQL",
-            );
-            None
-        }
-    }
+pub async fn mysql_store(test: &str) -> Option<(MySqlStore, DropTables)> {
+    Some(migrated(mysql_pool(test).await?, mysql_url(), test).await)
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn migrated<DB: SqlBackend>(
+    pool: Pool<DB>,
+    url: String,
+    test: &str,
+) -> (SqlStore<DB>, DropTables) {
+    let prefix = unique_prefix(test);
+    let guard = DropTables {
+        url,
+        prefix: prefix.clone(),
+    };
+    let store = SqlStore::new(pool).with_table_prefix(prefix);
+    store.migrate().await.unwrap();
+    (store, guard)
 }
 
 /// A SQLite database file under a fresh temporary directory (removed on drop).
@@ -348,22 +361,4 @@ fn as_postgres(program: &Path) -> Command {
         command.uid(uid).gid(gid);
     }
     command
-}
-
-/// Polls `check` until it holds or `within` passes; returns how long it took.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }

@@ -2,7 +2,6 @@
 //! node or a Cluster, its timeouts, and how Redis errors become
 //! [`StoreError`]s.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Value};
 
 use super::DEFAULT_TIMEOUT;
-use crate::store::StoreError;
+use crate::store::{bounded, StoreError};
 
 /// A connection to one node (reconnecting by itself) or to a Cluster
 /// (routing each command to the node owning its key's slot). Clones share
@@ -90,16 +89,6 @@ impl Connection {
             Source::Given => None,
         }
     }
-}
-
-/// Runs `operation` within `timeout`.
-pub(super) async fn bounded<T>(
-    timeout: Duration,
-    operation: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(timeout, operation)
-        .await
-        .unwrap_or(Err(StoreError::Timeout))
 }
 
 /// Whether the node `client` points at runs in Cluster mode (`INFO cluster`).

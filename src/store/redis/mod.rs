@@ -146,12 +146,12 @@ use self::codec::{
     data_field, decode_entry, encode_entry, encode_json, encode_session, expire_at, field_pairs,
 };
 use self::connection::{
-    bounded, cluster_config, invalid_url, manager_config, runs_in_cluster_mode, store_error,
-    Connection, Source,
+    cluster_config, invalid_url, manager_config, runs_in_cluster_mode, store_error, Connection,
+    Source,
 };
 use self::lock::RedisLock;
 use self::scripts::{run, scripts};
-use super::{ChangeListener, SessionStore, StoreError, UserLock};
+use super::{bounded, ChangeListener, SessionStore, StoreError, UserLock};
 use crate::clock::UnixMillis;
 use crate::id::IdHash;
 use crate::record::{Change, Entry, SessionRecord};

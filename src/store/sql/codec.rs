@@ -9,6 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
+use super::backend::Params;
 use crate::clock::UnixMillis;
 use crate::id::{IdHash, SealedId};
 use crate::record::{Change, Entry, Forward, SessionData, SessionRecord, Superseded};
@@ -31,7 +32,7 @@ pub(super) fn entry_columns(data: &str) -> String {
 }
 
 /// The columns an `INSERT` or a whole-row `UPDATE` writes, in the order
-/// [`bind_columns!`](super::bind_columns) binds them.
+/// [`Params::columns`] binds them.
 pub(super) const WRITTEN_COLUMNS: [&str; 14] = [
     "kind",
     "user_id",
@@ -132,7 +133,7 @@ impl Columns {
 }
 
 /// A row as read by a `SELECT` of [`entry_columns`].
-pub(super) struct Stored {
+pub struct Stored {
     kind: String,
     user_id: Option<String>,
     data: String,
@@ -261,6 +262,17 @@ impl Delta {
             .iter()
             .map(|(key, value)| Ok((key.clone(), encode_json(value)?)))
             .collect()
+    }
+
+    /// `params` followed by the touch's: binding, last seen, idle deadline
+    /// (twice), as [`Statements::touch`](super::statements::Statements::touch)
+    /// reads them.
+    pub(super) fn touch_params(&self, params: Params) -> Params {
+        params
+            .text(self.binding.clone())
+            .integer(self.last_seen)
+            .integer(self.idle_deadline)
+            .integer(self.idle_deadline)
     }
 
     /// The keys set, as one JSON object (the last value of a key set twice wins).

@@ -83,6 +83,28 @@
 //! transaction instead (read, apply, write: SQLite lets one writer at a
 //! time in, so it is just as atomic).
 //!
+//! # Durability
+//!
+//! Every write commits synchronously (it returns once the database has it
+//! on disk), with one exception on PostgreSQL: a request's delta that only
+//! writes session data and activity (keys set and removed, last seen, the
+//! idle deadline) commits asynchronously unless
+//! [`with_synchronous_data_writes(true)`](PostgresStore::with_synchronous_data_writes).
+//! The statement sets `synchronous_commit = off` for its own transaction
+//! (`set_config(..., true)` on the row it updates), so nothing else on the
+//! connection is affected. Such a commit skips the wait for the WAL flush,
+//! which is most of a write's time; the price is that a crash of the
+//! *database server* loses the data writes of its last moments (at most
+//! three times `wal_writer_delay`, 600 ms by default), and those sessions
+//! come back as they were just before. Creating a session, logins,
+//! logouts, renewals, revocations, deletions, a changed client binding, the
+//! user index and the user lock always commit synchronously, and every
+//! synchronous commit makes all earlier asynchronous ones durable with it:
+//! a crash never brings back a session that was logged out or revoked. A
+//! crash of the application loses nothing either way. SQLite and MySQL
+//! commit every write as their configuration says (on SQLite see
+//! [`SqliteStore`] about `synchronous`).
+//!
 //! # Locking
 //!
 //! Logins and "log out everywhere" hold their user's lock, so that the
@@ -166,22 +188,28 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::clock::{Clock, SystemClock};
+use self::backend::Dialect;
+use super::bounded;
 use crate::store::StoreError;
 
+mod backend;
 mod codec;
 mod lock;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod primitives;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod statements;
 
+pub use self::backend::SqlBackend;
 #[cfg(feature = "mysql")]
 pub use self::mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use self::postgres::PostgresStore;
+pub use self::primitives::SqlStore;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
 
@@ -255,7 +283,6 @@ impl Settings {
         }
     }
 
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     fn channel(&self) -> String {
         format!("{}changes", self.prefix)
     }
@@ -267,18 +294,6 @@ struct Tables {
     users: String,
     locks: String,
     schema: String,
-}
-
-/// The SQL dialects the schema is written in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(
-    not(all(feature = "postgres", feature = "sqlite", feature = "mysql")),
-    allow(dead_code)
-)]
-enum Dialect {
-    Postgres,
-    Sqlite,
-    MySql,
 }
 
 /// The schema's versions: step `n` brings the tables from version `n` to
@@ -307,10 +322,11 @@ fn migrations(t: &Tables, dialect: Dialect) -> Vec<Vec<String>> {
             "BIGINT GENERATED ALWAYS AS (LEAST(idle_deadline, absolute_deadline)) STORED"
         }
     };
-    let (after, kind) = match dialect {
-        Dialect::Postgres => ("", "TEXT"),
-        Dialect::Sqlite => (" WITHOUT ROWID", "TEXT"),
-        Dialect::MySql => (" ENGINE=InnoDB", "CHAR(1)"),
+    let after = dialect.table_options();
+    let kind = if dialect == Dialect::MySql {
+        "CHAR(1)"
+    } else {
+        "TEXT"
     };
     // MySQL has no `CREATE INDEX IF NOT EXISTS`: its indexes are declared
     // with the table.
@@ -390,40 +406,6 @@ fn check_version(stored: Option<i64>, known: usize) -> Result<usize, StoreError>
     Ok(current)
 }
 
-/// Binds an entry's [`Columns`](codec::Columns) in the order of
-/// [`WRITTEN_COLUMNS`](codec::WRITTEN_COLUMNS).
-macro_rules! bind_columns {
-    ($query:expr, $columns:expr) => {{
-        let c = $columns;
-        $query
-            .bind(c.kind)
-            .bind(c.user_id)
-            .bind(c.data)
-            .bind(c.created_at)
-            .bind(c.last_seen)
-            .bind(c.idle_deadline)
-            .bind(c.absolute_deadline)
-            .bind(c.id_issued_at)
-            .bind(c.version)
-            .bind(c.ip)
-            .bind(c.user_agent)
-            .bind(c.binding)
-            .bind(c.successor)
-            .bind(c.sealed_id)
-    }};
-}
-use bind_columns;
-
-/// Runs `operation` within `timeout`.
-async fn bounded<T>(
-    timeout: Duration,
-    operation: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(timeout, operation)
-        .await
-        .unwrap_or(Err(StoreError::Timeout))
-}
-
 /// A sqlx error as the store reports it: a timeout, an unreachable
 /// database, a row that does not decode, or anything else.
 fn store_error(err: sqlx::Error) -> StoreError {
@@ -455,29 +437,6 @@ fn unavailable(code: Option<&str>) -> bool {
             || code.starts_with("57P0")
             || matches!(code, "5" | "6" | "261" | "262" | "517")
     })
-}
-
-/// Deletes the rows of each of the store's three tables that ended more
-/// than [`BACKSTOP_SLACK_MS`] ago, one batch at a time: `batch(table,
-/// before, limit)` runs the store's statement for table `0..3` and says
-/// how many rows it deleted.
-async fn purge_batches<F, Fut>(settings: &Settings, batch: F) -> Result<u64, StoreError>
-where
-    F: Fn(usize, i64, i64) -> Fut,
-    Fut: Future<Output = Result<u64, StoreError>>,
-{
-    let before = codec::millis(SystemClock.now().saturating_sub(BACKSTOP_SLACK_MS));
-    let mut purged = 0;
-    for table in 0..3 {
-        loop {
-            let deleted = bounded(settings.timeout, batch(table, before, PURGE_BATCH)).await?;
-            purged += deleted;
-            if deleted < PURGE_BATCH.unsigned_abs() {
-                break;
-            }
-        }
-    }
-    Ok(purged)
 }
 
 /// Runs `purge` every `every` until the task is aborted.

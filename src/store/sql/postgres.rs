@@ -4,25 +4,22 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sqlx::postgres::{PgListener, PgPool, PgRow};
-use sqlx::Row as _;
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::Postgres;
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 
-use super::codec::{self, Columns, Delta, Stored};
-use super::lock::{self, LockTable};
-use super::{bind_columns, bounded, store_error, Settings};
-use crate::clock::UnixMillis;
+use super::backend::Dialect;
+use super::backend::{runners, sealed::Backend, BoxFuture, Params};
+use super::codec::Delta;
+use super::primitives::SqlStore;
+use super::statements::Statements;
+use super::{bounded, store_error};
 use crate::id::IdHash;
-use crate::record::{Change, Entry, SessionRecord};
-use crate::store::{ChangeListener, SessionStore, StoreChange, StoreError, UserLock};
-
-/// The database's clock in milliseconds, for lock leases.
-const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+use crate::record::Change;
+use crate::store::{ChangeListener, StoreChange, StoreError};
 
 /// A session store in PostgreSQL (10 or newer), on the application's own
-/// [`PgPool`]. Clones share the pool.
+/// [`PgPool`](sqlx::PgPool). Clones share the pool.
 ///
 /// See the [module docs](super) for the schema, how each primitive stays
 /// atomic, the user lock, expiry and purging, and outages. Over
@@ -47,482 +44,190 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// # Ok(())
 /// # }
 /// ```
+pub type PostgresStore = SqlStore<Postgres>;
+
+/// What a PostgreSQL store holds besides its pool: whether writes announce
+/// their changes, whether data writes commit synchronously, and the runtime
+/// its change feed runs on.
 #[derive(Clone)]
-pub struct PostgresStore {
-    pool: PgPool,
-    settings: Settings,
-    sql: Arc<Statements>,
+pub struct PgOptions {
     announce: bool,
+    synchronous_data_writes: bool,
     runtime: Option<Handle>,
 }
 
-/// Every statement, written once for the table prefix.
-struct Statements {
-    create: String,
-    load: String,
-    update: String,
-    replace_with: String,
-    replace_none: String,
-    delete: String,
-    index_add: String,
-    index_remove: String,
-    index_members: String,
-    lock_take: String,
-    lock_clear: String,
-    lock_give_back: String,
-    purge: [String; 3],
-    channel: String,
-}
-
-impl Statements {
-    fn new(settings: &Settings, announce: bool) -> Self {
-        let t = settings.tables();
-        let channel = settings.channel();
-        // A write that changed an entry announces its hash in the same
-        // statement, for caches on other instances; PostgreSQL delivers
-        // the notification when the statement commits.
-        let announced = |write: String| {
-            if announce {
-                format!(
-                    "WITH changed AS ({write} RETURNING id_hash) SELECT 1 FROM changed \
-                     CROSS JOIN LATERAL pg_notify('{channel}', encode(changed.id_hash, 'hex'))"
-                )
-            } else {
-                format!("{write} RETURNING 1")
-            }
-        };
-        let columns = codec::entry_columns("data::text");
-        let assignments = codec::WRITTEN_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(n, column)| {
-                let cast = if *column == "data" { "::jsonb" } else { "" };
-                format!("{column} = ${}{cast}", n + 3)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let values = (0..codec::WRITTEN_COLUMNS.len())
-            .map(|n| {
-                let cast = if n == 2 { "::jsonb" } else { "" };
-                format!("${}{cast}", n + 2)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        Self {
-            create: format!(
-                "INSERT INTO {s} (id_hash, {cols}) VALUES ($1, {values}) \
-                 ON CONFLICT (id_hash) DO NOTHING",
-                s = t.sessions,
-                cols = codec::WRITTEN_COLUMNS.join(", "),
-            ),
-            load: format!("SELECT {columns} FROM {} WHERE id_hash = $1", t.sessions),
-            update: announced(format!(
-                "UPDATE {s} SET \
-                   data = (data - $2::text[]) || $3::jsonb, \
-                   binding = COALESCE($4, binding), \
-                   last_seen = GREATEST(last_seen, COALESCE($5, last_seen)), \
-                   idle_deadline = CASE WHEN $6::bigint IS NULL THEN idle_deadline \
-                     ELSE LEAST(GREATEST(idle_deadline, $6), absolute_deadline) END, \
-                   version = version + 1 \
-                 WHERE id_hash = $1 AND kind = 's'",
-                s = t.sessions
-            )),
-            replace_with: announced(format!(
-                "UPDATE {s} SET {assignments} WHERE id_hash = $1 AND kind = 's' AND version = $2",
-                s = t.sessions
-            )),
-            replace_none: announced(format!(
-                "DELETE FROM {s} WHERE id_hash = $1 AND kind = 's' AND version = $2",
-                s = t.sessions
-            )),
-            delete: if announce {
-                format!(
-                    "WITH gone AS (DELETE FROM {s} WHERE id_hash = $1 RETURNING *) \
-                     SELECT {columns}, pg_notify('{channel}', encode(id_hash, 'hex')) IS NULL \
-                     FROM gone",
-                    s = t.sessions
-                )
-            } else {
-                format!(
-                    "DELETE FROM {s} WHERE id_hash = $1 RETURNING {columns}",
-                    s = t.sessions
-                )
-            },
-            index_add: format!(
-                "INSERT INTO {u} (user_key, id_hash, ends_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_key, id_hash) DO UPDATE SET ends_at = EXCLUDED.ends_at",
-                u = t.users
-            ),
-            index_remove: format!(
-                "DELETE FROM {u} WHERE user_key = $1 AND id_hash = ANY($2)",
-                u = t.users
-            ),
-            index_members: format!(
-                "SELECT id_hash FROM {u} WHERE user_key = $1 AND ends_at >= $2",
-                u = t.users
-            ),
-            lock_take: format!(
-                "INSERT INTO {l} (user_key, token, ends_at) VALUES ($1, $2, {NOW_MS} + $3) \
-                 ON CONFLICT (user_key) DO NOTHING",
-                l = t.locks
-            ),
-            lock_clear: format!(
-                "DELETE FROM {l} WHERE user_key = $1 AND ends_at < {NOW_MS}",
-                l = t.locks
-            ),
-            lock_give_back: format!(
-                "DELETE FROM {l} WHERE user_key = $1 AND token = $2",
-                l = t.locks
-            ),
-            purge: [
-                (t.sessions.as_str(), "id_hash", "expires_at"),
-                (t.users.as_str(), "user_key, id_hash", "ends_at"),
-                (t.locks.as_str(), "user_key", "ends_at"),
-            ]
-            .map(|(table, key, deadline)| {
-                format!(
-                    "DELETE FROM {table} WHERE ({key}) IN \
-                     (SELECT {key} FROM {table} WHERE {deadline} < $1 ORDER BY {deadline} LIMIT $2)"
-                )
-            }),
-            channel,
-        }
-    }
-}
-
 impl PostgresStore {
-    /// A store on `pool`, with the default table prefix (`tsg_`) and
-    /// timeout (2 seconds). Call [`migrate`](Self::migrate) once before
-    /// use to create the tables.
-    ///
-    /// The store uses the pool as it is configured. For one round trip per
-    /// read, build it with
-    /// [`test_before_acquire(false)`](sqlx::pool::PoolOptions::test_before_acquire)
-    /// (sqlx otherwise pings each connection before handing it out; a
-    /// broken connection then fails one operation, `503`, and is replaced).
-    #[must_use]
-    pub fn new(pool: PgPool) -> Self {
-        let settings = Settings::default();
-        let sql = Arc::new(Statements::new(&settings, true));
-        Self {
-            pool,
-            settings,
-            sql,
-            announce: true,
-            runtime: Handle::try_current().ok(),
-        }
-    }
-
-    /// The prefix of the store's table names (and of its `NOTIFY`
-    /// channel). Default: [`DEFAULT_TABLE_PREFIX`](super::DEFAULT_TABLE_PREFIX)
-    /// (`tsg_`). Give applications sharing a database different prefixes.
-    ///
-    /// # Panics
-    ///
-    /// If `prefix` is not 1 to 40 ASCII letters, digits and underscores,
-    /// starting with a letter or an underscore: it becomes part of SQL
-    /// statements.
-    #[must_use]
-    pub fn with_table_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.settings = self.settings.with_prefix(prefix.into());
-        self.sql = Arc::new(Statements::new(&self.settings, self.announce));
-        self
-    }
-
-    /// How long one store operation may take before it fails with
-    /// [`StoreError::Timeout`] (and the request gets `503`). Default:
-    /// [`DEFAULT_TIMEOUT`](super::DEFAULT_TIMEOUT) (2 seconds). Waiting for
-    /// a pooled connection and for a user's lock counts.
-    ///
-    /// # Panics
-    ///
-    /// If `timeout` is shorter than one millisecond.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.settings = self.settings.with_timeout(timeout);
-        self
-    }
-
     /// Whether every write announces the entry it changed with `NOTIFY`,
     /// for [`CachedStore`](crate::store::CachedStore)s on other instances.
     /// Default: on. Turn it off only where no instance caches sessions: it
     /// must be the same on every instance.
     #[must_use]
     pub fn with_change_notifications(mut self, announce: bool) -> Self {
-        self.announce = announce;
-        self.sql = Arc::new(Statements::new(&self.settings, announce));
+        self.extra.announce = announce;
+        self.rewrite_statements();
         self
     }
 
-    /// The pool the store uses.
-    #[must_use]
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// The table prefix in force.
-    #[must_use]
-    pub fn table_prefix(&self) -> &str {
-        &self.settings.prefix
-    }
-
-    /// The operation timeout in force.
-    #[must_use]
-    pub fn timeout(&self) -> Duration {
-        self.settings.timeout
-    }
-
-    /// Creates the store's tables, or brings them to this version's schema;
-    /// does nothing when they are current. Safe to run from several
-    /// instances at once (it holds a transaction-scoped advisory lock).
+    /// Whether a commit that only writes session data and activity (the
+    /// delta of a request: keys set and removed, last seen, the idle
+    /// deadline) waits for PostgreSQL to flush it to disk. Default: off,
+    /// such commits are asynchronous (`synchronous_commit = off` for that
+    /// statement's transaction alone).
     ///
-    /// # Errors
+    /// An asynchronous commit returns before its WAL record is flushed,
+    /// which saves a write most of its time; if the *database server*
+    /// crashes, the data writes of its last moments (at most three times
+    /// `wal_writer_delay`, 600 ms by default) are lost, and those sessions
+    /// come back as they were just before. Nothing else is: creating a
+    /// session, logins, logouts, renewals, revocations, deletions, a changed
+    /// client binding and the user index and lock commit synchronously, and
+    /// each synchronous commit also makes every earlier asynchronous one
+    /// durable, so a crash can never bring back a session that was logged
+    /// out or revoked. A crash of the application loses nothing either way.
     ///
-    /// When the database cannot be reached, refuses the DDL, or holds
-    /// tables of a newer schema version than this crate knows.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        let t = self.settings.tables();
-        let steps = super::migrations(&t, super::Dialect::Postgres);
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(&t.schema)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)",
-            t.schema
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let current: Option<i32> =
-            sqlx::query_scalar(&format!("SELECT version FROM {} WHERE id = 1", t.schema))
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        let current = super::check_version(current.map(i64::from), steps.len())?;
-        for (version, statements) in steps.iter().enumerate().skip(current) {
-            for statement in statements {
-                sqlx::query(statement)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            }
-            sqlx::query(&format!(
-                "INSERT INTO {} (id, version) VALUES (1, $1) \
-                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
-                t.schema
-            ))
-            .bind(i32::try_from(version + 1).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+    /// Turn it on where a data write acknowledged to a user must survive a
+    /// crash of the database server.
+    #[must_use]
+    pub fn with_synchronous_data_writes(mut self, synchronous: bool) -> Self {
+        self.extra.synchronous_data_writes = synchronous;
+        self.rewrite_statements();
+        self
+    }
+}
+
+impl Backend for Postgres {
+    type Extra = PgOptions;
+
+    const STORE_NAME: &'static str = "PostgresStore";
+    const DIALECT: Dialect = Dialect::Postgres;
+    const NOW_MS: &'static str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+    const DATA_AS_TEXT: &'static str = "data::text";
+
+    fn new_extra() -> PgOptions {
+        PgOptions {
+            announce: true,
+            synchronous_data_writes: false,
+            runtime: Handle::try_current().ok(),
         }
-        tx.commit().await.map_err(store_error)
     }
 
-    /// Deletes the rows that ended more than 30 seconds ago (sessions,
-    /// placeholders, index entries, lapsed locks), in batches of 1 000
-    /// through the deadline indexes; returns how many.
-    ///
-    /// # Errors
-    ///
-    /// When the database fails; rows deleted by earlier batches stay deleted.
-    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let pool = self.pool.clone();
-        let sql = Arc::clone(&self.sql);
-        super::purge_batches(&self.settings, move |table, before, batch| {
-            let pool = pool.clone();
-            let sql = Arc::clone(&sql);
-            async move {
-                sqlx::query(&sql.purge[table])
-                    .bind(before)
-                    .bind(batch)
-                    .execute(&pool)
-                    .await
-                    .map(|done| done.rows_affected())
-                    .map_err(store_error)
-            }
-        })
-        .await
+    fn placeholder(n: usize) -> String {
+        format!("${n}")
     }
 
-    /// Runs [`purge_expired`](Self::purge_expired) every `every` on the
-    /// Tokio runtime, until the returned handle is aborted. Failures are
-    /// logged at `error` and retried at the next tick.
-    ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime.
-    #[must_use = "the task runs until the handle is aborted; keep it to stop it"]
-    pub fn spawn_purge_task(&self, every: Duration) -> JoinHandle<()> {
-        let store = self.clone();
-        super::spawn_purge(every, move || {
-            let store = store.clone();
-            async move { store.purge_expired().await }
-        })
+    fn data_placeholder(n: usize) -> String {
+        format!("${n}::jsonb")
     }
 
-    async fn fetch_entry(&self, query: &str, id: &IdHash) -> Result<Option<Entry>, StoreError> {
-        let row: Option<PgRow> = bounded(self.settings.timeout, async {
-            sqlx::query(query)
-                .bind(id.as_bytes().as_slice())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(store_error)
-        })
-        .await?;
-        row.map(|row| Stored::read(&row)?.into_entry(*id))
-            .transpose()
+    /// A write that changed an entry announces its hash in the same
+    /// statement, for caches on other instances; PostgreSQL delivers the
+    /// notification when the statement commits.
+    fn announced(options: &PgOptions, write: String, channel: &str) -> String {
+        if options.announce {
+            format!(
+                "WITH changed AS ({write} RETURNING id_hash) SELECT 1 FROM changed \
+                 CROSS JOIN LATERAL pg_notify('{channel}', encode(changed.id_hash, 'hex'))"
+            )
+        } else {
+            write
+        }
     }
 
-    /// Runs a write that returns a row when it changed something.
-    async fn changed(
-        &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<bool, StoreError> {
-        bounded(self.settings.timeout, async {
-            let row = query
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(store_error)?;
-            Ok(row.is_some())
-        })
-        .await
+    fn delete_returning(
+        options: &PgOptions,
+        sessions: &str,
+        columns: &str,
+        channel: &str,
+    ) -> String {
+        if options.announce {
+            format!(
+                "WITH gone AS (DELETE FROM {sessions} WHERE id_hash = $1 RETURNING *) \
+                 SELECT {columns}, pg_notify('{channel}', encode(id_hash, 'hex')) IS NULL \
+                 FROM gone"
+            )
+        } else {
+            format!("DELETE FROM {sessions} WHERE id_hash = $1 RETURNING {columns}")
+        }
     }
-}
 
-impl fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("table_prefix", &self.settings.prefix)
-            .field("timeout", &self.settings.timeout)
-            .field("change_notifications", &self.announce)
-            .finish_non_exhaustive()
+    runners!();
+
+    /// `data = (data - removed) || set`, with the keys removed as one
+    /// `text[]` (parameter 7) and the keys set as one `jsonb` object; the
+    /// second commits asynchronously unless data writes are synchronous.
+    fn fixed_deltas(options: &PgOptions, sessions: &str, channel: &str) -> [String; 2] {
+        let delta = |asynchronous: bool| {
+            // Evaluated on the row it updates, so in force when this
+            // statement's own transaction commits, and for it alone.
+            let commit = if asynchronous {
+                " AND set_config('synchronous_commit', 'off', true) = 'off'"
+            } else {
+                ""
+            };
+            let update = format!(
+                "UPDATE {sessions} SET data = (data - $7::text[]) || $2::jsonb, {touch} \
+                 WHERE id_hash = $1 AND kind = 's'{commit}",
+                touch = Statements::touch::<Self>(3),
+            );
+            Self::announced(options, update, channel)
+        };
+        [delta(false), delta(!options.synchronous_data_writes)]
     }
-}
 
-#[async_trait]
-impl SessionStore for PostgresStore {
-    async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
-        let columns = Columns::of_session(record)?;
-        let query = sqlx::query(&self.sql.create).bind(record.id_hash.as_bytes().as_slice());
-        let query = bind_columns!(query, columns);
-        bounded(self.settings.timeout, async {
-            let done = query.execute(&self.pool).await.map_err(store_error)?;
+    fn update<'a>(
+        store: &'a PostgresStore,
+        id: &'a IdHash,
+        change: &'a Change,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let delta = Delta::of(change)?;
+            // A changed client binding is a security decision: it commits
+            // synchronously, like the rest of them.
+            let [synchronous, data_write] = &store.sql.fixed_deltas;
+            let sql = if change.binding.is_some() {
+                synchronous
+            } else {
+                data_write
+            };
+            let params = Params::new().id(id).text(Some(Delta::set_object(change)?));
+            let query = delta
+                .touch_params(params)
+                .bind(sqlx::query(sql))
+                .bind(&delta.removed);
+            let done = bounded(store.settings.timeout, async {
+                query.execute(&store.pool).await.map_err(store_error)
+            })
+            .await?;
             Ok(done.rows_affected() == 1)
         })
-        .await
     }
 
-    async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
-        self.fetch_entry(&self.sql.load, id).await
-    }
-
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
-        let delta = Delta::of(change)?;
-        let query = sqlx::query(&self.sql.update)
-            .bind(id.as_bytes().as_slice())
-            .bind(delta.removed)
-            .bind(Delta::set_object(change)?)
-            .bind(delta.binding)
-            .bind(delta.last_seen)
-            .bind(delta.idle_deadline);
-        self.changed(query).await
-    }
-
-    async fn replace(
-        &self,
-        id: &IdHash,
-        version: u64,
-        with: Option<&Entry>,
-    ) -> Result<bool, StoreError> {
-        let version = codec::version_param(version);
-        let query = match with {
-            Some(entry) => {
-                let columns = Columns::of(entry)?;
-                let query = sqlx::query(&self.sql.replace_with)
-                    .bind(id.as_bytes().as_slice())
-                    .bind(version);
-                bind_columns!(query, columns)
-            }
-            None => sqlx::query(&self.sql.replace_none)
-                .bind(id.as_bytes().as_slice())
-                .bind(version),
-        };
-        self.changed(query).await
-    }
-
-    async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
-        self.fetch_entry(&self.sql.delete, id).await
-    }
-
-    async fn index_add(
-        &self,
-        user_id: &str,
-        id: &IdHash,
-        until: UnixMillis,
-    ) -> Result<(), StoreError> {
-        let query = sqlx::query(&self.sql.index_add)
-            .bind(codec::user_key(user_id))
-            .bind(id.as_bytes().as_slice())
-            .bind(codec::millis(until));
-        bounded(self.settings.timeout, async {
-            query.execute(&self.pool).await.map_err(store_error)?;
-            Ok(())
+    fn migrate(store: &PostgresStore) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let schema = store.settings.tables().schema;
+            let mut tx = store.pool.begin().await.map_err(store_error)?;
+            Self::execute_on(
+                &mut tx,
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                Params::new().text(Some(schema)),
+            )
+            .await
+            .map_err(store_error)?;
+            store.migrate_on(&mut tx).await?;
+            tx.commit().await.map_err(store_error)
         })
-        .await
     }
 
-    async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<Vec<u8>> = ids.iter().map(|id| id.as_bytes().to_vec()).collect();
-        let query = sqlx::query(&self.sql.index_remove)
-            .bind(codec::user_key(user_id))
-            .bind(ids);
-        bounded(self.settings.timeout, async {
-            query.execute(&self.pool).await.map_err(store_error)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn index_members(
-        &self,
-        user_id: &str,
-        now: UnixMillis,
-    ) -> Result<Vec<IdHash>, StoreError> {
-        let query = sqlx::query(&self.sql.index_members)
-            .bind(codec::user_key(user_id))
-            .bind(codec::millis(now));
-        let rows = bounded(self.settings.timeout, async {
-            query.fetch_all(&self.pool).await.map_err(store_error)
-        })
-        .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| row.try_get::<Vec<u8>, _>(0).ok())
-            .filter_map(|bytes| codec::id_hash(&bytes))
-            .collect())
-    }
-
-    async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
-        lock::lock_user(
-            Arc::new(self.clone()),
-            codec::user_key(user_id),
-            self.settings.timeout,
-        )
-        .await
-    }
-
-    fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
-        if !self.announce {
+    fn watch_changes(store: &PostgresStore, listener: Arc<dyn ChangeListener>) -> bool {
+        if !store.extra.announce {
             return false;
         }
-        let Some(runtime) = self.runtime.clone().or_else(|| Handle::try_current().ok()) else {
+        let runtime = store
+            .extra
+            .runtime
+            .clone()
+            .or_else(|| Handle::try_current().ok());
+        let Some(runtime) = runtime else {
             tracing::warn!(
                 target: "tower_session_guard",
                 "no Tokio runtime to run the PostgreSQL change feed on; caches in front of this \
@@ -531,45 +236,18 @@ impl SessionStore for PostgresStore {
             return false;
         };
         runtime.spawn(follow_changes(
-            self.pool.clone(),
-            self.sql.channel.clone(),
-            self.settings.timeout,
+            store.pool.clone(),
+            store.sql.channel.clone(),
+            store.settings.timeout,
             listener,
         ));
         true
     }
-}
 
-#[async_trait]
-impl LockTable for PostgresStore {
-    async fn take(&self, user_key: &[u8], token: &[u8], lease_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.sql.lock_take)
-            .bind(user_key)
-            .bind(token)
-            .bind(lease_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn clear_lapsed(&self, user_key: &[u8]) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.sql.lock_clear)
-            .bind(user_key)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn give_back(&self, user_key: &[u8], token: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(&self.sql.lock_give_back)
-            .bind(user_key)
-            .bind(token)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(())
+    fn debug_extra(options: &PgOptions, debug: &mut fmt::DebugStruct<'_, '_>) {
+        debug
+            .field("change_notifications", &options.announce)
+            .field("synchronous_data_writes", &options.synchronous_data_writes);
     }
 }
 
