@@ -26,8 +26,9 @@
 //! with `REQUESTS` more requests, each on a pool closed and given time for
 //! its backends to report (a few minutes in all). `COUNT_SCANS=1` counts
 //! index and table scans instead (statements that read a table).
-//! `SYNCHRONOUS_DATA_WRITES=1` makes this crate's data writes commit
-//! synchronously (`PostgresStore::with_synchronous_data_writes(true)`).
+//! This crate's store runs with `with_synchronous_data_writes(false)`
+//! (data-only commits asynchronous); `SYNCHRONOUS_DATA_WRITES=1` measures
+//! the default, every commit synchronous.
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -130,6 +131,8 @@ async fn router(subject: Subject, url: &str, run: &str) -> (Router, PgPool) {
         Subject::Guard | Subject::GuardCached => {
             let store = tower_session_guard::PostgresStore::new(pool.clone())
                 .with_table_prefix(guard_prefix(subject, run))
+                // Data writes commit asynchronously unless `SYNCHRONOUS_DATA_WRITES`
+                // asks for the store's default.
                 .with_synchronous_data_writes(std::env::var("SYNCHRONOUS_DATA_WRITES").is_ok());
             store.migrate().await.expect("migrate");
             if subject == Subject::Guard {

@@ -86,10 +86,10 @@
 //! # Durability
 //!
 //! Every write commits synchronously (it returns once the database has it
-//! on disk), with one exception on PostgreSQL: a request's delta that only
-//! writes session data and activity (keys set and removed, last seen, the
-//! idle deadline) commits asynchronously unless
-//! [`with_synchronous_data_writes(true)`](PostgresStore::with_synchronous_data_writes).
+//! on disk), unless a `PostgresStore` is built with
+//! [`with_synchronous_data_writes(false)`](PostgresStore::with_synchronous_data_writes):
+//! then a request's delta that only writes session data and activity (keys
+//! set and removed, last seen, the idle deadline) commits asynchronously.
 //! The statement sets `synchronous_commit = off` for its own transaction
 //! (`set_config(..., true)` on the row it updates), so nothing else on the
 //! connection is affected. Such a commit skips the wait for the WAL flush,

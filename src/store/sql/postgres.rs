@@ -70,23 +70,25 @@ impl PostgresStore {
 
     /// Whether a commit that only writes session data and activity (the
     /// delta of a request: keys set and removed, last seen, the idle
-    /// deadline) waits for PostgreSQL to flush it to disk. Default: off,
-    /// such commits are asynchronous (`synchronous_commit = off` for that
-    /// statement's transaction alone).
+    /// deadline) waits for PostgreSQL to flush it to disk. Default: on,
+    /// every commit is synchronous. `false` makes such commits asynchronous
+    /// (`synchronous_commit = off` for that statement's transaction alone).
     ///
     /// An asynchronous commit returns before its WAL record is flushed,
     /// which saves a write most of its time; if the *database server*
     /// crashes, the data writes of its last moments (at most three times
-    /// `wal_writer_delay`, 600 ms by default) are lost, and those sessions
-    /// come back as they were just before. Nothing else is: creating a
-    /// session, logins, logouts, renewals, revocations, deletions, a changed
-    /// client binding and the user index and lock commit synchronously, and
-    /// each synchronous commit also makes every earlier asynchronous one
-    /// durable, so a crash can never bring back a session that was logged
-    /// out or revoked. A crash of the application loses nothing either way.
+    /// `wal_writer_delay`, 600 ms by default) are lost, though their
+    /// requests were answered as saved, and those sessions come back as
+    /// they were just before. Nothing else is: creating a session, logins,
+    /// logouts, renewals, revocations, deletions, a changed client binding
+    /// and the user index and lock commit synchronously either way, and each
+    /// synchronous commit also makes every earlier asynchronous one durable,
+    /// so a crash can never bring back a session that was logged out or
+    /// revoked. A crash of the application loses nothing either way.
     ///
-    /// Turn it on where a data write acknowledged to a user must survive a
-    /// crash of the database server.
+    /// Turn it off where losing a moment of session data to a crash of the
+    /// database server is acceptable (carts, counters, preferences) and
+    /// write latency matters.
     #[must_use]
     pub fn with_synchronous_data_writes(mut self, synchronous: bool) -> Self {
         self.extra.synchronous_data_writes = synchronous;
@@ -106,7 +108,7 @@ impl Backend for Postgres {
     fn new_extra() -> PgOptions {
         PgOptions {
             announce: true,
-            synchronous_data_writes: false,
+            synchronous_data_writes: true,
             runtime: Handle::try_current().ok(),
         }
     }
@@ -154,7 +156,7 @@ impl Backend for Postgres {
 
     /// `data = (data - removed) || set`, with the keys removed as one
     /// `text[]` (parameter 7) and the keys set as one `jsonb` object; the
-    /// second commits asynchronously unless data writes are synchronous.
+    /// second commits asynchronously when data writes are not synchronous.
     fn fixed_deltas(options: &PgOptions, sessions: &str, channel: &str) -> [String; 2] {
         let delta = |asynchronous: bool| {
             // Evaluated on the row it updates, so in force when this
