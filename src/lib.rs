@@ -110,7 +110,9 @@ pub use crate::id::Fingerprint;
 pub use crate::key::{Key, KeyError};
 pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 #[doc(inline)]
-pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, RejectAction};
+pub use crate::policy::{
+    ClientBinding, Csrf, ExpiryReason, Locate, Location, OnLimit, RejectAction,
+};
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
 #[cfg(feature = "tonic")]

@@ -13,7 +13,7 @@ use crate::clock::{duration_millis, Clock, SystemClock};
 use crate::event::{EventHandler, SessionEvent};
 use crate::guessing::{Guard, GuessingDetection};
 use crate::key::{Key, Keyring};
-use crate::policy::{ClientBinding, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts};
+use crate::policy::{ClientBinding, Csrf, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts};
 use crate::store::SessionStore;
 use crate::transport::{CookieConfig, CookieWriter, Transport};
 
@@ -47,7 +47,8 @@ pub struct SessionLayer {
 #[derive(Clone)]
 pub(super) struct Config {
     pub(super) store: Arc<dyn SessionStore>,
-    pub(super) keyring: Keyring,
+    /// Shared with every request's `Session`, which makes CSRF tokens.
+    pub(super) keyring: Arc<Keyring>,
     pub(super) cookie: CookieConfig,
     /// `cookie`, rendered once.
     pub(super) cookie_writer: CookieWriter,
@@ -61,6 +62,7 @@ pub(super) struct Config {
     pub(super) https_only: bool,
     pub(super) binding: Option<ClientBinding>,
     pub(super) guessing: Option<Guard>,
+    pub(super) csrf: Option<Csrf>,
 }
 
 impl SessionLayer {
@@ -74,7 +76,7 @@ impl SessionLayer {
         Self {
             config: Arc::new(Config {
                 store: Arc::new(store),
-                keyring: Keyring::new(key),
+                keyring: Arc::new(Keyring::new(key)),
                 cookie: CookieConfig::default(),
                 cookie_writer: CookieConfig::default().writer(),
                 timeouts: Timeouts::default(),
@@ -87,6 +89,7 @@ impl SessionLayer {
                 https_only: false,
                 binding: None,
                 guessing: None,
+                csrf: None,
             }),
         }
     }
@@ -168,9 +171,7 @@ impl SessionLayer {
     /// with the primary key, on the same response.
     #[must_use]
     pub fn with_fallback_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
-        self.config_mut()
-            .keyring
-            .set_fallbacks(keys.into_iter().collect());
+        Arc::make_mut(&mut self.config_mut().keyring).set_fallbacks(keys.into_iter().collect());
         self
     }
 
@@ -286,6 +287,28 @@ impl SessionLayer {
     #[must_use]
     pub fn with_guessing_detection(mut self, detection: GuessingDetection) -> Self {
         self.config_mut().guessing = Some(Guard::new(detection));
+        self
+    }
+
+    /// Protects against cross-site request forgery (see [`Csrf`] for what
+    /// is checked). Default: off.
+    ///
+    /// Unsafe requests (`POST`, `PUT`, `PATCH`, `DELETE`, ...) from pages
+    /// of other sites are answered `403 Forbidden` without calling the
+    /// handler, sign-in forms included (login CSRF). Handlers that take
+    /// forms put [`Session::csrf_token`](crate::Session::csrf_token) in a
+    /// hidden field and check it with
+    /// [`Session::verify_csrf`](crate::Session::verify_csrf).
+    ///
+    /// ```
+    /// use tower_session_guard::{Csrf, Key, MemoryStore, SessionLayer};
+    ///
+    /// let layer = SessionLayer::new(MemoryStore::default(), Key::generate())
+    ///     .with_csrf(Csrf::default());
+    /// ```
+    #[must_use]
+    pub fn with_csrf(mut self, csrf: Csrf) -> Self {
+        self.config_mut().csrf = Some(csrf);
         self
     }
 

@@ -15,7 +15,9 @@ use crate::clock::UnixMillis;
 use crate::event::{self, RejectReason, SessionEvent};
 use crate::id::{IdHash, SessionId};
 use crate::lifecycle::{self, Found};
-use crate::policy::{self, BindingVerdict, Ending, RejectAction, Verdict};
+use crate::policy::{
+    self, BindingVerdict, Csrf, CsrfVerdict, Ending, Origin, Provenance, RejectAction, Verdict,
+};
 use crate::record::{Binding, Change, SessionRecord, Touch};
 use crate::session::{self, Session, State};
 use crate::store::StoreError;
@@ -28,7 +30,7 @@ pub(super) async fn handle<S, ReqBody, ResBody>(
 ) -> Result<Response<ResBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: Default + 'static,
 {
     let mut sink = EventSink::new(&config);
     let answered = travel(&config, inner, request, &mut sink).await;
@@ -44,7 +46,7 @@ async fn travel<S, ReqBody, ResBody>(
 ) -> Result<Response<ResBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: Default + 'static,
 {
     let arrived = match read(config, &request, sink) {
         Ok(reading) => find(config, reading, sink).await,
@@ -176,6 +178,8 @@ struct Loaded {
 
 /// Why the request is answered by the layer without calling the handler.
 enum Refusal {
+    /// The CSRF rules refused the request.
+    Forbidden { reason: RejectReason },
     /// Too many bad tokens from this network.
     Blocked { retry_after: u64 },
     /// The store failed while loading the session.
@@ -245,6 +249,13 @@ fn read<ReqBody>(
             verified.map(|v| (v.id, v.needs_resign))
         }
     };
+    if let Some(csrf) = &config.csrf {
+        let id = verified.as_ref().map(|(id, _)| id);
+        if let Err(reason) = check_csrf(config, csrf, request, client.https, carrier, id) {
+            visitor.reject(id, reason);
+            return Err(Refusal::Forbidden { reason });
+        }
+    }
     Ok(Reading {
         now,
         client,
@@ -254,6 +265,54 @@ fn read<ReqBody>(
         guessing_network,
         verified,
     })
+}
+
+/// Refuses an unsafe request from another site, or one without the
+/// session's CSRF token when the layer requires it in a header. Runs
+/// before the session is loaded, so a refused request renews nothing.
+fn check_csrf<ReqBody>(
+    config: &Config,
+    csrf: &Csrf,
+    request: &Request<ReqBody>,
+    https: bool,
+    carrier: Carrier,
+    session: Option<&SessionId>,
+) -> Result<(), RejectReason> {
+    let headers = request.headers();
+    let verdict = policy::csrf_verdict(
+        csrf,
+        policy::is_unsafe_method(request.method()),
+        carrier == Carrier::Header,
+        session.is_some(),
+        || {
+            let provenance = Provenance {
+                fetch_site: header_text(headers, "sec-fetch-site"),
+                origin: header_text(headers, http::header::ORIGIN.as_str()),
+                referer: header_text(headers, http::header::REFERER.as_str()),
+            };
+            let host = header_text(headers, http::header::HOST.as_str())
+                .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
+            let own = host.and_then(|host| Origin::of_request(https, host));
+            policy::is_cross_site(&provenance, own.as_ref(), csrf.allowed_origins())
+        },
+    );
+    match verdict {
+        CsrfVerdict::Exempt | CsrfVerdict::Pass => Ok(()),
+        CsrfVerdict::CrossSite => Err(RejectReason::CrossSiteRequest),
+        CsrfVerdict::NeedsHeaderToken => {
+            let token = header_text(headers, csrf.token_header().as_str());
+            match session.zip(token) {
+                Some((id, token)) if config.keyring.verify_csrf(id, token) => Ok(()),
+                _ => Err(RejectReason::CsrfTokenMismatch),
+            }
+        }
+    }
+}
+
+/// A header's first value as text; a value that is not UTF-8 is present
+/// but names nothing (`""`).
+fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|value| value.to_str().unwrap_or(""))
 }
 
 /// Steps 4–5: loads the session the token names and asks the policy about it.
@@ -493,7 +552,7 @@ fn hand_over<ReqBody>(
         carrier,
         tokens_allowed,
         had_token,
-        arrived_as,
+        arrived_as: arrived_as.clone(),
         in_flight,
         touch: loaded.as_ref().and_then(|l| l.touch),
         binding: loaded.as_ref().and_then(|l| l.binding.clone()),
@@ -516,6 +575,8 @@ fn hand_over<ReqBody>(
         template,
         login_allowed: tokens_allowed,
         events_enabled,
+        keyring: Arc::clone(&config.keyring),
+        arrived_as,
     };
     let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
     request.extensions_mut().insert(session.clone());
@@ -721,8 +782,18 @@ fn answer<ResBody: Default>(
 }
 
 /// The layer's own answer to a request it does not pass on.
-fn refuse<ResBody: Default>(config: &Config, refusal: Refusal) -> Response<ResBody> {
+fn refuse<ResBody: Default + 'static>(config: &Config, refusal: Refusal) -> Response<ResBody> {
     match refusal {
+        Refusal::Forbidden { reason } => {
+            let why = match reason {
+                RejectReason::CsrfTokenMismatch => {
+                    "403 Forbidden: this request lacks the session's CSRF token (or carries a wrong one); \
+                     reload the page and try again"
+                }
+                _ => "403 Forbidden: cross-site request refused; send it from a page of this site",
+            };
+            with_text(StatusCode::FORBIDDEN, why)
+        }
         Refusal::Blocked { retry_after } => {
             let mut response = status_only(StatusCode::TOO_MANY_REQUESTS);
             response
@@ -739,6 +810,28 @@ fn refuse<ResBody: Default>(config: &Config, refusal: Refusal) -> Response<ResBo
             response
         }
     }
+}
+
+/// The layer's own answer with a body that says why, when the response
+/// body type is one the layer can write text into (axum's `Body`, with the
+/// `axum` feature); any other body type (the service accepts every body
+/// that has a `Default`) gets the status alone.
+fn with_text<B: Default + 'static>(status: StatusCode, text: &'static str) -> Response<B> {
+    let mut response = status_only::<B>(status);
+    #[cfg(feature = "axum")]
+    {
+        let body: Box<dyn std::any::Any> = Box::new(axum_core::body::Body::from(text));
+        if let Ok(body) = body.downcast::<B>() {
+            *response.body_mut() = *body;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = text;
+    response
 }
 
 fn status_only<B: Default>(status: StatusCode) -> Response<B> {
