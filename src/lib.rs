@@ -132,7 +132,7 @@ pub use crate::store::RedisStore;
 pub use crate::store::SqliteStore;
 #[doc(inline)]
 pub use crate::store::{CachedStore, MemoryStore, SessionStore, StoreError};
-pub use crate::transport::{CookieConfig, CookieConfigError, Transport};
+pub use crate::transport::{CookieConfig, CookieConfigError, SiteData, Transport};
 
 /// The `redis` crate this one is built with, for [`RedisStore::from_client`] and friends.
 #[cfg(feature = "redis")]

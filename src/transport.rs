@@ -276,6 +276,53 @@ impl fmt::Display for CookieConfigError {
 
 impl std::error::Error for CookieConfigError {}
 
+/// What a `Clear-Site-Data` response header tells the browser to forget
+/// (see [`SessionLayer::with_clear_site_data_directives`](crate::SessionLayer::with_clear_site_data_directives)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SiteData {
+    /// `"cookies"`: every cookie of the site (its registrable domain, so
+    /// sibling subdomains' cookies too) and HTTP authentication credentials.
+    Cookies,
+    /// `"storage"`: `localStorage`, `sessionStorage`, IndexedDB, service
+    /// workers and other script-held storage of the origin.
+    Storage,
+    /// `"cache"`: the browser's HTTP cache (and back/forward cache) for the origin.
+    Cache,
+    /// `"executionContexts"`: reloads the origin's open documents.
+    ExecutionContexts,
+}
+
+impl SiteData {
+    /// The directive as it appears in the header, quotes included.
+    #[must_use]
+    pub fn directive(self) -> &'static str {
+        match self {
+            Self::Cookies => "\"cookies\"",
+            Self::Storage => "\"storage\"",
+            Self::Cache => "\"cache\"",
+            Self::ExecutionContexts => "\"executionContexts\"",
+        }
+    }
+}
+
+/// The `Clear-Site-Data` value for `directives` (duplicates dropped);
+/// `None` when there are none.
+pub(crate) fn clear_site_data(directives: &[SiteData]) -> Option<HeaderValue> {
+    let mut seen: Vec<SiteData> = Vec::new();
+    for directive in directives {
+        if !seen.contains(directive) {
+            seen.push(*directive);
+        }
+    }
+    let text = seen
+        .iter()
+        .map(|d| d.directive())
+        .collect::<Vec<_>>()
+        .join(", ");
+    (!text.is_empty()).then(|| HeaderValue::from_str(&text).expect("directives are ASCII"))
+}
+
 /// A [`CookieConfig`] rendered once at start-up: each response then only
 /// joins the name, the token and the fixed attributes.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use crate::guessing::{Guard, GuessingDetection};
 use crate::key::{Key, Keyring};
 use crate::policy::{ClientBinding, Csrf, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts};
 use crate::store::SessionStore;
-use crate::transport::{CookieConfig, CookieWriter, Transport};
+use crate::transport::{self, CookieConfig, CookieWriter, SiteData, Transport};
 
 /// Adds validated sessions to every request of the service it wraps.
 ///
@@ -63,6 +63,8 @@ pub(super) struct Config {
     pub(super) binding: Option<ClientBinding>,
     pub(super) guessing: Option<Guard>,
     pub(super) csrf: Option<Csrf>,
+    /// The `Clear-Site-Data` value sent when a session ends, when on.
+    pub(super) clear_site_data: Option<http::HeaderValue>,
 }
 
 impl SessionLayer {
@@ -90,6 +92,7 @@ impl SessionLayer {
                 binding: None,
                 guessing: None,
                 csrf: None,
+                clear_site_data: None,
             }),
         }
     }
@@ -309,6 +312,48 @@ impl SessionLayer {
     #[must_use]
     pub fn with_csrf(mut self, csrf: Csrf) -> Self {
         self.config_mut().csrf = Some(csrf);
+        self
+    }
+
+    /// Answers `Clear-Site-Data: "cookies"` when a browser's session ends:
+    /// on [`logout`](crate::Session::logout),
+    /// [`logout_everywhere`](crate::Session::logout_everywhere) (for the
+    /// browser that asked), and when the layer destroys a session the
+    /// policy rejected (client binding). Default: `false`.
+    ///
+    /// The browser then drops every cookie of the site, not only the
+    /// session cookie: turn it on when nothing else the site keeps in
+    /// cookies should outlive a sign-out. It is sent over HTTPS only
+    /// (browsers ignore it elsewhere), and not on a response that also
+    /// starts a new session. For other directives, see
+    /// [`with_clear_site_data_directives`](Self::with_clear_site_data_directives).
+    #[must_use]
+    pub fn with_clear_site_data(mut self, on: bool) -> Self {
+        self.config_mut().clear_site_data = if on {
+            transport::clear_site_data(&[SiteData::Cookies])
+        } else {
+            None
+        };
+        self
+    }
+
+    /// Like [`with_clear_site_data(true)`](Self::with_clear_site_data),
+    /// with the directives to send, say `[SiteData::Cookies,
+    /// SiteData::Storage]`; an empty list turns it off.
+    ///
+    /// ```
+    /// use tower_session_guard::{Key, MemoryStore, SessionLayer, SiteData};
+    ///
+    /// let layer = SessionLayer::new(MemoryStore::default(), Key::generate())
+    ///     .with_clear_site_data_directives([SiteData::Cookies, SiteData::Storage, SiteData::Cache]);
+    /// ```
+    #[must_use]
+    pub fn with_clear_site_data_directives(
+        mut self,
+        directives: impl IntoIterator<Item = SiteData>,
+    ) -> Self {
+        let directives: Vec<SiteData> = directives.into_iter().collect();
+        self.config_mut().clear_site_data = transport::clear_site_data(&directives);
         self
     }
 

@@ -160,6 +160,8 @@ enum Token {
     /// An id replaced moments ago by a login or a regeneration: this
     /// request was in flight.
     InFlight,
+    /// A session the policy rejected and destroyed.
+    Destroyed,
     /// A valid session.
     Session(Loaded),
 }
@@ -185,7 +187,7 @@ enum Refusal {
     /// The store failed while loading the session.
     StoreFailed,
     /// Client binding refused the session and wants a `401`.
-    Unauthorized { carrier: Carrier },
+    Unauthorized { carrier: Carrier, https: bool },
 }
 
 /// What steps 1–3 read from the request.
@@ -335,7 +337,12 @@ async fn find(config: &Config, reading: Reading, sink: &mut EventSink) -> Result
             // which would otherwise carry room for it.
             match Box::pin(load(&mut visitor, id, resign)).await {
                 Ok(Loading::Done(found)) => found,
-                Ok(Loading::Unauthorized) => return Err(Refusal::Unauthorized { carrier }),
+                Ok(Loading::Unauthorized) => {
+                    return Err(Refusal::Unauthorized {
+                        carrier,
+                        https: client.https,
+                    })
+                }
                 Err(err) => {
                     tracing::error!(
                         target: "tower_session_guard",
@@ -433,7 +440,7 @@ async fn load(
                         visitor.reject(Some(&current), reason);
                         return Ok(match rules.action() {
                             RejectAction::Respond => Loading::Unauthorized,
-                            _ => Loading::Done(Token::None),
+                            _ => Loading::Done(Token::Destroyed),
                         });
                     }
                 }
@@ -516,6 +523,9 @@ async fn destroy(config: &Config, id: &SessionId, record: &SessionRecord, what: 
 /// What the answer needs to know of how the request arrived.
 struct Departure {
     now: UnixMillis,
+    https: bool,
+    /// The policy rejected and destroyed the session the request came with.
+    destroyed: bool,
     carrier: Carrier,
     tokens_allowed: bool,
     had_token: bool,
@@ -542,13 +552,16 @@ fn hand_over<ReqBody>(
         arrived_as,
         found,
     } = arrival;
+    let destroyed = matches!(found, Token::Destroyed);
     let (loaded, in_flight) = match found {
         Token::Session(loaded) => (Some(loaded), false),
         Token::InFlight => (None, true),
-        Token::None => (None, false),
+        Token::None | Token::Destroyed => (None, false),
     };
     let departure = Departure {
         now,
+        https: client.https,
+        destroyed,
         carrier,
         tokens_allowed,
         had_token,
@@ -594,6 +607,9 @@ enum Plan {
     Keep,
     /// Tell the client to drop its token.
     Clear,
+    /// Tell the client to drop its token: its session was ended (logout,
+    /// or rejected by the policy), so `Clear-Site-Data` goes too.
+    SignOut,
     /// The request's writes could not be saved.
     Unsaved,
     /// The store failed while saving.
@@ -609,6 +625,7 @@ async fn depart(
 ) -> Plan {
     let mut state = session.take_state();
     sink.events.append(&mut state.events);
+    let ended = state.logged_out || departure.destroyed;
     if !departure.tokens_allowed {
         // Over plain HTTP nothing can be handed to the client, so nothing
         // new is stored (a login was already refused).
@@ -616,6 +633,7 @@ async fn depart(
     }
     // Boxed, like the load: its state is larger than the rest of the request's.
     match Box::pin(commit(config, state, departure, session.template(), sink)).await {
+        Ok(Plan::Clear) if ended => Plan::SignOut,
         Ok(plan) => plan,
         Err(err) => {
             tracing::error!(
@@ -755,7 +773,10 @@ fn answer<ResBody: Default>(
             response
         }
         Plan::Keep => response,
-        Plan::Clear => {
+        Plan::Clear | Plan::SignOut => {
+            if matches!(plan, Plan::SignOut) {
+                clear_site_data(config, departure.https, &mut response);
+            }
             let removed = config.transport.remove(
                 response.headers_mut(),
                 departure.carrier,
@@ -802,13 +823,25 @@ fn refuse<ResBody: Default + 'static>(config: &Config, refusal: Refusal) -> Resp
             response
         }
         Refusal::StoreFailed => status_only(StatusCode::SERVICE_UNAVAILABLE),
-        Refusal::Unauthorized { carrier } => {
+        Refusal::Unauthorized { carrier, https } => {
             let mut response = status_only(StatusCode::UNAUTHORIZED);
+            clear_site_data(config, https, &mut response);
             config
                 .transport
                 .remove(response.headers_mut(), carrier, &config.cookie_writer);
             response
         }
+    }
+}
+
+/// Adds `Clear-Site-Data` when configured; over HTTPS only, where
+/// browsers honour it.
+fn clear_site_data<B>(config: &Config, https: bool, response: &mut Response<B>) {
+    if let (Some(value), true) = (&config.clear_site_data, https) {
+        response.headers_mut().insert(
+            http::header::HeaderName::from_static("clear-site-data"),
+            value.clone(),
+        );
     }
 }
 
