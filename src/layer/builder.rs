@@ -1,6 +1,7 @@
 //! [`SessionLayer`]: the builder and the configuration its services share.
 
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,11 @@ pub(super) struct Config {
     pub(super) csrf: Option<Csrf>,
     /// The `Clear-Site-Data` value sent when a session ends, when on.
     pub(super) clear_site_data: Option<http::HeaderValue>,
+    /// Refuse (`500`) a request without a client address when a
+    /// protection needs one.
+    pub(super) client_address_required: bool,
+    /// Whether the missing client address was logged (once per layer).
+    pub(super) missing_address_logged: Arc<AtomicBool>,
 }
 
 impl SessionLayer {
@@ -93,6 +99,8 @@ impl SessionLayer {
                 guessing: None,
                 csrf: None,
                 clear_site_data: None,
+                client_address_required: false,
+                missing_address_logged: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -290,6 +298,41 @@ impl SessionLayer {
     #[must_use]
     pub fn with_guessing_detection(mut self, detection: GuessingDetection) -> Self {
         self.config_mut().guessing = Some(Guard::new(detection));
+        self
+    }
+
+    /// What to do with a request that carries no client address while
+    /// client binding or guessing detection is on, both of which need it.
+    /// Default: `false`: serve the request without those protections.
+    ///
+    /// A protection that cannot work is never silently off: the first such
+    /// request is logged as a `tracing` error naming the fix (serve axum
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`, or, behind
+    /// a proxy, declare it with
+    /// [`with_trusted_proxies`](Self::with_trusted_proxies)), and every one
+    /// sends a [`SessionEvent::ClientAddressMissing`]. With `true` the layer
+    /// also fails closed: such requests are answered
+    /// `500 Internal Server Error` with that sentence, without calling the
+    /// handler.
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// use axum::{routing::get, Router};
+    /// use tower_session_guard::{ClientBinding, Key, MemoryStore, SessionLayer};
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let layer = SessionLayer::new(MemoryStore::default(), Key::generate())
+    ///     .with_client_binding(ClientBinding::default())
+    ///     .with_client_address_required(true);
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// // The peer address the binding needs:
+    /// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_client_address_required(mut self, required: bool) -> Self {
+        self.config_mut().client_address_required = required;
         self
     }
 

@@ -4,6 +4,7 @@
 //! Each step is a function of what the step before returned; events go to
 //! one [`EventSink`], emitted once when the request is answered.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -182,6 +183,8 @@ struct Loaded {
 enum Refusal {
     /// The CSRF rules refused the request.
     Forbidden { reason: RejectReason },
+    /// A protection needs the client's address and the request has none.
+    NoClientAddress,
     /// Too many bad tokens from this network.
     Blocked { retry_after: u64 },
     /// The store failed while loading the session.
@@ -215,6 +218,9 @@ fn read<ReqBody>(
     } else {
         ClientContext::without_user_agent(request, &config.proxies)
     };
+    if client.ip.is_none() && (config.binding.is_some() || config.guessing.is_some()) {
+        client_address_missing(config, sink)?;
+    }
     let now = config.clock.now();
     let tokens_allowed = policy::tokens_allowed(config.https_only, client.https);
     let (token, carrier) = config
@@ -267,6 +273,37 @@ fn read<ReqBody>(
         guessing_network,
         verified,
     })
+}
+
+/// Why client binding and guessing detection cannot work, and the fix
+/// (a macro so the log line and the answer's body share one sentence).
+macro_rules! no_client_address {
+    () => {
+        "client binding and guessing detection need the client's address, but the request carries none: \
+         serve the app with `into_make_service_with_connect_info::<SocketAddr>()` (axum), or declare the proxy \
+         in front with `with_trusted_proxies`"
+    };
+}
+
+const NO_CLIENT_ADDRESS: &str = no_client_address!();
+
+/// The fail-closed answer's body.
+const NO_CLIENT_ADDRESS_ANSWER: &str = concat!(
+    "500 Internal Server Error: tower-session-guard: ",
+    no_client_address!()
+);
+
+/// Says, once per layer and loudly, that a protection is not working;
+/// refuses the request when the layer fails closed.
+fn client_address_missing(config: &Config, sink: &mut EventSink) -> Result<(), Refusal> {
+    if !config.missing_address_logged.swap(true, Ordering::Relaxed) {
+        tracing::error!(target: "tower_session_guard", "{NO_CLIENT_ADDRESS}");
+    }
+    sink.push(|| SessionEvent::ClientAddressMissing);
+    if config.client_address_required {
+        return Err(Refusal::NoClientAddress);
+    }
+    Ok(())
 }
 
 /// Refuses an unsafe request from another site, or one without the
@@ -805,6 +842,9 @@ fn answer<ResBody: Default>(
 /// The layer's own answer to a request it does not pass on.
 fn refuse<ResBody: Default + 'static>(config: &Config, refusal: Refusal) -> Response<ResBody> {
     match refusal {
+        Refusal::NoClientAddress => {
+            with_text(StatusCode::INTERNAL_SERVER_ERROR, NO_CLIENT_ADDRESS_ANSWER)
+        }
         Refusal::Forbidden { reason } => {
             let why = match reason {
                 RejectReason::CsrfTokenMismatch => {
