@@ -85,6 +85,10 @@ pub(crate) struct State {
     pub(crate) id_issued: bool,
     /// `logout()` destroyed the session this request arrived with.
     pub(crate) logged_out: bool,
+    /// The id a session created by this request will have: drawn when
+    /// `csrf_token()` is asked before the session is stored, so the page
+    /// can carry the token of the session its next request arrives with.
+    pub(crate) planned_id: Option<SessionId>,
     /// What happened, in order: the layer sends these events on.
     pub(crate) events: Vec<SessionEvent>,
 }
@@ -309,11 +313,13 @@ impl Session {
     /// ([`with_renewal_interval`](crate::SessionLayer::with_renewal_interval);
     /// a form left open across a renewal is refused and must be reloaded).
     ///
-    /// `None` when there is no stored session (nothing to protect yet; the
-    /// layer's origin check guards a sign-in form), or while a
-    /// [`regenerate`](Self::regenerate) of this request is pending (the id
-    /// changes when the response goes out: render forms on the next
-    /// request, say after a redirect).
+    /// Asked before anything is stored (a first visit), it starts the
+    /// session: it is stored when the response goes out, under the id the
+    /// token belongs to, so the form's next request arrives with both.
+    ///
+    /// `None` while a [`regenerate`](Self::regenerate) of this request is
+    /// pending (the id changes when the response goes out: render forms on
+    /// the next request, say after a redirect).
     ///
     /// ```
     /// use tower_session_guard::Session;
@@ -327,11 +333,15 @@ impl Session {
     /// ```
     #[must_use]
     pub fn csrf_token(&self) -> Option<String> {
-        let state = self.lock();
+        let mut state = self.lock();
         if state.regenerate {
             return None;
         }
-        let id = state.id.as_ref()?;
+        let state = &mut *state;
+        let id = match &state.id {
+            Some(id) => id,
+            None => state.planned_id.get_or_insert_with(SessionId::generate),
+        };
         Some(self.inner.context.keyring.csrf_token(id))
     }
 
@@ -498,6 +508,7 @@ impl Session {
         state.record = Some(record);
         state.id_issued = true;
         state.regenerate = false;
+        state.planned_id = None;
         Ok(())
     }
 

@@ -537,8 +537,39 @@ async fn the_token_reveals_neither_the_id_nor_the_session_token() {
         assert!(!token.contains(&form), "{form}");
     }
     // The CSRF token is no session token.
-    let reply = app.send(get_from("/token", Some(&token)), "").await;
-    assert_eq!(reply.body, "none");
+    let reply = app.send(get_from("/count", Some(&token)), "").await;
+    assert_eq!(
+        reply.body, "1",
+        "a new session, not the one the token belongs to"
+    );
+}
+
+#[tokio::test]
+async fn a_first_visit_gets_a_token_for_the_session_it_starts() {
+    // A sign-in page is often the first page: nothing is stored yet.
+    let app = App::new(Csrf::default().with_header_token_required(true));
+    let page = app.send(get_from("/token", None), "").await;
+    assert_ne!(page.body, "none");
+    let cookie = page.token().expect("asking for a token starts the session");
+    let posted = app
+        .send(
+            form(post_to("/transfer", Some(&cookie))),
+            &format!("csrf_token={}&amount=1", page.body),
+        )
+        .await;
+    assert_eq!(
+        posted.status,
+        StatusCode::FORBIDDEN,
+        "the layer wants the header"
+    );
+    let posted = app
+        .send(
+            form(post_to("/transfer", Some(&cookie)).header("x-csrf-token", &page.body)),
+            &format!("csrf_token={}&amount=1", page.body),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::OK, "{}", posted.body);
+    assert_eq!(app.csrf_token(&cookie).await, page.body, "the same session");
 }
 
 #[tokio::test]

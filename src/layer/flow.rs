@@ -694,7 +694,8 @@ async fn commit(
 ) -> Result<Plan, StoreError> {
     let now = departure.now;
     let Some(id) = state.id else {
-        let has_writes = state.pending.has_values();
+        // A page that was handed a CSRF token needs the session it names.
+        let has_writes = state.pending.has_values() || state.planned_id.is_some();
         let ending = policy::without_session(
             has_writes,
             departure.in_flight,
@@ -705,7 +706,7 @@ async fn commit(
             return Ok(plan_for(ending));
         }
         let record = template.record(IdHash::from_bytes([0; 32]), None, state.pending.into_data());
-        let (id, record) = lifecycle::create(&*config.store, record).await?;
+        let (id, record) = lifecycle::create_as(&*config.store, record, state.planned_id).await?;
         sink.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
