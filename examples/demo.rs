@@ -12,6 +12,11 @@
 //! HTTPS, with an exception for `localhost`/`127.0.0.1` that not every
 //! browser makes. In production keep `CookieConfig::default()`
 //! (`__Host-id; Secure; HttpOnly; SameSite=Lax; Path=/`) behind HTTPS.
+//!
+//! Its forms are protected against cross-site request forgery: the layer
+//! refuses posts from other sites (`with_csrf`), and each form carries the
+//! session's CSRF token in a hidden field, which its handler checks with
+//! `Session::verify_csrf` before doing anything.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
 use tower_session_guard::{
-    CookieConfig, Key, MemoryStore, Session, SessionError, SessionEvent, SessionLayer,
+    CookieConfig, Csrf, Key, MemoryStore, Session, SessionError, SessionEvent, SessionLayer,
 };
 
 #[tokio::main]
@@ -36,6 +41,8 @@ async fn main() {
         .with_absolute_timeout(Duration::from_secs(8 * 3600))
         // Plain-HTTP development cookie; see the module docs.
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false))
+        // Posts from other sites get a 403 before any handler runs.
+        .with_csrf(Csrf::default())
         .with_event_handler(|event: &SessionEvent| println!("session event: {event:?}"));
 
     let app = Router::new()
@@ -59,18 +66,24 @@ async fn main() {
 async fn home(session: Session) -> Result<Html<String>, SessionError> {
     let visits: u64 = session.get::<u64>("visits")?.unwrap_or(0) + 1;
     session.insert("visits", visits)?;
+    // Every form carries it; every handler that takes a form checks it.
+    let csrf = format!(
+        r#"<input type="hidden" name="csrf_token" value="{}">"#,
+        escape(&session.csrf_token().unwrap_or_default())
+    );
     let who = match session.user_id() {
         Some(user) => format!(
             r#"<p>Signed in as <strong id="user">{}</strong>.</p>
-<form method="post" action="/logout"><button id="logout" type="submit">Sign out</button></form>"#,
+<form method="post" action="/logout">{csrf}<button id="logout" type="submit">Sign out</button></form>"#,
             escape(&user)
         ),
-        None => r#"<p id="user-anonymous">Not signed in.</p>
-<form method="post" action="/login">
+        None => format!(
+            r#"<p id="user-anonymous">Not signed in.</p>
+<form method="post" action="/login">{csrf}
   <label>User name <input id="username" name="username" autocomplete="username" required maxlength="64"></label>
   <button id="login" type="submit">Sign in</button>
 </form>"#
-            .to_owned(),
+        ),
     };
     Ok(Html(format!(
         r#"<!doctype html>
@@ -89,9 +102,20 @@ async fn home(session: Session) -> Result<Html<String>, SessionError> {
 #[derive(Deserialize)]
 struct LoginForm {
     username: String,
+    #[serde(default)]
+    csrf_token: String,
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf_token: String,
 }
 
 async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
+    if let Err(err) = session.verify_csrf(&form.csrf_token) {
+        return err.into_response(); // 403
+    }
     let username = form.username.trim();
     if username.is_empty() || username.len() > 64 {
         return Redirect::to("/").into_response();
@@ -104,7 +128,10 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
     }
 }
 
-async fn logout(session: Session) -> Response {
+async fn logout(session: Session, Form(form): Form<LogoutForm>) -> Response {
+    if let Err(err) = session.verify_csrf(&form.csrf_token) {
+        return err.into_response(); // 403
+    }
     match session.logout().await {
         Ok(()) => Redirect::to("/").into_response(),
         Err(err) => err.into_response(),
