@@ -76,10 +76,10 @@
 //! impl SessionStore for HashMapStore {
 //!     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
 //!         let mut entries = self.entries();
-//!         if entries.contains_key(&record.id_hash) {
+//!         if entries.contains_key(&record.id_hash()) {
 //!             return Ok(false);
 //!         }
-//!         entries.insert(record.id_hash, Entry::Session(Arc::new(record.clone())));
+//!         entries.insert(record.id_hash(), Entry::Session(Arc::new(record.clone())));
 //!         Ok(true)
 //!     }
 //!
@@ -105,7 +105,7 @@
 //!     ) -> Result<bool, StoreError> {
 //!         let mut entries = self.entries();
 //!         match entries.get(id) {
-//!             Some(Entry::Session(current)) if current.version == version => {}
+//!             Some(Entry::Session(current)) if current.version() == version => {}
 //!             _ => return Ok(false),
 //!         }
 //!         match with {
