@@ -12,12 +12,17 @@
 //! HTTPS, with an exception for `localhost`/`127.0.0.1` that not every
 //! browser makes. In production keep `CookieConfig::default()`
 //! (`__Host-id; Secure; HttpOnly; SameSite=Lax; Path=/`) behind HTTPS.
+//!
+//! Its forms are protected against cross-site request forgery: the layer
+//! refuses posts from other sites (`with_csrf`), and each form carries the
+//! session's CSRF token in a hidden field, which its handler checks with
+//! `Session::verify_csrf` before doing anything.
 
 mod site;
 
 use std::time::Duration;
 
-use tower_session_guard::{CookieConfig, Key, MemoryStore, SessionEvent, SessionLayer};
+use tower_session_guard::{CookieConfig, Csrf, Key, MemoryStore, SessionEvent, SessionLayer};
 
 use site::Page;
 
@@ -35,6 +40,8 @@ async fn main() {
         .with_absolute_timeout(Duration::from_secs(8 * 3600))
         // Plain-HTTP development cookie; see the module docs.
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false))
+        // Posts from other sites get a 403 before any handler runs.
+        .with_csrf(Csrf::default())
         .with_event_handler(|event: &SessionEvent| println!("session event: {event:?}"));
     let app = site::router(PAGE, sessions);
 

@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower_session_guard::{CookieConfig, Key, SessionEvent, SessionLayer, SessionStore};
+use tower_session_guard::{CookieConfig, Csrf, Key, SessionEvent, SessionLayer, SessionStore};
 
 use site::Page;
 
@@ -55,6 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_absolute_timeout(Duration::from_secs(8 * 3600))
         // Plain-HTTP development cookie; see the module docs.
         .with_cookie(CookieConfig::default().with_name("id").with_secure(false))
+        // Posts from other sites get a 403 before any handler runs.
+        .with_csrf(Csrf::default())
         .with_event_handler(|event: &SessionEvent| println!("session event: {event:?}"));
     let app = site::router(PAGE, sessions);
 

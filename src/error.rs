@@ -40,6 +40,10 @@ pub enum SessionError {
         /// The user's limit.
         max: usize,
     },
+    /// The request's CSRF token is missing or is not this session's
+    /// ([`Session::verify_csrf`](crate::Session::verify_csrf)); answered
+    /// `403 Forbidden`. Nothing was changed.
+    CsrfTokenMismatch,
 }
 
 impl fmt::Display for SessionError {
@@ -65,6 +69,10 @@ impl fmt::Display for SessionError {
                 f,
                 "the user already has {max} active session(s), the most allowed; sign out elsewhere first"
             ),
+            Self::CsrfTokenMismatch => f.write_str(
+                "the form's CSRF token is missing or does not belong to this session; reload the page and send \
+                 the form again",
+            ),
         }
     }
 }
@@ -74,7 +82,10 @@ impl std::error::Error for SessionError {
         match self {
             Self::Serialize { source, .. } | Self::Deserialize { source, .. } => Some(source),
             Self::Store(err) => Some(err),
-            Self::InvalidUserId(_) | Self::InsecureTransport | Self::LimitReached { .. } => None,
+            Self::InvalidUserId(_)
+            | Self::InsecureTransport
+            | Self::LimitReached { .. }
+            | Self::CsrfTokenMismatch => None,
         }
     }
 }
@@ -92,7 +103,7 @@ impl SessionError {
         match self {
             Self::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::LimitReached { .. } => http::StatusCode::CONFLICT,
-            Self::InsecureTransport => http::StatusCode::FORBIDDEN,
+            Self::InsecureTransport | Self::CsrfTokenMismatch => http::StatusCode::FORBIDDEN,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -89,6 +89,10 @@ pub enum SessionEvent {
         /// The session the request's token named, when it was authentic.
         session: Option<Fingerprint>,
     },
+    /// A request carried no client address while client binding or
+    /// guessing detection, which need one, is on: they did not protect it.
+    /// See [`SessionLayer::with_client_address_required`](crate::SessionLayer::with_client_address_required).
+    ClientAddressMissing,
     /// A network sent too many bad tokens and is now answered `429`.
     GuessingDetected {
         /// The network (as grouped by the detector).
@@ -114,6 +118,7 @@ impl SessionEvent {
             Self::Rejected { .. } => "rejected",
             Self::GuessingDetected { .. } => "guessing_detected",
             Self::TokenRemoved { .. } => "token_removed",
+            Self::ClientAddressMissing => "client_address_missing",
         }
     }
 }

@@ -4,6 +4,11 @@
 //! first 128 bits of `HMAC-SHA256(key, "tsg1" ‖ id)`. Verification recomputes
 //! the tag in constant time; a token that fails it never reaches the store,
 //! so guessing ids costs an attacker one HMAC of our time and no store lookup.
+//!
+//! A session's CSRF token is `base64url(HMAC-SHA256(key, "tsg-csrf1" ‖ id))`:
+//! nothing to store, a new token whenever the id changes, and the id cannot
+//! be recovered from it (nor is the token a session token: its MAC input
+//! differs).
 
 use std::fmt;
 
@@ -26,6 +31,12 @@ const TOKEN_BYTES: usize = ID_LEN + TAG_LEN;
 pub(crate) const TOKEN_LEN: usize = 43;
 /// Domain separation for the MAC input, so these keys sign nothing else by accident.
 const TOKEN_CONTEXT: &[u8] = b"tsg1";
+
+/// Domain separation for CSRF tokens: a CSRF token is never a session token.
+const CSRF_CONTEXT: &[u8] = b"tsg-csrf1";
+
+/// Bytes in a decoded CSRF token (a whole HMAC-SHA256 output).
+const CSRF_BYTES: usize = 32;
 
 /// The minimum length of key material accepted by [`Key::from_bytes`].
 pub const MIN_KEY_LEN: usize = 32;
@@ -88,6 +99,18 @@ impl Key {
         raw[..ID_LEN].copy_from_slice(id.as_bytes());
         raw[ID_LEN..].copy_from_slice(&tag[..TAG_LEN]);
         URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn csrf_mac(&self, id: &SessionId) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(CSRF_CONTEXT);
+        mac.update(id.as_bytes());
+        mac
+    }
+
+    /// Checks a decoded CSRF token for `id` in constant time.
+    fn verifies_csrf(&self, id: &SessionId, raw: &[u8; CSRF_BYTES]) -> bool {
+        self.csrf_mac(id).verify_slice(raw).is_ok()
     }
 
     /// Checks the tag of a decoded token in constant time.
@@ -160,6 +183,28 @@ impl Keyring {
         self.primary.sign(id)
     }
 
+    /// The CSRF token of the session `id`, made with the primary key.
+    pub(crate) fn csrf_token(&self, id: &SessionId) -> String {
+        URL_SAFE_NO_PAD.encode(self.primary.csrf_mac(id).finalize().into_bytes())
+    }
+
+    /// Whether `token` is the CSRF token of `id` under any key of the ring
+    /// (a form rendered before a key rotation still posts). Constant time
+    /// in the token's bytes.
+    pub(crate) fn verify_csrf(&self, id: &SessionId, token: &str) -> bool {
+        let token = token.trim();
+        if token.len() != TOKEN_LEN {
+            return false;
+        }
+        let mut raw = [0u8; CSRF_BYTES];
+        if URL_SAFE_NO_PAD.decode_slice(token.as_bytes(), &mut raw) != Ok(CSRF_BYTES) {
+            return false;
+        }
+        std::iter::once(&self.primary)
+            .chain(&self.fallbacks)
+            .any(|key| key.verifies_csrf(id, &raw))
+    }
+
     /// Decodes and verifies a token. Anything malformed or forged is `None`.
     pub(crate) fn verify(&self, token: &str) -> Option<Verified> {
         // Length first: nothing oversized is ever decoded.
@@ -227,6 +272,41 @@ mod tests {
         let verified = ring.verify(&token).unwrap();
         assert_eq!(verified.id, id);
         assert!(verified.needs_resign);
+    }
+
+    #[test]
+    fn csrf_tokens_belong_to_one_id_and_one_key_ring() {
+        let ring = Keyring::new(Key::generate());
+        let id = SessionId::generate();
+        let token = ring.csrf_token(&id);
+        assert_eq!(token.len(), TOKEN_LEN);
+        assert!(ring.verify_csrf(&id, &token));
+        assert!(!ring.verify_csrf(&SessionId::generate(), &token));
+        assert!(!Keyring::new(Key::generate()).verify_csrf(&id, &token));
+        // Neither the id nor the session token can be read from it.
+        assert!(!token.contains(&URL_SAFE_NO_PAD.encode(id.as_bytes())[..20]));
+        assert!(ring.verify(&token).is_none());
+        assert_ne!(token, ring.sign(&id));
+        for bad in [
+            "",
+            "x",
+            &token[1..],
+            &format!("{token}A"),
+            &"*".repeat(TOKEN_LEN),
+        ] {
+            assert!(!ring.verify_csrf(&id, bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn csrf_tokens_of_a_fallback_key_still_verify() {
+        let old = Key::generate();
+        let id = SessionId::generate();
+        let token = Keyring::new(old.clone()).csrf_token(&id);
+        let mut ring = Keyring::new(Key::generate());
+        assert!(!ring.verify_csrf(&id, &token));
+        ring.set_fallbacks(vec![old]);
+        assert!(ring.verify_csrf(&id, &token));
     }
 
     #[test]

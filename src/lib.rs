@@ -110,7 +110,9 @@ pub use crate::id::Fingerprint;
 pub use crate::key::{Key, KeyError};
 pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 #[doc(inline)]
-pub use crate::policy::{ClientBinding, ExpiryReason, Locate, Location, OnLimit, RejectAction};
+pub use crate::policy::{
+    ClientBinding, Csrf, ExpiryReason, Locate, Location, OnLimit, RejectAction,
+};
 #[cfg(feature = "axum")]
 pub use crate::session::SessionLayerMissing;
 #[cfg(feature = "tonic")]
@@ -130,7 +132,7 @@ pub use crate::store::RedisStore;
 pub use crate::store::SqliteStore;
 #[doc(inline)]
 pub use crate::store::{CachedStore, MemoryStore, SessionStore, StoreError};
-pub use crate::transport::{CookieConfig, CookieConfigError, Transport};
+pub use crate::transport::{CookieConfig, CookieConfigError, SiteData, Transport};
 
 /// The `redis` crate this one is built with, for [`RedisStore::from_client`] and friends.
 #[cfg(feature = "redis")]

@@ -131,10 +131,21 @@ pub(crate) async fn load(
 /// never expected collision) and indexes it if it is signed in.
 pub(crate) async fn create(
     store: &dyn SessionStore,
+    record: SessionRecord,
+) -> Result<(SessionId, SessionRecord), StoreError> {
+    create_as(store, record, None).await
+}
+
+/// Like [`create`], trying `planned` first: an id drawn earlier in the
+/// request, whose CSRF token a page already carries. A new session no one
+/// holds yet, so no listing can see it between attempts.
+pub(crate) async fn create_as(
+    store: &dyn SessionStore,
     mut record: SessionRecord,
+    mut planned: Option<SessionId>,
 ) -> Result<(SessionId, SessionRecord), StoreError> {
     for _ in 0..CREATE_ATTEMPTS {
-        let id = SessionId::generate();
+        let id = planned.take().unwrap_or_else(SessionId::generate);
         record.id_hash = id.hash();
         if store.create(&record).await? {
             if let Some(user) = &record.user_id {

@@ -15,6 +15,13 @@ use crate::client::{ClientContext, Network, DEFAULT_IPV4_PREFIX, DEFAULT_IPV6_PR
 use crate::id::IdHash;
 use crate::record::{Binding, Deadlines, SeenLocation, SeenNetwork, SessionRecord, Touch};
 
+mod csrf;
+
+pub(crate) use self::csrf::{
+    csrf_verdict, is_cross_site, is_unsafe_method, CsrfVerdict, Origin, Provenance,
+};
+pub use self::csrf::{Csrf, DEFAULT_TOKEN_HEADER};
+
 /// Default idle timeout: 30 minutes.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Default absolute timeout: 12 hours.
@@ -202,6 +209,13 @@ pub enum RejectReason {
     TooManyNetworks,
     /// The session moved between places faster than anyone travels.
     ImpossibleTravel,
+    /// An unsafe request came from a page of another site ([`Csrf`]); it
+    /// was answered `403` without calling the handler.
+    CrossSiteRequest,
+    /// An unsafe request lacked the session's CSRF token, or carried a
+    /// wrong one ([`Csrf::with_header_token_required`]); it was answered
+    /// `403` without calling the handler.
+    CsrfTokenMismatch,
 }
 
 impl fmt::Display for RejectReason {
@@ -214,6 +228,8 @@ impl fmt::Display for RejectReason {
             Self::UserAgentChanged => "browser family changed",
             Self::TooManyNetworks => "too many networks",
             Self::ImpossibleTravel => "impossible travel",
+            Self::CrossSiteRequest => "cross-site request",
+            Self::CsrfTokenMismatch => "missing or wrong CSRF token",
         })
     }
 }

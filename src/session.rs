@@ -11,6 +11,7 @@ use crate::client::{family_of, ClientContext};
 use crate::error::SessionError;
 use crate::event::SessionEvent;
 use crate::id::{Fingerprint, IdHash, SessionId};
+use crate::key::Keyring;
 use crate::lifecycle::{self, Login, LoginOutcome};
 use crate::policy::{initial_binding, ClientBinding, LimitRule};
 use crate::record::{Change, Deadlines, SessionData, SessionRecord};
@@ -59,6 +60,12 @@ pub(crate) struct Context {
     /// Whether anyone listens to events (a fingerprint costs two SHA-256
     /// runs, so events nobody reads are not built).
     pub(crate) events_enabled: bool,
+    /// Makes and checks CSRF tokens.
+    pub(crate) keyring: Arc<Keyring>,
+    /// The authentic id the request's token named, which a renewal on
+    /// arrival may have replaced: the page that sent the request was
+    /// rendered with its CSRF token.
+    pub(crate) arrived_as: Option<SessionId>,
 }
 
 /// Everything a request did to its session, read by the layer at commit.
@@ -78,6 +85,10 @@ pub(crate) struct State {
     pub(crate) id_issued: bool,
     /// `logout()` destroyed the session this request arrived with.
     pub(crate) logged_out: bool,
+    /// The id a session created by this request will have: drawn when
+    /// `csrf_token()` is asked before the session is stored, so the page
+    /// can carry the token of the session its next request arrives with.
+    pub(crate) planned_id: Option<SessionId>,
     /// What happened, in order: the layer sends these events on.
     pub(crate) events: Vec<SessionEvent>,
 }
@@ -291,6 +302,96 @@ impl Session {
         self.lock().id.as_ref().map(SessionId::fingerprint)
     }
 
+    /// The session's CSRF token, for a hidden form field or a
+    /// `<meta>` tag scripts read and send back in the `x-csrf-token`
+    /// header (see [`Csrf`](crate::Csrf)).
+    ///
+    /// It is derived from the session id with the layer's key (an HMAC;
+    /// nothing is stored, and the id cannot be recovered from it), so it
+    /// changes whenever the id does: at [`login`](Self::login), at
+    /// [`regenerate`](Self::regenerate) and at a renewal
+    /// ([`with_renewal_interval`](crate::SessionLayer::with_renewal_interval);
+    /// a form left open across a renewal is refused and must be reloaded).
+    ///
+    /// Asked before anything is stored (a first visit), it starts the
+    /// session: it is stored when the response goes out, under the id the
+    /// token belongs to, so the form's next request arrives with both.
+    ///
+    /// `None` while a [`regenerate`](Self::regenerate) of this request is
+    /// pending (the id changes when the response goes out: render forms on
+    /// the next request, say after a redirect).
+    ///
+    /// ```
+    /// use tower_session_guard::Session;
+    ///
+    /// async fn form(session: Session) -> String {
+    ///     let token = session.csrf_token().unwrap_or_default();
+    ///     format!(r#"<form method="post" action="/transfer">
+    ///         <input type="hidden" name="csrf_token" value="{token}">
+    ///         <button>Send</button></form>"#)
+    /// }
+    /// ```
+    #[must_use]
+    pub fn csrf_token(&self) -> Option<String> {
+        let mut state = self.lock();
+        if state.regenerate {
+            return None;
+        }
+        let state = &mut *state;
+        let id = match &state.id {
+            Some(id) => id,
+            None => state.planned_id.get_or_insert_with(SessionId::generate),
+        };
+        Some(self.inner.context.keyring.csrf_token(id))
+    }
+
+    /// Checks a CSRF token a form sent (its hidden field, from
+    /// [`csrf_token`](Self::csrf_token)), in constant time.
+    ///
+    /// Call it first in every handler that takes a form and changes
+    /// something. It succeeds when `token` is this session's token (or
+    /// that of the id the request arrived with, when a renewal replaced it
+    /// on arrival), and when there is no stored session: a request without
+    /// one acts for nobody, and the layer's origin check
+    /// ([`Csrf`](crate::Csrf)) refuses cross-site sign-in forms.
+    ///
+    /// ```
+    /// use axum::Form;
+    /// use serde::Deserialize;
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// #[derive(Deserialize)]
+    /// struct Transfer {
+    ///     csrf_token: String,
+    ///     amount: u64,
+    /// }
+    ///
+    /// async fn transfer(session: Session, Form(form): Form<Transfer>) -> Result<String, SessionError> {
+    ///     session.verify_csrf(&form.csrf_token)?; // 403 otherwise
+    ///     Ok(format!("sent {}", form.amount))
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::CsrfTokenMismatch`] (a `403`) when the session
+    /// exists and `token` is missing, malformed or another session's.
+    pub fn verify_csrf(&self, token: &str) -> Result<(), SessionError> {
+        let current = self.lock().id.clone();
+        let Some(current) = current else {
+            return Ok(());
+        };
+        let context = &self.inner.context;
+        let arrived = context.arrived_as.as_ref().filter(|id| **id != current);
+        let valid = context.keyring.verify_csrf(&current, token)
+            || arrived.is_some_and(|id| context.keyring.verify_csrf(id, token));
+        if valid {
+            Ok(())
+        } else {
+            Err(SessionError::CsrfTokenMismatch)
+        }
+    }
+
     /// Issues a new id when the response goes out, keeping the data.
     ///
     /// Call it on any privilege change short of a login (which regenerates
@@ -407,6 +508,7 @@ impl Session {
         state.record = Some(record);
         state.id_issued = true;
         state.regenerate = false;
+        state.planned_id = None;
         Ok(())
     }
 

@@ -5,6 +5,16 @@
 //! with no `Domain` and no `Max-Age`. The `__Host-` prefix makes browsers
 //! refuse the cookie unless it is `Secure`, has `Path=/` and no `Domain`,
 //! which shuts out cookie tossing from sibling subdomains.
+//!
+//! The name prefixes checked at start-up ([`CookieConfig::validate`]):
+//! `__Secure-` (Secure), `__Host-` (Secure, `Path=/`, no Domain), and the
+//! newer `__Http-` (Secure and HttpOnly) and `__Host-Http-` (both sets),
+//! which tell the server the cookie was set by a `Set-Cookie` header and
+//! not by a script. The last two come from the current cookie draft
+//! (rfc6265bis, after draft-httponlyprefix-weiss-http) and are documented
+//! by MDN; a browser that does not know them yet treats `__Http-` as an
+//! ordinary name, and `__Host-Http-` still as a `__Host-` cookie. The
+//! default stays `__Host-id`, which every current browser enforces.
 
 use std::fmt;
 
@@ -36,6 +46,7 @@ pub struct CookieConfig {
     http_only: bool,
     same_site: SameSite,
     persistent: bool,
+    partitioned: bool,
 }
 
 impl Default for CookieConfig {
@@ -48,6 +59,7 @@ impl Default for CookieConfig {
             http_only: true,
             same_site: SameSite::Lax,
             persistent: false,
+            partitioned: false,
         }
     }
 }
@@ -105,6 +117,20 @@ impl CookieConfig {
         self
     }
 
+    /// Adds the `Partitioned` attribute (CHIPS): browsers then keep the
+    /// cookie apart for each top-level site the application is embedded
+    /// in (an iframe, a widget), so it cannot track a user across sites
+    /// and is still sent where third-party cookies are blocked. Default: `false`.
+    ///
+    /// Only for applications served inside other sites' pages; browsers
+    /// require `Secure` (checked at start-up), and cross-site iframes also
+    /// need `with_same_site(SameSite::None)`.
+    #[must_use]
+    pub fn with_partitioned(mut self, partitioned: bool) -> Self {
+        self.partitioned = partitioned;
+        self
+    }
+
     /// The cookie's name.
     #[must_use]
     pub fn name(&self) -> &str {
@@ -152,6 +178,17 @@ impl CookieConfig {
         if has_prefix(&self.name, "__Secure-") && !self.secure {
             return Err(CookieConfigError::SecurePrefixNotSecure(name()));
         }
+        let http_prefix =
+            has_prefix(&self.name, "__Http-") || has_prefix(&self.name, "__Host-Http-");
+        if http_prefix && !self.secure {
+            return Err(CookieConfigError::HttpPrefixNotSecure(name()));
+        }
+        if http_prefix && !self.http_only {
+            return Err(CookieConfigError::HttpPrefixNotHttpOnly(name()));
+        }
+        if self.partitioned && !self.secure {
+            return Err(CookieConfigError::PartitionedNotSecure);
+        }
         if self.same_site == SameSite::None && !self.secure {
             return Err(CookieConfigError::SameSiteNoneNotSecure);
         }
@@ -164,6 +201,7 @@ impl CookieConfig {
             .secure(self.secure)
             .http_only(self.http_only)
             .same_site(self.same_site)
+            .partitioned(self.partitioned)
             .build();
         if let Some(domain) = &self.domain {
             cookie.set_domain(domain.clone());
@@ -230,6 +268,12 @@ pub enum CookieConfigError {
     SecurePrefixNotSecure(String),
     /// `SameSite=None` on a cookie that is not Secure.
     SameSiteNoneNotSecure,
+    /// A `__Http-` or `__Host-Http-` cookie that is not Secure.
+    HttpPrefixNotSecure(String),
+    /// A `__Http-` or `__Host-Http-` cookie that is not HttpOnly.
+    HttpPrefixNotHttpOnly(String),
+    /// A `Partitioned` cookie that is not Secure.
+    PartitionedNotSecure,
 }
 
 impl fmt::Display for CookieConfigError {
@@ -266,6 +310,20 @@ impl fmt::Display for CookieConfigError {
                 "the session cookie is named {name:?} but `with_secure(false)` was set: browsers drop `__Secure-` cookies \
                  that are not Secure; keep `with_secure(true)` or rename the cookie"
             ),
+            Self::HttpPrefixNotSecure(name) => write!(
+                f,
+                "the session cookie is named {name:?} but `with_secure(false)` was set: browsers drop `__Http-` and \
+                 `__Host-Http-` cookies that are not Secure; keep `with_secure(true)` or rename the cookie"
+            ),
+            Self::HttpPrefixNotHttpOnly(name) => write!(
+                f,
+                "the session cookie is named {name:?} but `with_http_only(false)` was set: browsers drop `__Http-` and \
+                 `__Host-Http-` cookies that are not HttpOnly; keep `with_http_only(true)` or rename the cookie"
+            ),
+            Self::PartitionedNotSecure => f.write_str(
+                "`with_partitioned(true)` needs a Secure cookie (browsers drop a Partitioned cookie otherwise); keep \
+                 `with_secure(true)` or leave the cookie unpartitioned",
+            ),
             Self::SameSiteNoneNotSecure => f.write_str(
                 "`SameSite=None` needs a Secure cookie (browsers drop it otherwise); keep `with_secure(true)` \
                  or use `SameSite::Lax`",
@@ -275,6 +333,53 @@ impl fmt::Display for CookieConfigError {
 }
 
 impl std::error::Error for CookieConfigError {}
+
+/// What a `Clear-Site-Data` response header tells the browser to forget
+/// (see [`SessionLayer::with_clear_site_data_directives`](crate::SessionLayer::with_clear_site_data_directives)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SiteData {
+    /// `"cookies"`: every cookie of the site (its registrable domain, so
+    /// sibling subdomains' cookies too) and HTTP authentication credentials.
+    Cookies,
+    /// `"storage"`: `localStorage`, `sessionStorage`, IndexedDB, service
+    /// workers and other script-held storage of the origin.
+    Storage,
+    /// `"cache"`: the browser's HTTP cache (and back/forward cache) for the origin.
+    Cache,
+    /// `"executionContexts"`: reloads the origin's open documents.
+    ExecutionContexts,
+}
+
+impl SiteData {
+    /// The directive as it appears in the header, quotes included.
+    #[must_use]
+    pub fn directive(self) -> &'static str {
+        match self {
+            Self::Cookies => "\"cookies\"",
+            Self::Storage => "\"storage\"",
+            Self::Cache => "\"cache\"",
+            Self::ExecutionContexts => "\"executionContexts\"",
+        }
+    }
+}
+
+/// The `Clear-Site-Data` value for `directives` (duplicates dropped);
+/// `None` when there are none.
+pub(crate) fn clear_site_data(directives: &[SiteData]) -> Option<HeaderValue> {
+    let mut seen: Vec<SiteData> = Vec::new();
+    for directive in directives {
+        if !seen.contains(directive) {
+            seen.push(*directive);
+        }
+    }
+    let text = seen
+        .iter()
+        .map(|d| d.directive())
+        .collect::<Vec<_>>()
+        .join(", ");
+    (!text.is_empty()).then(|| HeaderValue::from_str(&text).expect("directives are ASCII"))
+}
 
 /// A [`CookieConfig`] rendered once at start-up: each response then only
 /// joins the name, the token and the fixed attributes.
@@ -765,6 +870,55 @@ mod tests {
         ] {
             assert!(text.contains(part), "{text}");
         }
+    }
+
+    #[test]
+    fn partitioned_cookies_carry_the_attribute_and_need_secure() {
+        let partitioned = CookieConfig::default().with_partitioned(true);
+        assert!(partitioned.validate().is_ok());
+        let text = partitioned.set_cookie("t".to_owned(), 0);
+        assert!(text.to_str().unwrap().contains("Partitioned"), "{text:?}");
+        let removal = partitioned.removal_cookie();
+        assert!(
+            removal.to_str().unwrap().contains("Partitioned"),
+            "{removal:?}"
+        );
+        let plain = CookieConfig::default().set_cookie("t".to_owned(), 0);
+        assert!(
+            !plain.to_str().unwrap().contains("Partitioned"),
+            "{plain:?}"
+        );
+        let err = CookieConfig::default()
+            .with_name("id")
+            .with_secure(false)
+            .with_partitioned(true)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err, CookieConfigError::PartitionedNotSecure);
+        assert!(err.to_string().contains("with_secure(true)"), "{err}");
+    }
+
+    #[test]
+    fn http_prefixes_need_secure_and_http_only() {
+        for name in ["__Http-id", "__Host-Http-id", "__http-id"] {
+            let base = CookieConfig::default().with_name(name);
+            assert!(base.validate().is_ok(), "{name}");
+            let err = base.clone().with_http_only(false).validate().unwrap_err();
+            assert_eq!(
+                err,
+                CookieConfigError::HttpPrefixNotHttpOnly(name.to_owned())
+            );
+            assert!(err.to_string().contains("with_http_only(true)"), "{err}");
+            let err = base.clone().with_secure(false).validate().unwrap_err();
+            assert!(err.to_string().contains("with_secure(true)"), "{err}");
+        }
+        // `__Host-Http-` is a `__Host-` cookie too.
+        let err = CookieConfig::default()
+            .with_name("__Host-Http-id")
+            .with_path("/app")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("Path=/"), "{err}");
     }
 
     #[test]

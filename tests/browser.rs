@@ -1,7 +1,10 @@
 //! The demo (`examples/demo.rs`) in a real browser: headless Chromium,
 //! driven over WebDriver, signs in through the form, counts visits across
-//! reloads, cannot read the HttpOnly session cookie from JavaScript, signs
-//! out, and gets nowhere with the old cookie put back.
+//! reloads, cannot read the HttpOnly session cookie from JavaScript, is
+//! not signed in as someone else by a form posted from another origin
+//! (login CSRF: another port of 127.0.0.1 is another origin, and the same
+//! site, so the `SameSite=Lax` cookie goes along), signs out, and gets
+//! nowhere with the old cookie put back.
 //!
 //! Needs Chromium and chromedriver (Debian: `chromium`, `chromium-driver`);
 //! `CHROMIUM` and `CHROMEDRIVER` override their paths. Without them the
@@ -71,8 +74,10 @@ async fn the_demo_signs_in_counts_signs_out_and_refuses_the_old_cookie() {
     processes.wait_until_listening("demo", demo_address);
     processes.wait_until_listening("chromedriver", driver_address);
 
+    let attacker = serve_attacker(demo_address).await;
     let client = connect(&tools, driver_address, profile.path()).await;
-    let visit = tokio::time::timeout(WHOLE_VISIT, walk_through(&client, demo_address)).await;
+    let visit =
+        tokio::time::timeout(WHOLE_VISIT, walk_through(&client, demo_address, attacker)).await;
     // End the browser session before the processes go; the guard kills
     // whatever is left either way.
     let _ = tokio::time::timeout(STEP, client.close()).await;
@@ -86,12 +91,30 @@ async fn the_demo_signs_in_counts_signs_out_and_refuses_the_old_cookie() {
 }
 
 /// What a person would do on the demo site, with what they should see.
-async fn walk_through(client: &Client, address: SocketAddr) -> Result<(), CmdError> {
+async fn walk_through(
+    client: &Client,
+    address: SocketAddr,
+    attacker: SocketAddr,
+) -> Result<(), CmdError> {
     let base = format!("http://{address}");
     let host = address.ip().to_string();
     client.goto(&format!("{base}/")).await?;
     assert_eq!(visits(client).await?, 1, "a fresh visitor");
     assert!(shown(client, "#user-anonymous").await?);
+    // The sign-in form carries the session's CSRF token.
+    let form_token = client
+        .find(Locator::Css(
+            "form[action='/login'] input[name='csrf_token']",
+        ))
+        .await?
+        .attr("value")
+        .await?
+        .unwrap_or_default();
+    assert_eq!(
+        form_token.len(),
+        43,
+        "a CSRF token in the form: {form_token:?}"
+    );
     let anonymous_token = session_cookie(client)
         .await?
         .expect("the counter stored something, so the session has a cookie")
@@ -129,6 +152,26 @@ async fn walk_through(client: &Client, address: SocketAddr) -> Result<(), CmdErr
         assert_eq!(visits(client).await?, expected);
         assert!(shown(client, "#user").await?, "still signed in");
     }
+
+    // Another origin's page posts a sign-in form to the demo (login CSRF):
+    // the browser sends the session cookie along, the layer refuses it.
+    client.goto(&format!("http://{attacker}/")).await?;
+    client.find(Locator::Css("#attack")).await?.click().await?;
+    let refusal = client
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::XPath(
+            "//*[contains(text(), 'cross-site request refused')]",
+        ))
+        .await?;
+    assert!(refusal.text().await?.starts_with("403 Forbidden"));
+    client.goto(&format!("{base}/")).await?;
+    assert_eq!(
+        client.find(Locator::Css("#user")).await?.text().await?,
+        "alice",
+        "still signed in as alice, not as the attacker"
+    );
+    assert_eq!(visits(client).await?, 6, "the refused post changed nothing");
 
     // HttpOnly: the browser holds the cookie, the page's scripts cannot see it.
     let script_view = client.execute("return document.cookie;", vec![]).await?;
@@ -189,6 +232,33 @@ async fn walk_through(client: &Client, address: SocketAddr) -> Result<(), CmdErr
         "the server cleared the refused cookie"
     );
     Ok(())
+}
+
+/// A page on another origin (another port of 127.0.0.1) whose form posts a
+/// sign-in to the demo, as an attacker's page would; returns its address.
+async fn serve_attacker(demo: SocketAddr) -> SocketAddr {
+    let page = format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>attacker</title></head><body>
+<form method="post" action="http://{demo}/login">
+  <input type="hidden" name="username" value="mallory">
+  <button id="attack" type="submit">Win a prize</button>
+</form></body></html>"#
+    );
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { axum::response::Html(page) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("a port for the attacker's page");
+    let address = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    address
 }
 
 /// The number in `#visits`.

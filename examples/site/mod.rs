@@ -1,6 +1,8 @@
 //! The demo site the `demo` and `durable` examples serve: sign-in, a
 //! per-session visit counter and sign-out, under a title and a note of
-//! each example's own.
+//! each example's own. Every form carries the session's CSRF token in a
+//! hidden field, and every handler that takes a form checks it with
+//! `Session::verify_csrf` before doing anything.
 
 use std::net::SocketAddr;
 
@@ -40,18 +42,23 @@ pub fn router(page: Page, sessions: SessionLayer) -> Router {
 async fn home(State(page): State<Page>, session: Session) -> Result<Html<String>, SessionError> {
     let visits: u64 = session.get::<u64>("visits")?.unwrap_or(0) + 1;
     session.insert("visits", visits)?;
+    let csrf = format!(
+        r#"<input type="hidden" name="csrf_token" value="{}">"#,
+        escape(&session.csrf_token().unwrap_or_default())
+    );
     let who = match session.user_id() {
         Some(user) => format!(
             r#"<p>Signed in as <strong id="user">{}</strong>.</p>
-<form method="post" action="/logout"><button id="logout" type="submit">Sign out</button></form>"#,
+<form method="post" action="/logout">{csrf}<button id="logout" type="submit">Sign out</button></form>"#,
             escape(&user)
         ),
-        None => r#"<p id="user-anonymous">Not signed in.</p>
-<form method="post" action="/login">
+        None => format!(
+            r#"<p id="user-anonymous">Not signed in.</p>
+<form method="post" action="/login">{csrf}
   <label>User name <input id="username" name="username" autocomplete="username" required maxlength="64"></label>
   <button id="login" type="submit">Sign in</button>
 </form>"#
-            .to_owned(),
+        ),
     };
     Ok(Html(format!(
         r#"<!doctype html>
@@ -73,9 +80,20 @@ async fn home(State(page): State<Page>, session: Session) -> Result<Html<String>
 #[derive(Deserialize)]
 struct LoginForm {
     username: String,
+    #[serde(default)]
+    csrf_token: String,
+}
+
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf_token: String,
 }
 
 async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
+    if let Err(err) = session.verify_csrf(&form.csrf_token) {
+        return err.into_response(); // 403
+    }
     let username = form.username.trim();
     if username.is_empty() || username.len() > 64 {
         return Redirect::to("/").into_response();
@@ -88,7 +106,10 @@ async fn login(session: Session, Form(form): Form<LoginForm>) -> Response {
     }
 }
 
-async fn logout(session: Session) -> Response {
+async fn logout(session: Session, Form(form): Form<LogoutForm>) -> Response {
+    if let Err(err) = session.verify_csrf(&form.csrf_token) {
+        return err.into_response(); // 403
+    }
     match session.logout().await {
         Ok(()) => Redirect::to("/").into_response(),
         Err(err) => err.into_response(),

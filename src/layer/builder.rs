@@ -1,6 +1,7 @@
 //! [`SessionLayer`]: the builder and the configuration its services share.
 
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +14,9 @@ use crate::clock::{duration_millis, Clock, SystemClock};
 use crate::event::{EventHandler, SessionEvent};
 use crate::guessing::{Guard, GuessingDetection};
 use crate::key::{Key, Keyring};
-use crate::policy::{ClientBinding, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts};
+use crate::policy::{ClientBinding, Csrf, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts};
 use crate::store::SessionStore;
-use crate::transport::{CookieConfig, CookieWriter, Transport};
+use crate::transport::{self, CookieConfig, CookieWriter, SiteData, Transport};
 
 /// Adds validated sessions to every request of the service it wraps.
 ///
@@ -47,7 +48,8 @@ pub struct SessionLayer {
 #[derive(Clone)]
 pub(super) struct Config {
     pub(super) store: Arc<dyn SessionStore>,
-    pub(super) keyring: Keyring,
+    /// Shared with every request's `Session`, which makes CSRF tokens.
+    pub(super) keyring: Arc<Keyring>,
     pub(super) cookie: CookieConfig,
     /// `cookie`, rendered once.
     pub(super) cookie_writer: CookieWriter,
@@ -61,6 +63,14 @@ pub(super) struct Config {
     pub(super) https_only: bool,
     pub(super) binding: Option<ClientBinding>,
     pub(super) guessing: Option<Guard>,
+    pub(super) csrf: Option<Csrf>,
+    /// The `Clear-Site-Data` value sent when a session ends, when on.
+    pub(super) clear_site_data: Option<http::HeaderValue>,
+    /// Refuse (`500`) a request without a client address when a
+    /// protection needs one.
+    pub(super) client_address_required: bool,
+    /// Whether the missing client address was logged (once per layer).
+    pub(super) missing_address_logged: Arc<AtomicBool>,
 }
 
 impl SessionLayer {
@@ -74,7 +84,7 @@ impl SessionLayer {
         Self {
             config: Arc::new(Config {
                 store: Arc::new(store),
-                keyring: Keyring::new(key),
+                keyring: Arc::new(Keyring::new(key)),
                 cookie: CookieConfig::default(),
                 cookie_writer: CookieConfig::default().writer(),
                 timeouts: Timeouts::default(),
@@ -87,6 +97,10 @@ impl SessionLayer {
                 https_only: false,
                 binding: None,
                 guessing: None,
+                csrf: None,
+                clear_site_data: None,
+                client_address_required: false,
+                missing_address_logged: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -168,9 +182,7 @@ impl SessionLayer {
     /// with the primary key, on the same response.
     #[must_use]
     pub fn with_fallback_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
-        self.config_mut()
-            .keyring
-            .set_fallbacks(keys.into_iter().collect());
+        Arc::make_mut(&mut self.config_mut().keyring).set_fallbacks(keys.into_iter().collect());
         self
     }
 
@@ -286,6 +298,105 @@ impl SessionLayer {
     #[must_use]
     pub fn with_guessing_detection(mut self, detection: GuessingDetection) -> Self {
         self.config_mut().guessing = Some(Guard::new(detection));
+        self
+    }
+
+    /// What to do with a request that carries no client address while
+    /// client binding or guessing detection is on, both of which need it.
+    /// Default: `false`: serve the request without those protections.
+    ///
+    /// A protection that cannot work is never silently off: the first such
+    /// request is logged as a `tracing` error naming the fix (serve axum
+    /// with `into_make_service_with_connect_info::<SocketAddr>()`, or, behind
+    /// a proxy, declare it with
+    /// [`with_trusted_proxies`](Self::with_trusted_proxies)), and every one
+    /// sends a [`SessionEvent::ClientAddressMissing`]. With `true` the layer
+    /// also fails closed: such requests are answered
+    /// `500 Internal Server Error` with that sentence, without calling the
+    /// handler.
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// use axum::{routing::get, Router};
+    /// use tower_session_guard::{ClientBinding, Key, MemoryStore, SessionLayer};
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let layer = SessionLayer::new(MemoryStore::default(), Key::generate())
+    ///     .with_client_binding(ClientBinding::default())
+    ///     .with_client_address_required(true);
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// // The peer address the binding needs:
+    /// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_client_address_required(mut self, required: bool) -> Self {
+        self.config_mut().client_address_required = required;
+        self
+    }
+
+    /// Protects against cross-site request forgery (see [`Csrf`] for what
+    /// is checked). Default: off.
+    ///
+    /// Unsafe requests (`POST`, `PUT`, `PATCH`, `DELETE`, ...) from pages
+    /// of other sites are answered `403 Forbidden` without calling the
+    /// handler, sign-in forms included (login CSRF). Handlers that take
+    /// forms put [`Session::csrf_token`](crate::Session::csrf_token) in a
+    /// hidden field and check it with
+    /// [`Session::verify_csrf`](crate::Session::verify_csrf).
+    ///
+    /// ```
+    /// use tower_session_guard::{Csrf, Key, MemoryStore, SessionLayer};
+    ///
+    /// let layer = SessionLayer::new(MemoryStore::default(), Key::generate())
+    ///     .with_csrf(Csrf::default());
+    /// ```
+    #[must_use]
+    pub fn with_csrf(mut self, csrf: Csrf) -> Self {
+        self.config_mut().csrf = Some(csrf);
+        self
+    }
+
+    /// Answers `Clear-Site-Data: "cookies"` when a browser's session ends:
+    /// on [`logout`](crate::Session::logout),
+    /// [`logout_everywhere`](crate::Session::logout_everywhere) (for the
+    /// browser that asked), and when the layer destroys a session the
+    /// policy rejected (client binding). Default: `false`.
+    ///
+    /// The browser then drops every cookie of the site, not only the
+    /// session cookie: turn it on when nothing else the site keeps in
+    /// cookies should outlive a sign-out. It is sent over HTTPS only
+    /// (browsers ignore it elsewhere), and not on a response that also
+    /// starts a new session. For other directives, see
+    /// [`with_clear_site_data_directives`](Self::with_clear_site_data_directives).
+    #[must_use]
+    pub fn with_clear_site_data(mut self, on: bool) -> Self {
+        self.config_mut().clear_site_data = if on {
+            transport::clear_site_data(&[SiteData::Cookies])
+        } else {
+            None
+        };
+        self
+    }
+
+    /// Like [`with_clear_site_data(true)`](Self::with_clear_site_data),
+    /// with the directives to send, say `[SiteData::Cookies,
+    /// SiteData::Storage]`; an empty list turns it off.
+    ///
+    /// ```
+    /// use tower_session_guard::{Key, MemoryStore, SessionLayer, SiteData};
+    ///
+    /// let layer = SessionLayer::new(MemoryStore::default(), Key::generate())
+    ///     .with_clear_site_data_directives([SiteData::Cookies, SiteData::Storage, SiteData::Cache]);
+    /// ```
+    #[must_use]
+    pub fn with_clear_site_data_directives(
+        mut self,
+        directives: impl IntoIterator<Item = SiteData>,
+    ) -> Self {
+        let directives: Vec<SiteData> = directives.into_iter().collect();
+        self.config_mut().clear_site_data = transport::clear_site_data(&directives);
         self
     }
 

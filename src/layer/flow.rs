@@ -4,6 +4,7 @@
 //! Each step is a function of what the step before returned; events go to
 //! one [`EventSink`], emitted once when the request is answered.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -15,7 +16,9 @@ use crate::clock::UnixMillis;
 use crate::event::{self, RejectReason, SessionEvent};
 use crate::id::{IdHash, SessionId};
 use crate::lifecycle::{self, Found};
-use crate::policy::{self, BindingVerdict, Ending, RejectAction, Verdict};
+use crate::policy::{
+    self, BindingVerdict, Csrf, CsrfVerdict, Ending, Origin, Provenance, RejectAction, Verdict,
+};
 use crate::record::{Binding, Change, SessionRecord, Touch};
 use crate::session::{self, Session, State};
 use crate::store::StoreError;
@@ -28,7 +31,7 @@ pub(super) async fn handle<S, ReqBody, ResBody>(
 ) -> Result<Response<ResBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: Default + 'static,
 {
     let mut sink = EventSink::new(&config);
     let answered = travel(&config, inner, request, &mut sink).await;
@@ -44,7 +47,7 @@ async fn travel<S, ReqBody, ResBody>(
 ) -> Result<Response<ResBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: Default + 'static,
 {
     let arrived = match read(config, &request, sink) {
         Ok(reading) => find(config, reading, sink).await,
@@ -158,6 +161,8 @@ enum Token {
     /// An id replaced moments ago by a login or a regeneration: this
     /// request was in flight.
     InFlight,
+    /// A session the policy rejected and destroyed.
+    Destroyed,
     /// A valid session.
     Session(Loaded),
 }
@@ -176,12 +181,16 @@ struct Loaded {
 
 /// Why the request is answered by the layer without calling the handler.
 enum Refusal {
+    /// The CSRF rules refused the request.
+    Forbidden { reason: RejectReason },
+    /// A protection needs the client's address and the request has none.
+    NoClientAddress,
     /// Too many bad tokens from this network.
     Blocked { retry_after: u64 },
     /// The store failed while loading the session.
     StoreFailed,
     /// Client binding refused the session and wants a `401`.
-    Unauthorized { carrier: Carrier },
+    Unauthorized { carrier: Carrier, https: bool },
 }
 
 /// What steps 1–3 read from the request.
@@ -209,6 +218,9 @@ fn read<ReqBody>(
     } else {
         ClientContext::without_user_agent(request, &config.proxies)
     };
+    if client.ip.is_none() && (config.binding.is_some() || config.guessing.is_some()) {
+        client_address_missing(config, sink)?;
+    }
     let now = config.clock.now();
     let tokens_allowed = policy::tokens_allowed(config.https_only, client.https);
     let (token, carrier) = config
@@ -245,6 +257,13 @@ fn read<ReqBody>(
             verified.map(|v| (v.id, v.needs_resign))
         }
     };
+    if let Some(csrf) = &config.csrf {
+        let id = verified.as_ref().map(|(id, _)| id);
+        if let Err(reason) = check_csrf(config, csrf, request, client.https, carrier, id) {
+            visitor.reject(id, reason);
+            return Err(Refusal::Forbidden { reason });
+        }
+    }
     Ok(Reading {
         now,
         client,
@@ -254,6 +273,85 @@ fn read<ReqBody>(
         guessing_network,
         verified,
     })
+}
+
+/// Why client binding and guessing detection cannot work, and the fix
+/// (a macro so the log line and the answer's body share one sentence).
+macro_rules! no_client_address {
+    () => {
+        "client binding and guessing detection need the client's address, but the request carries none: \
+         serve the app with `into_make_service_with_connect_info::<SocketAddr>()` (axum), or declare the proxy \
+         in front with `with_trusted_proxies`"
+    };
+}
+
+const NO_CLIENT_ADDRESS: &str = no_client_address!();
+
+/// The fail-closed answer's body.
+const NO_CLIENT_ADDRESS_ANSWER: &str = concat!(
+    "500 Internal Server Error: tower-session-guard: ",
+    no_client_address!()
+);
+
+/// Says, once per layer and loudly, that a protection is not working;
+/// refuses the request when the layer fails closed.
+fn client_address_missing(config: &Config, sink: &mut EventSink) -> Result<(), Refusal> {
+    if !config.missing_address_logged.swap(true, Ordering::Relaxed) {
+        tracing::error!(target: "tower_session_guard", "{NO_CLIENT_ADDRESS}");
+    }
+    sink.push(|| SessionEvent::ClientAddressMissing);
+    if config.client_address_required {
+        return Err(Refusal::NoClientAddress);
+    }
+    Ok(())
+}
+
+/// Refuses an unsafe request from another site, or one without the
+/// session's CSRF token when the layer requires it in a header. Runs
+/// before the session is loaded, so a refused request renews nothing.
+fn check_csrf<ReqBody>(
+    config: &Config,
+    csrf: &Csrf,
+    request: &Request<ReqBody>,
+    https: bool,
+    carrier: Carrier,
+    session: Option<&SessionId>,
+) -> Result<(), RejectReason> {
+    let headers = request.headers();
+    let verdict = policy::csrf_verdict(
+        csrf,
+        policy::is_unsafe_method(request.method()),
+        carrier == Carrier::Header,
+        session.is_some(),
+        || {
+            let provenance = Provenance {
+                fetch_site: header_text(headers, "sec-fetch-site"),
+                origin: header_text(headers, http::header::ORIGIN.as_str()),
+                referer: header_text(headers, http::header::REFERER.as_str()),
+            };
+            let host = header_text(headers, http::header::HOST.as_str())
+                .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
+            let own = host.and_then(|host| Origin::of_request(https, host));
+            policy::is_cross_site(&provenance, own.as_ref(), csrf.allowed_origins())
+        },
+    );
+    match verdict {
+        CsrfVerdict::Exempt | CsrfVerdict::Pass => Ok(()),
+        CsrfVerdict::CrossSite => Err(RejectReason::CrossSiteRequest),
+        CsrfVerdict::NeedsHeaderToken => {
+            let token = header_text(headers, csrf.token_header().as_str());
+            match session.zip(token) {
+                Some((id, token)) if config.keyring.verify_csrf(id, token) => Ok(()),
+                _ => Err(RejectReason::CsrfTokenMismatch),
+            }
+        }
+    }
+}
+
+/// A header's first value as text; a value that is not UTF-8 is present
+/// but names nothing (`""`).
+fn header_text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|value| value.to_str().unwrap_or(""))
 }
 
 /// Steps 4–5: loads the session the token names and asks the policy about it.
@@ -276,7 +374,12 @@ async fn find(config: &Config, reading: Reading, sink: &mut EventSink) -> Result
             // which would otherwise carry room for it.
             match Box::pin(load(&mut visitor, id, resign)).await {
                 Ok(Loading::Done(found)) => found,
-                Ok(Loading::Unauthorized) => return Err(Refusal::Unauthorized { carrier }),
+                Ok(Loading::Unauthorized) => {
+                    return Err(Refusal::Unauthorized {
+                        carrier,
+                        https: client.https,
+                    })
+                }
                 Err(err) => {
                     tracing::error!(
                         target: "tower_session_guard",
@@ -374,7 +477,7 @@ async fn load(
                         visitor.reject(Some(&current), reason);
                         return Ok(match rules.action() {
                             RejectAction::Respond => Loading::Unauthorized,
-                            _ => Loading::Done(Token::None),
+                            _ => Loading::Done(Token::Destroyed),
                         });
                     }
                 }
@@ -457,6 +560,9 @@ async fn destroy(config: &Config, id: &SessionId, record: &SessionRecord, what: 
 /// What the answer needs to know of how the request arrived.
 struct Departure {
     now: UnixMillis,
+    https: bool,
+    /// The policy rejected and destroyed the session the request came with.
+    destroyed: bool,
     carrier: Carrier,
     tokens_allowed: bool,
     had_token: bool,
@@ -483,17 +589,20 @@ fn hand_over<ReqBody>(
         arrived_as,
         found,
     } = arrival;
+    let destroyed = matches!(found, Token::Destroyed);
     let (loaded, in_flight) = match found {
         Token::Session(loaded) => (Some(loaded), false),
         Token::InFlight => (None, true),
-        Token::None => (None, false),
+        Token::None | Token::Destroyed => (None, false),
     };
     let departure = Departure {
         now,
+        https: client.https,
+        destroyed,
         carrier,
         tokens_allowed,
         had_token,
-        arrived_as,
+        arrived_as: arrived_as.clone(),
         in_flight,
         touch: loaded.as_ref().and_then(|l| l.touch),
         binding: loaded.as_ref().and_then(|l| l.binding.clone()),
@@ -516,6 +625,8 @@ fn hand_over<ReqBody>(
         template,
         login_allowed: tokens_allowed,
         events_enabled,
+        keyring: Arc::clone(&config.keyring),
+        arrived_as,
     };
     let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
     request.extensions_mut().insert(session.clone());
@@ -533,6 +644,9 @@ enum Plan {
     Keep,
     /// Tell the client to drop its token.
     Clear,
+    /// Tell the client to drop its token: its session was ended (logout,
+    /// or rejected by the policy), so `Clear-Site-Data` goes too.
+    SignOut,
     /// The request's writes could not be saved.
     Unsaved,
     /// The store failed while saving.
@@ -548,6 +662,7 @@ async fn depart(
 ) -> Plan {
     let mut state = session.take_state();
     sink.events.append(&mut state.events);
+    let ended = state.logged_out || departure.destroyed;
     if !departure.tokens_allowed {
         // Over plain HTTP nothing can be handed to the client, so nothing
         // new is stored (a login was already refused).
@@ -555,6 +670,7 @@ async fn depart(
     }
     // Boxed, like the load: its state is larger than the rest of the request's.
     match Box::pin(commit(config, state, departure, session.template(), sink)).await {
+        Ok(Plan::Clear) if ended => Plan::SignOut,
         Ok(plan) => plan,
         Err(err) => {
             tracing::error!(
@@ -578,7 +694,8 @@ async fn commit(
 ) -> Result<Plan, StoreError> {
     let now = departure.now;
     let Some(id) = state.id else {
-        let has_writes = state.pending.has_values();
+        // A page that was handed a CSRF token needs the session it names.
+        let has_writes = state.pending.has_values() || state.planned_id.is_some();
         let ending = policy::without_session(
             has_writes,
             departure.in_flight,
@@ -589,7 +706,7 @@ async fn commit(
             return Ok(plan_for(ending));
         }
         let record = template.record(IdHash::from_bytes([0; 32]), None, state.pending.into_data());
-        let (id, record) = lifecycle::create(&*config.store, record).await?;
+        let (id, record) = lifecycle::create_as(&*config.store, record, state.planned_id).await?;
         sink.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
@@ -694,7 +811,10 @@ fn answer<ResBody: Default>(
             response
         }
         Plan::Keep => response,
-        Plan::Clear => {
+        Plan::Clear | Plan::SignOut => {
+            if matches!(plan, Plan::SignOut) {
+                clear_site_data(config, departure.https, &mut response);
+            }
             let removed = config.transport.remove(
                 response.headers_mut(),
                 departure.carrier,
@@ -721,8 +841,21 @@ fn answer<ResBody: Default>(
 }
 
 /// The layer's own answer to a request it does not pass on.
-fn refuse<ResBody: Default>(config: &Config, refusal: Refusal) -> Response<ResBody> {
+fn refuse<ResBody: Default + 'static>(config: &Config, refusal: Refusal) -> Response<ResBody> {
     match refusal {
+        Refusal::NoClientAddress => {
+            with_text(StatusCode::INTERNAL_SERVER_ERROR, NO_CLIENT_ADDRESS_ANSWER)
+        }
+        Refusal::Forbidden { reason } => {
+            let why = match reason {
+                RejectReason::CsrfTokenMismatch => {
+                    "403 Forbidden: this request lacks the session's CSRF token (or carries a wrong one); \
+                     reload the page and try again"
+                }
+                _ => "403 Forbidden: cross-site request refused; send it from a page of this site",
+            };
+            with_text(StatusCode::FORBIDDEN, why)
+        }
         Refusal::Blocked { retry_after } => {
             let mut response = status_only(StatusCode::TOO_MANY_REQUESTS);
             response
@@ -731,14 +864,48 @@ fn refuse<ResBody: Default>(config: &Config, refusal: Refusal) -> Response<ResBo
             response
         }
         Refusal::StoreFailed => status_only(StatusCode::SERVICE_UNAVAILABLE),
-        Refusal::Unauthorized { carrier } => {
+        Refusal::Unauthorized { carrier, https } => {
             let mut response = status_only(StatusCode::UNAUTHORIZED);
+            clear_site_data(config, https, &mut response);
             config
                 .transport
                 .remove(response.headers_mut(), carrier, &config.cookie_writer);
             response
         }
     }
+}
+
+/// Adds `Clear-Site-Data` when configured; over HTTPS only, where
+/// browsers honour it.
+fn clear_site_data<B>(config: &Config, https: bool, response: &mut Response<B>) {
+    if let (Some(value), true) = (&config.clear_site_data, https) {
+        response.headers_mut().insert(
+            http::header::HeaderName::from_static("clear-site-data"),
+            value.clone(),
+        );
+    }
+}
+
+/// The layer's own answer with a body that says why, when the response
+/// body type is one the layer can write text into (axum's `Body`, with the
+/// `axum` feature); any other body type (the service accepts every body
+/// that has a `Default`) gets the status alone.
+fn with_text<B: Default + 'static>(status: StatusCode, text: &'static str) -> Response<B> {
+    let mut response = status_only::<B>(status);
+    #[cfg(feature = "axum")]
+    {
+        let body: Box<dyn std::any::Any> = Box::new(axum_core::body::Body::from(text));
+        if let Ok(body) = body.downcast::<B>() {
+            *response.body_mut() = *body;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = text;
+    response
 }
 
 fn status_only<B: Default>(status: StatusCode) -> Response<B> {
