@@ -765,14 +765,7 @@ async fn concurrent_logins_never_overshoot_the_limit<S: SessionStore>(store: &S)
 async fn logout_follows_a_session_moved_meanwhile<S: SessionStore>(store: &S) {
     for grace in [Some(10_000), None] {
         let user_id = user();
-        let record = created(store, Some(&user_id)).await;
-        let old_id = SessionId::generate();
-        rekey(store, record, &old_id).await;
-        let (new_id, _) = must(
-            "move",
-            lifecycle::regenerate(store, &old_id, &Change::default(), now(), grace).await,
-        )
-        .expect("store contract: a stored session must move");
+        let (old_id, new_id) = moved_session(store, &user_id, grace).await;
         let removed = must(
             "logout",
             lifecycle::logout(store, &old_id.hash(), Some(&user_id)).await,
@@ -790,17 +783,28 @@ async fn logout_follows_a_session_moved_meanwhile<S: SessionStore>(store: &S) {
     }
 }
 
-async fn revoke_follows_a_move_only_within_its_user<S: SessionStore>(store: &S) {
-    // A regeneration keeps the user: a handle to the old id ends the moved session.
-    let user_id = user();
-    let record = created(store, Some(&user_id)).await;
+/// A session of `user_id` stored under a known id and then moved to a new
+/// one (with a forward for `grace`, or a superseded marker): `(old, new)`.
+async fn moved_session<S: SessionStore>(
+    store: &S,
+    user_id: &str,
+    grace: Option<UnixMillis>,
+) -> (SessionId, SessionId) {
+    let record = created(store, Some(user_id)).await;
     let old_id = SessionId::generate();
     rekey(store, record, &old_id).await;
     let (new_id, _) = must(
         "move",
-        lifecycle::regenerate(store, &old_id, &Change::default(), now(), None).await,
+        lifecycle::regenerate(store, &old_id, &Change::default(), now(), grace).await,
     )
     .expect("store contract: a stored session must move");
+    (old_id, new_id)
+}
+
+async fn revoke_follows_a_move_only_within_its_user<S: SessionStore>(store: &S) {
+    // A regeneration keeps the user: a handle to the old id ends the moved session.
+    let user_id = user();
+    let (old_id, new_id) = moved_session(store, &user_id, None).await;
     let revoked = must("revoke", lifecycle::revoke(store, &old_id.hash()).await);
     assert_eq!(
         revoked.map(|r| r.id_hash),
