@@ -76,7 +76,7 @@ impl SessionAdmin {
             lifecycle::sessions_of(&*self.store, user_id, self.clock.now())
                 .await?
                 .iter()
-                .map(|record| SessionInfo::from_record(record))
+                .map(|record| SessionInfo::of(record, false))
                 .collect();
         sessions.sort_by_key(|info| info.last_seen);
         Ok(sessions)
@@ -85,6 +85,11 @@ impl SessionAdmin {
     /// Destroys one session; its next request is anonymous and its cookie
     /// is cleared. Returns `false` (and does nothing) for a handle that
     /// names no session, such as one already revoked.
+    ///
+    /// It checks no owner: any handle revokes whoever's session it names.
+    /// Keep the routes that call it behind an administrators' guard, and
+    /// let users end their own sessions with
+    /// [`Session::revoke_mine`](crate::Session::revoke_mine), which does.
     ///
     /// # Errors
     ///
@@ -135,22 +140,48 @@ impl fmt::Debug for SessionAdmin {
     }
 }
 
-/// What an admin may see of a session: never its id or its data.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an admin, or the user on a "your devices" page, may see of a
+/// session: never its id or its data.
+///
+/// Serializes with serde (times as Unix milliseconds, the handle and the
+/// fingerprint as hex strings), so a page or an API can hand it out as is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SessionInfo {
-    /// Names the session for [`SessionAdmin::revoke`]; not a credential.
+    /// Names the session for [`SessionAdmin::revoke`] and
+    /// [`Session::revoke_mine`](crate::Session::revoke_mine); not a credential.
     pub handle: SessionHandle,
     /// The log-safe fingerprint, as in events.
     pub fingerprint: Fingerprint,
     /// The signed-in user.
     pub user_id: Option<String>,
+    /// Whether this is the session of the request that asked
+    /// ([`Session::my_sessions`](crate::Session::my_sessions); always
+    /// `false` from [`SessionAdmin::list`]).
+    pub is_current: bool,
     /// When the session was created.
+    #[serde(with = "unix_millis")]
     pub created: SystemTime,
+    /// When the user last proved who they are (sign-in or re-authentication).
+    #[serde(with = "unix_millis::option")]
+    pub authenticated_at: Option<SystemTime>,
+    /// How they did, if the app said ([`LoginOptions::with_method`](crate::LoginOptions::with_method)).
+    pub method: Option<String>,
     /// When activity was last recorded.
+    #[serde(with = "unix_millis")]
     pub last_seen: SystemTime,
     /// When it expires unless used (the earlier of its deadlines).
+    #[serde(with = "unix_millis")]
     pub expires: SystemTime,
+    /// When it ends however active it is (the absolute deadline).
+    #[serde(with = "unix_millis")]
+    pub ends: SystemTime,
+    /// Its idle timeout, when it has its own ([`LoginOptions`](crate::LoginOptions));
+    /// `None`: the layer's. Serialized in milliseconds.
+    #[serde(with = "millis::option")]
+    pub idle_timeout: Option<Duration>,
+    /// Whether its cookie is persistent (a remember-me sign-in).
+    pub remembered: bool,
     /// The client address at sign-in.
     pub ip: Option<IpAddr>,
     /// The client's User-Agent family at sign-in.
@@ -158,22 +189,82 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    fn from_record(record: &SessionRecord) -> Self {
+    pub(crate) fn of(record: &SessionRecord, is_current: bool) -> Self {
+        let sign_in = record.sign_in.as_deref();
         Self {
             handle: SessionHandle(record.id_hash),
             fingerprint: record.id_hash.fingerprint(),
             user_id: record.user_id.clone(),
+            is_current,
             created: system_time(record.created_at),
+            authenticated_at: sign_in.map(|s| system_time(s.authenticated_at)),
+            method: sign_in.and_then(|s| s.method.as_deref().map(str::to_owned)),
             last_seen: system_time(record.last_seen),
             expires: system_time(record.expires_at()),
+            ends: system_time(record.absolute_deadline),
+            idle_timeout: sign_in
+                .and_then(|s| s.idle_timeout)
+                .map(Duration::from_millis),
+            remembered: sign_in.is_some_and(|s| s.persistent),
             ip: record.ip,
             user_agent: record.user_agent.as_deref().map(str::to_owned),
         }
     }
 }
 
-fn system_time(millis: UnixMillis) -> SystemTime {
+pub(crate) fn system_time(millis: UnixMillis) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+/// `SystemTime` as Unix milliseconds, for serde.
+mod unix_millis {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `with` passes a reference
+    pub(super) fn serialize<S: serde::Serializer>(
+        time: &SystemTime,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let millis = time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        serializer.serialize_u64(millis)
+    }
+
+    pub(super) mod option {
+        use std::time::SystemTime;
+
+        #[allow(clippy::ref_option)] // serde's `with` passes a reference
+        pub(in super::super) fn serialize<S: serde::Serializer>(
+            time: &Option<SystemTime>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => super::serialize(time, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+}
+
+/// `Option<Duration>` as milliseconds, for serde.
+mod millis {
+    pub(super) mod option {
+        use std::time::Duration;
+
+        #[allow(clippy::ref_option)] // serde's `with` passes a reference
+        pub(in super::super) fn serialize<S: serde::Serializer>(
+            duration: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match duration {
+                Some(d) => {
+                    serializer.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                }
+                None => serializer.serialize_none(),
+            }
+        }
+    }
 }
 
 /// A non-secret name of a stored session, for revoking it.
@@ -185,6 +276,11 @@ fn system_time(millis: UnixMillis) -> SystemTime {
 pub struct SessionHandle(IdHash);
 
 impl SessionHandle {
+    /// The at-rest hash this handle is.
+    pub(crate) fn id_hash(&self) -> IdHash {
+        self.0
+    }
+
     /// The fingerprint of the session this handle names.
     #[must_use]
     pub fn fingerprint(&self) -> Fingerprint {
@@ -227,3 +323,18 @@ impl fmt::Display for InvalidHandle {
 }
 
 impl std::error::Error for InvalidHandle {}
+
+/// As its 64 hex characters.
+impl serde::Serialize for SessionHandle {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0.to_hex())
+    }
+}
+
+/// From its 64 hex characters; anything else is an error.
+impl<'de> serde::Deserialize<'de> for SessionHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}

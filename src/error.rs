@@ -1,7 +1,9 @@
 //! The error a handler sees from [`Session`](crate::Session) methods.
 
 use std::fmt;
+use std::time::Duration;
 
+use crate::sign_in::StampError;
 use crate::store::StoreError;
 
 /// Why a session operation failed.
@@ -44,6 +46,24 @@ pub enum SessionError {
     /// ([`Session::verify_csrf`](crate::Session::verify_csrf)); answered
     /// `403 Forbidden`. Nothing was changed.
     CsrfTokenMismatch,
+    /// The user last proved who they are longer ago than the operation
+    /// allows ([`Session::require_recent_auth`](crate::Session::require_recent_auth)),
+    /// or nobody is signed in. Answered `401 Unauthorized` with a JSON body
+    /// an API client can act on:
+    /// `{"error":"reauthentication_required","max_age_secs":600}`; a
+    /// browser app sends the user to re-enter a credential, then calls
+    /// [`Session::reauthenticate`](crate::Session::reauthenticate).
+    ReauthenticationRequired {
+        /// How recent the last authentication had to be.
+        max_age: Duration,
+    },
+    /// [`Session::login_with`](crate::Session::login_with) was given
+    /// options that cannot be used; nothing was changed.
+    InvalidLoginOptions(&'static str),
+    /// The credential-stamp lookup set with
+    /// [`SessionLayer::with_user_stamp`](crate::SessionLayer::with_user_stamp)
+    /// failed during a sign-in; answered `503`, nothing was changed.
+    StampLookup(StampError),
 }
 
 impl fmt::Display for SessionError {
@@ -73,6 +93,13 @@ impl fmt::Display for SessionError {
                 "the form's CSRF token is missing or does not belong to this session; reload the page and send \
                  the form again",
             ),
+            Self::ReauthenticationRequired { max_age } => write!(
+                f,
+                "this needs a sign-in within the last {} seconds; enter your credentials again",
+                max_age.as_secs()
+            ),
+            Self::InvalidLoginOptions(why) => write!(f, "invalid login options: {why}"),
+            Self::StampLookup(err) => write!(f, "the user's credential stamp could not be read: {err}"),
         }
     }
 }
@@ -82,7 +109,10 @@ impl std::error::Error for SessionError {
         match self {
             Self::Serialize { source, .. } | Self::Deserialize { source, .. } => Some(source),
             Self::Store(err) => Some(err),
+            Self::StampLookup(err) => Some(&**err),
             Self::InvalidUserId(_)
+            | Self::ReauthenticationRequired { .. }
+            | Self::InvalidLoginOptions(_)
             | Self::InsecureTransport
             | Self::LimitReached { .. }
             | Self::CsrfTokenMismatch => None,
@@ -101,7 +131,8 @@ impl SessionError {
     #[must_use]
     pub fn status(&self) -> http::StatusCode {
         match self {
-            Self::Store(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::StampLookup(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::ReauthenticationRequired { .. } => http::StatusCode::UNAUTHORIZED,
             Self::LimitReached { .. } => http::StatusCode::CONFLICT,
             Self::InsecureTransport | Self::CsrfTokenMismatch => http::StatusCode::FORBIDDEN,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +144,19 @@ impl SessionError {
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
         let status = self.status();
+        if let Self::ReauthenticationRequired { max_age } = self {
+            let body = format!(
+                "{{\"error\":\"reauthentication_required\",\"max_age_secs\":{},\"message\":\"{}\"}}",
+                max_age.as_secs(),
+                "sign in again to continue"
+            );
+            return (
+                status,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+        }
         if status.is_server_error() {
             tracing::error!(target: "tower_session_guard", error = %self, "session operation failed");
         }

@@ -30,6 +30,16 @@ pub enum SessionEvent {
         /// The user who signed in.
         user_id: String,
     },
+    /// The signed-in user proved who they are again
+    /// (`Session::reauthenticate`); the session got a new id.
+    Reauthenticated {
+        /// The session under its new id.
+        session: Fingerprint,
+        /// The session under its old id.
+        previous: Fingerprint,
+        /// The user.
+        user_id: String,
+    },
     /// The session got a new id on request (`Session::regenerate`).
     Regenerated {
         /// The session under its new id.
@@ -93,6 +103,23 @@ pub enum SessionEvent {
     /// guessing detection, which need one, is on: they did not protect it.
     /// See [`SessionLayer::with_client_address_required`](crate::SessionLayer::with_client_address_required).
     ClientAddressMissing,
+    /// A renewed id was presented after its grace period had ended: the
+    /// token was most likely copied before the renewal, and one of its two
+    /// holders is not the user (the other one holds the successor). The
+    /// request gets no session. With
+    /// [`SessionLayer::with_revoke_on_reuse`](crate::SessionLayer::with_revoke_on_reuse)
+    /// the successor is destroyed too, as refresh-token reuse detection
+    /// does, so both holders must sign in again.
+    ReusedAfterRenewal {
+        /// The renewed (old) id the request carried.
+        session: Fingerprint,
+        /// The session it was renewed into.
+        successor: Fingerprint,
+        /// Whether the successor was destroyed.
+        successor_revoked: bool,
+        /// The client's network (IPv4 /24, IPv6 /48), when known.
+        network: Option<Network>,
+    },
     /// A network sent too many bad tokens and is now answered `429`.
     GuessingDetected {
         /// The network (as grouped by the detector).
@@ -110,6 +137,7 @@ impl SessionEvent {
             Self::Created { .. } => "created",
             Self::LoggedIn { .. } => "logged_in",
             Self::Regenerated { .. } => "regenerated",
+            Self::Reauthenticated { .. } => "reauthenticated",
             Self::LoggedOut { .. } => "logged_out",
             Self::Renewed { .. } => "renewed",
             Self::Evicted { .. } => "evicted",
@@ -117,6 +145,7 @@ impl SessionEvent {
             Self::Expired { .. } => "expired",
             Self::Rejected { .. } => "rejected",
             Self::GuessingDetected { .. } => "guessing_detected",
+            Self::ReusedAfterRenewal { .. } => "reused_after_renewal",
             Self::TokenRemoved { .. } => "token_removed",
             Self::ClientAddressMissing => "client_address_missing",
         }
@@ -138,6 +167,7 @@ pub(crate) fn emit(handler: Option<&EventHandler>, event: &SessionEvent) {
         | SessionEvent::Expired { .. }
         | SessionEvent::GuessingDetected { .. }
         | SessionEvent::Evicted { .. }
+        | SessionEvent::ReusedAfterRenewal { .. }
         | SessionEvent::Revoked { .. } => {
             tracing::warn!(target: "tower_session_guard::event", event = ?event, "session event");
         }

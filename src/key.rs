@@ -35,6 +35,12 @@ const TOKEN_CONTEXT: &[u8] = b"tsg1";
 /// Domain separation for CSRF tokens: a CSRF token is never a session token.
 const CSRF_CONTEXT: &[u8] = b"tsg-csrf1";
 
+/// Separates a user's credential-stamp hashes from every other MAC.
+const STAMP_CONTEXT: &[u8] = b"tsg-stamp1";
+
+/// Bytes kept of a credential-stamp hash.
+pub(crate) const STAMP_BYTES: usize = 16;
+
 /// Bytes in a decoded CSRF token (a whole HMAC-SHA256 output).
 const CSRF_BYTES: usize = 32;
 
@@ -105,6 +111,17 @@ impl Key {
         let mut mac = self.mac.clone();
         mac.update(CSRF_CONTEXT);
         mac.update(id.as_bytes());
+        mac
+    }
+
+    /// `HMAC(key, "tsg-stamp1" ‖ len(user) ‖ user ‖ stamp)`: the lengths keep
+    /// user and stamp apart.
+    fn stamp_mac(&self, user_id: &str, stamp: &str) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(STAMP_CONTEXT);
+        mac.update(&(user_id.len() as u64).to_be_bytes());
+        mac.update(user_id.as_bytes());
+        mac.update(stamp.as_bytes());
         mac
     }
 
@@ -203,6 +220,37 @@ impl Keyring {
         std::iter::once(&self.primary)
             .chain(&self.fallbacks)
             .any(|key| key.verifies_csrf(id, &raw))
+    }
+
+    /// The keyed hash a session keeps of its user's credential stamp, made
+    /// with the primary key.
+    pub(crate) fn stamp_hash(&self, user_id: &str, stamp: &str) -> [u8; STAMP_BYTES] {
+        let tag = self
+            .primary
+            .stamp_mac(user_id, stamp)
+            .finalize()
+            .into_bytes();
+        let mut out = [0u8; STAMP_BYTES];
+        out.copy_from_slice(&tag[..STAMP_BYTES]);
+        out
+    }
+
+    /// Whether `stored` is the keyed hash of `stamp` for `user_id` under any
+    /// key of the ring (a session signed in before a key rotation keeps
+    /// its stamp). Constant time in the stored bytes.
+    pub(crate) fn verify_stamp(
+        &self,
+        user_id: &str,
+        stamp: &str,
+        stored: &[u8; STAMP_BYTES],
+    ) -> bool {
+        std::iter::once(&self.primary)
+            .chain(&self.fallbacks)
+            .any(|key| {
+                key.stamp_mac(user_id, stamp)
+                    .verify_truncated_left(stored)
+                    .is_ok()
+            })
     }
 
     /// Decodes and verifies a token. Anything malformed or forged is `None`.
@@ -307,6 +355,22 @@ mod tests {
         assert!(!ring.verify_csrf(&id, &token));
         ring.set_fallbacks(vec![old]);
         assert!(ring.verify_csrf(&id, &token));
+    }
+
+    #[test]
+    fn stamp_hashes_belong_to_one_user_one_stamp_and_the_key_ring() {
+        let old = Key::generate();
+        let ring = Keyring::new(old.clone());
+        let hash = ring.stamp_hash("ann", "pw-v1");
+        assert!(ring.verify_stamp("ann", "pw-v1", &hash));
+        assert!(!ring.verify_stamp("ann", "pw-v2", &hash));
+        assert!(!ring.verify_stamp("bob", "pw-v1", &hash));
+        // The user/stamp boundary cannot be shifted.
+        assert!(!ring.verify_stamp("an", "npw-v1", &hash));
+        assert!(!Keyring::new(Key::generate()).verify_stamp("ann", "pw-v1", &hash));
+        let mut rotated = Keyring::new(Key::generate());
+        rotated.set_fallbacks(vec![old]);
+        assert!(rotated.verify_stamp("ann", "pw-v1", &hash));
     }
 
     #[test]

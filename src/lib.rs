@@ -93,6 +93,7 @@ mod lifecycle;
 pub mod policy;
 mod record;
 mod session;
+mod sign_in;
 pub mod store;
 mod transport;
 
@@ -118,6 +119,11 @@ pub use crate::session::SessionLayerMissing;
 #[cfg(feature = "tonic")]
 pub use crate::session::TonicSessionExt;
 pub use crate::session::{Session, MAX_USER_ID_LEN};
+pub use crate::sign_in::{
+    safe_return_path, LoginOptions, StampError, MAX_METHOD_LEN, MAX_RETURN_PATH_LEN,
+};
+#[cfg(feature = "axum")]
+pub use crate::sign_in::{SignInRequired, SignedIn};
 #[cfg(feature = "mysql")]
 #[doc(inline)]
 pub use crate::store::MySqlStore;

@@ -82,6 +82,13 @@ pub(crate) enum Found {
     InFlight,
     /// A placeholder that leads nowhere any more.
     Gone,
+    /// A renewed id presented after its grace period ended, while its
+    /// successor may still be live: the token was probably copied before
+    /// the renewal, and one of its two holders is not the user.
+    Reused {
+        /// The id the renewal moved the session to.
+        successor: IdHash,
+    },
     /// Nothing is stored under the id.
     Missing,
 }
@@ -111,8 +118,13 @@ pub(crate) async fn load(
         Some(Entry::Forward(forward)) => forward,
     };
     let next = id.unseal(&forward.sealed_id);
-    if now >= forward.until || next.hash() != forward.successor {
+    if next.hash() != forward.successor {
         return Ok(Found::Gone);
+    }
+    if now >= forward.until {
+        return Ok(Found::Reused {
+            successor: forward.successor,
+        });
     }
     Ok(match store.load(&forward.successor).await? {
         Some(Entry::Session(record)) => Found::Session {
@@ -190,18 +202,50 @@ pub(crate) async fn regenerate(
     now: UnixMillis,
     grace: Option<UnixMillis>,
 ) -> Result<Option<(SessionId, Arc<SessionRecord>)>, StoreError> {
-    let grace = grace.filter(|&grace| grace > 0);
+    move_with(store, old, change, now, grace.map(|grace| (grace, 0))).await
+}
+
+/// A renewal: like [`regenerate`] with a grace period, and the forward
+/// kept `watch` longer (never past the session's absolute deadline), so
+/// that the old id presented after its grace is recognised as reuse of a
+/// renewed token ([`Found::Reused`]).
+pub(crate) async fn renew(
+    store: &dyn SessionStore,
+    old: &SessionId,
+    change: &Change,
+    now: UnixMillis,
+    grace: UnixMillis,
+    watch: UnixMillis,
+) -> Result<Option<(SessionId, Arc<SessionRecord>)>, StoreError> {
+    move_with(store, old, change, now, Some((grace, watch))).await
+}
+
+async fn move_with(
+    store: &dyn SessionStore,
+    old: &SessionId,
+    change: &Change,
+    now: UnixMillis,
+    grace: Option<(UnixMillis, UnixMillis)>,
+) -> Result<Option<(SessionId, Arc<SessionRecord>)>, StoreError> {
+    let grace = grace.filter(|&(grace, _)| grace > 0);
     move_session(store, &old.hash(), false, |current, new| {
         let mut record = current.clone();
         record.apply(change);
         record.id_hash = new.hash();
         record.id_issued_at = now;
         let left = match grace {
-            Some(grace) => Entry::Forward(Forward {
-                successor: new.hash(),
-                sealed_id: old.seal(new),
-                until: now.saturating_add(grace),
-            }),
+            Some((grace, watch)) => {
+                let until = now.saturating_add(grace);
+                Entry::Forward(Forward {
+                    successor: new.hash(),
+                    sealed_id: old.seal(new),
+                    until,
+                    kept_until: until
+                        .saturating_add(watch)
+                        .min(record.absolute_deadline)
+                        .max(until),
+                })
+            }
             None => superseded_by(current, &new.hash(), now),
         };
         (record, left)
@@ -332,6 +376,7 @@ fn moved_by(login: &Login<'_>, previous: &SessionRecord, new: &SessionId) -> Ses
     moved.ip = template.ip;
     moved.user_agent.clone_from(&template.user_agent);
     moved.binding.clone_from(&template.binding);
+    moved.sign_in.clone_from(&template.sign_in);
     moved
 }
 

@@ -41,14 +41,6 @@ impl Timeouts {
             absolute: duration_millis(absolute),
         }
     }
-
-    /// How stale `last_seen` may get before a request records activity.
-    ///
-    /// A quarter of the idle window: a busy session is written at most four
-    /// times per idle timeout instead of on every request.
-    fn touch_after(&self) -> u64 {
-        self.idle / 4
-    }
 }
 
 impl Default for Timeouts {
@@ -99,20 +91,25 @@ pub(crate) fn evaluate(record: &SessionRecord, now: UnixMillis, timeouts: &Timeo
 }
 
 /// The touch to record at `now`, if enough of the idle window has passed
-/// since the last one.
+/// since the last one: a quarter of it, so a busy session is written at
+/// most four times per idle timeout instead of on every request.
 pub(crate) fn touch_due(
     record: &SessionRecord,
     now: UnixMillis,
     timeouts: &Timeouts,
 ) -> Option<Touch> {
-    if now.saturating_sub(record.last_seen) < timeouts.touch_after() {
+    // A session signed in with its own lifetime (remember-me) keeps it.
+    let idle = record
+        .sign_in
+        .as_ref()
+        .and_then(|s| s.idle_timeout)
+        .unwrap_or(timeouts.idle);
+    if now.saturating_sub(record.last_seen) < idle / 4 {
         return None;
     }
     Some(Touch {
         last_seen: now,
-        idle_deadline: now
-            .saturating_add(timeouts.idle)
-            .min(record.absolute_deadline),
+        idle_deadline: now.saturating_add(idle).min(record.absolute_deadline),
     })
 }
 
@@ -216,6 +213,11 @@ pub enum RejectReason {
     /// wrong one ([`Csrf::with_header_token_required`]); it was answered
     /// `403` without calling the handler.
     CsrfTokenMismatch,
+    /// The user's credentials changed since the session signed in (its
+    /// credential stamp no longer matches; see
+    /// [`SessionLayer::with_user_stamp`](crate::SessionLayer::with_user_stamp)),
+    /// or the user is gone. The session was destroyed.
+    CredentialsChanged,
 }
 
 impl fmt::Display for RejectReason {
@@ -230,6 +232,7 @@ impl fmt::Display for RejectReason {
             Self::ImpossibleTravel => "impossible travel",
             Self::CrossSiteRequest => "cross-site request",
             Self::CsrfTokenMismatch => "missing or wrong CSRF token",
+            Self::CredentialsChanged => "credentials changed since sign-in",
         })
     }
 }

@@ -50,6 +50,117 @@ pub struct SessionRecord {
     /// What the session is bound to (client binding), when that is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) binding: Option<Box<Binding>>,
+    /// How and when the user last proved who they are, and the session's
+    /// own lifetime; `None` for an anonymous session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sign_in: Option<Box<SignIn>>,
+}
+
+/// What a signed-in session keeps about its sign-in: when the user last
+/// authenticated and how, the session's own lifetime (a remember-me login
+/// carries one), and the keyed hash of the user's credential stamp.
+///
+/// Opaque to stores: a store that keeps records in columns stores it whole
+/// with serde, as it does [`Binding`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignIn {
+    /// When the user last authenticated (login or re-authentication).
+    #[serde(rename = "at")]
+    pub(crate) authenticated_at: UnixMillis,
+    /// How they authenticated ("password", "passkey", ...), if the app said.
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) method: Option<Box<str>>,
+    /// This session's idle timeout in milliseconds, when it is not the layer's.
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) idle_timeout: Option<u64>,
+    /// This session's absolute timeout in milliseconds (from sign-in), when
+    /// it is not the layer's.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) absolute_timeout: Option<u64>,
+    /// The cookie outlives the browser session (`Max-Age`), whatever the
+    /// layer's cookie settings say (a remember-me login).
+    #[serde(rename = "p", default, skip_serializing_if = "is_false")]
+    pub(crate) persistent: bool,
+    /// The keyed hash of the user's credential stamp at sign-in.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) stamp: Option<StampHash>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A keyed hash of a user's credential stamp (see
+/// [`SessionLayer::with_user_stamp`](crate::SessionLayer::with_user_stamp)),
+/// kept as hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StampHash(pub(crate) [u8; 16]);
+
+impl fmt::Debug for StampHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StampHash(..)")
+    }
+}
+
+impl Serialize for StampHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut hex = String::with_capacity(32);
+        for byte in self.0 {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        serializer.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for StampHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let bytes = text.as_bytes();
+        if bytes.len() != 32 {
+            return Err(serde::de::Error::custom(
+                "a stamp hash is 32 hex characters",
+            ));
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let pair = std::str::from_utf8(pair).map_err(serde::de::Error::custom)?;
+            out[i] = u8::from_str_radix(pair, 16).map_err(serde::de::Error::custom)?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl SignIn {
+    /// When the user last authenticated.
+    #[must_use]
+    pub fn authenticated_at(&self) -> UnixMillis {
+        self.authenticated_at
+    }
+
+    /// How the user authenticated, if the app said.
+    #[must_use]
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// This session's own idle timeout in milliseconds, if it has one.
+    #[must_use]
+    pub fn idle_timeout(&self) -> Option<u64> {
+        self.idle_timeout
+    }
+
+    /// This session's own absolute timeout in milliseconds, if it has one.
+    #[must_use]
+    pub fn absolute_timeout(&self) -> Option<u64> {
+        self.absolute_timeout
+    }
+
+    /// Whether the session's cookie is persistent whatever the layer says.
+    #[must_use]
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
 }
 
 /// The client a session is bound to: browser family, recent networks and
@@ -117,6 +228,8 @@ pub struct RecordParts {
     pub user_agent: Option<Box<str>>,
     /// What the session is bound to (opaque; kept with serde).
     pub binding: Option<Box<Binding>>,
+    /// The sign-in: authentication time, lifetime, stamp (opaque; kept with serde).
+    pub sign_in: Option<Box<SignIn>>,
 }
 
 impl SessionRecord {
@@ -136,6 +249,7 @@ impl SessionRecord {
             ip: parts.ip,
             user_agent: parts.user_agent,
             binding: parts.binding,
+            sign_in: parts.sign_in,
         }
     }
 
@@ -155,6 +269,7 @@ impl SessionRecord {
             ip: self.ip,
             user_agent: self.user_agent,
             binding: self.binding,
+            sign_in: self.sign_in,
         }
     }
 
@@ -225,6 +340,19 @@ impl SessionRecord {
         self.user_agent.as_deref()
     }
 
+    /// The sign-in (authentication time, the session's own lifetime), when
+    /// a user is signed in.
+    #[must_use]
+    pub fn sign_in(&self) -> Option<&SignIn> {
+        self.sign_in.as_deref()
+    }
+
+    /// When the user last authenticated, when one is signed in.
+    #[must_use]
+    pub fn authenticated_at(&self) -> Option<UnixMillis> {
+        self.sign_in.as_ref().map(|s| s.authenticated_at)
+    }
+
     /// The earliest deadline: the instant after which no policy accepts this record.
     #[must_use]
     pub fn expires_at(&self) -> UnixMillis {
@@ -282,6 +410,11 @@ pub struct Forward {
     pub sealed_id: SealedId,
     /// When the old id stops working.
     pub until: UnixMillis,
+    /// How long the forward is kept after `until`, so that the old id
+    /// presented late is recognised as reuse of a renewed token (a sign of a
+    /// stolen cookie) rather than as an unknown id. Stores keep the entry
+    /// until then (see [`Entry::expires_at`]).
+    pub kept_until: UnixMillis,
 }
 
 /// The marker left under an id that a login or a regeneration replaced.
@@ -306,7 +439,7 @@ impl Entry {
     pub fn expires_at(&self) -> UnixMillis {
         match self {
             Self::Session(record) => record.expires_at(),
-            Self::Forward(forward) => forward.until,
+            Self::Forward(forward) => forward.until.max(forward.kept_until),
             Self::Superseded(marker) => marker.until,
         }
     }
@@ -371,6 +504,7 @@ impl Deadlines {
             ip: None,
             user_agent: None,
             binding: None,
+            sign_in: None,
         }
     }
 }
@@ -621,6 +755,7 @@ mod tests {
             ip: None,
             user_agent: None,
             binding: None,
+            sign_in: None,
         }
     }
 

@@ -2,19 +2,23 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::admin::{system_time, SessionHandle, SessionInfo};
 use crate::client::{family_of, ClientContext};
+use crate::clock::duration_millis;
 use crate::error::SessionError;
 use crate::event::SessionEvent;
 use crate::id::{Fingerprint, IdHash, SessionId};
 use crate::key::Keyring;
 use crate::lifecycle::{self, Login, LoginOutcome};
-use crate::policy::{initial_binding, ClientBinding, LimitRule};
-use crate::record::{Change, Deadlines, SessionData, SessionRecord};
+use crate::policy::{initial_binding, ClientBinding, LimitRule, Timeouts};
+use crate::record::{Change, Deadlines, Entry, SessionData, SessionRecord, Touch};
+use crate::sign_in::{LoginOptions, UserStamp};
 use crate::store::SessionStore;
 
 /// The longest user id `login` accepts, in bytes.
@@ -66,6 +70,10 @@ pub(crate) struct Context {
     /// arrival may have replaced: the page that sent the request was
     /// rendered with its CSRF token.
     pub(crate) arrived_as: Option<SessionId>,
+    /// The credential-stamp rule, when the layer has one.
+    pub(crate) stamp: Option<UserStamp>,
+    /// Where [`SignedIn`](crate::SignedIn) sends a visitor who is not signed in.
+    pub(crate) sign_in_page: Option<Arc<str>>,
 }
 
 /// Everything a request did to its session, read by the layer at commit.
@@ -91,6 +99,11 @@ pub(crate) struct State {
     pub(crate) planned_id: Option<SessionId>,
     /// What happened, in order: the layer sends these events on.
     pub(crate) events: Vec<SessionEvent>,
+    /// The activity this request records when the response goes out,
+    /// unless it is passive.
+    pub(crate) touch: Option<Touch>,
+    /// `mark_passive()` was called: record no activity.
+    pub(crate) passive: bool,
 }
 
 impl State {
@@ -178,7 +191,12 @@ impl Pending {
 
 impl Session {
     /// A handle for one request. `loaded` is the validated stored session, if any.
-    pub(crate) fn new(context: Context, loaded: Option<(SessionId, Arc<SessionRecord>)>) -> Self {
+    /// `touch` is the activity the request records unless it is passive.
+    pub(crate) fn new(
+        context: Context,
+        loaded: Option<(SessionId, Arc<SessionRecord>)>,
+        touch: Option<Touch>,
+    ) -> Self {
         let is_new = loaded.is_none();
         let (id, record) = match loaded {
             Some((id, record)) => (Some(id), Some(record)),
@@ -191,10 +209,16 @@ impl Session {
                     id,
                     record,
                     is_new,
+                    touch,
                     ..State::default()
                 }),
             }),
         }
+    }
+
+    /// Where [`SignedIn`](crate::SignedIn) sends a visitor who is not signed in.
+    pub(crate) fn sign_in_page(&self) -> Option<&str> {
+        self.inner.context.sign_in_page.as_deref()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -437,7 +461,261 @@ impl Session {
     /// - [`SessionError::Store`] when the store fails; the session is then
     ///   unchanged and the old id still valid.
     pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
-        let user_id = user_id.into();
+        self.sign_in(user_id.into(), &LoginOptions::new(), false)
+            .await
+    }
+
+    /// Signs `user_id` in like [`login`](Self::login), with this session's
+    /// own lifetime: a remember-me login keeps the user signed in for its
+    /// lifetime with a persistent cookie, while other sessions keep the
+    /// layer's timeouts. The deadlines are stored with the session, so
+    /// every instance enforces them, and the cookie's `Max-Age` is derived
+    /// from the stored absolute deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_session_guard::{LoginOptions, Session, SessionError};
+    ///
+    /// async fn sign_in(session: Session) -> Result<&'static str, SessionError> {
+    ///     let month = Duration::from_secs(30 * 86_400);
+    ///     session.login_with("user-42", LoginOptions::remember_me(month)).await?;
+    ///     Ok("welcome back in the next 30 days without a password")
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`login`](Self::login), and [`SessionError::InvalidLoginOptions`]
+    /// for a zero timeout or a method label that is empty or too long.
+    pub async fn login_with(
+        &self,
+        user_id: impl Into<String>,
+        options: LoginOptions,
+    ) -> Result<(), SessionError> {
+        options
+            .validate()
+            .map_err(SessionError::InvalidLoginOptions)?;
+        self.sign_in(user_id.into(), &options, false).await
+    }
+
+    /// Records that the signed-in user just proved who they are again (say,
+    /// re-entered their password before changing it): the session gets a
+    /// new id and a fresh authentication time, its idle and absolute
+    /// windows start afresh with the lifetime it was signed in with, and
+    /// its credential stamp is read again (see
+    /// [`SessionLayer::with_user_stamp`](crate::SessionLayer::with_user_stamp)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn confirm_password(session: Session) -> Result<&'static str, SessionError> {
+    ///     // ...once the password the user typed again checked out:
+    ///     session.reauthenticate().await?;
+    ///     session.require_recent_auth(Duration::from_secs(600))?; // passes now
+    ///     Ok("confirmed")
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::ReauthenticationRequired`] when nobody is signed in;
+    /// otherwise as [`login`](Self::login).
+    pub async fn reauthenticate(&self) -> Result<(), SessionError> {
+        let (user_id, options) = {
+            let state = self.lock();
+            let record = state.record.as_ref();
+            let user = record.and_then(|r| r.user_id.clone());
+            let options = record
+                .and_then(|r| r.sign_in.as_deref())
+                .map_or_else(LoginOptions::new, LoginOptions::of);
+            (user, options)
+        };
+        let Some(user_id) = user_id else {
+            return Err(SessionError::ReauthenticationRequired {
+                max_age: Duration::ZERO,
+            });
+        };
+        self.sign_in(user_id, &options, true).await
+    }
+
+    /// When the signed-in user last proved who they are (sign-in or
+    /// [`reauthenticate`](Self::reauthenticate)); `None` when nobody is
+    /// signed in.
+    #[must_use]
+    pub fn authenticated_at(&self) -> Option<SystemTime> {
+        self.lock()
+            .record
+            .as_ref()
+            .filter(|r| r.user_id.is_some())
+            .and_then(|r| r.authenticated_at())
+            .map(system_time)
+    }
+
+    /// Checks that the user authenticated within the last `max_age`, for
+    /// operations that need a fresh proof (changing the password or the
+    /// e-mail address, deleting the account).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn change_password(session: Session) -> Result<&'static str, SessionError> {
+    ///     session.require_recent_auth(Duration::from_secs(10 * 60))?; // 401 otherwise
+    ///     // ...store the new password, then keep this session and end the others:
+    ///     session.reauthenticate().await?;
+    ///     session.logout_others().await?;
+    ///     Ok("password changed")
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::ReauthenticationRequired`] (a `401` with a JSON body)
+    /// when the last authentication is older than `max_age`, or nobody is
+    /// signed in.
+    pub fn require_recent_auth(&self, max_age: Duration) -> Result<(), SessionError> {
+        let now = self.inner.context.template.deadlines.created_at;
+        let authenticated = self
+            .lock()
+            .record
+            .as_ref()
+            .filter(|r| r.user_id.is_some())
+            .and_then(|r| r.authenticated_at());
+        match authenticated {
+            Some(at) if now.saturating_sub(at) <= duration_millis(max_age) => Ok(()),
+            _ => Err(SessionError::ReauthenticationRequired { max_age }),
+        }
+    }
+
+    /// When the session ends unless it is used again: the earlier of its
+    /// idle and absolute deadlines, counting this request's activity (none
+    /// for a [passive](Self::mark_passive) request). `None` while nothing
+    /// is stored. For countdowns in a page.
+    #[must_use]
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        let state = self.lock();
+        let record = state.record.as_ref()?;
+        let mut idle = record.idle_deadline;
+        if let (Some(touch), false) = (state.touch, state.passive) {
+            idle = idle.max(touch.idle_deadline);
+        }
+        Some(system_time(idle.min(record.absolute_deadline)))
+    }
+
+    /// Marks this request as passive: it records no activity, so it does
+    /// not extend the idle timeout. For requests the page makes on its own
+    /// (a polling endpoint, a countdown refreshing itself) rather than for
+    /// the user. The session's timeouts still apply to it.
+    ///
+    /// ```
+    /// use tower_session_guard::Session;
+    ///
+    /// async fn notifications(session: Session) -> String {
+    ///     session.mark_passive(); // polling every minute must not keep the session alive
+    ///     "[]".to_owned()
+    /// }
+    /// ```
+    pub fn mark_passive(&self) {
+        self.lock().passive = true;
+    }
+
+    /// The signed-in user's sessions, most recently used first, with this
+    /// one marked ([`SessionInfo::is_current`]): for a "your devices" page.
+    /// Empty when nobody is signed in.
+    ///
+    /// ```
+    /// use tower_session_guard::{Session, SessionError};
+    ///
+    /// async fn devices(session: Session) -> Result<String, SessionError> {
+    ///     let mut page = String::new();
+    ///     for device in session.my_sessions().await? {
+    ///         let mark = if device.is_current { " (this device)" } else { "" };
+    ///         page += &format!("{:?} from {:?}{mark}\n", device.user_agent, device.ip);
+    ///     }
+    ///     Ok(page)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails.
+    pub async fn my_sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        let (user_id, current) = {
+            let state = self.lock();
+            (
+                state.record.as_ref().and_then(|r| r.user_id.clone()),
+                state.id.as_ref().map(SessionId::hash),
+            )
+        };
+        let Some(user_id) = user_id else {
+            return Ok(Vec::new());
+        };
+        let context = &self.inner.context;
+        let now = context.template.deadlines.created_at;
+        let mut sessions: Vec<SessionInfo> = lifecycle::sessions_of(&*context.store, &user_id, now)
+            .await?
+            .iter()
+            .map(|record| SessionInfo::of(record, Some(record.id_hash) == current))
+            .collect();
+        sessions.sort_by_key(|info| std::cmp::Reverse(info.last_seen));
+        Ok(sessions)
+    }
+
+    /// Signs out one of the signed-in user's own sessions ("sign out that
+    /// device"), by the handle [`my_sessions`](Self::my_sessions) gave.
+    /// Returns `false`, and does nothing, when the handle names no session
+    /// of this user: a handle from another user's list cannot end their
+    /// session. The current session's handle signs this session out, as
+    /// [`logout`](Self::logout) does.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails.
+    pub async fn revoke_mine(&self, handle: &SessionHandle) -> Result<bool, SessionError> {
+        let (user_id, current) = {
+            let state = self.lock();
+            (
+                state.record.as_ref().and_then(|r| r.user_id.clone()),
+                state.id.as_ref().map(SessionId::hash),
+            )
+        };
+        let Some(user_id) = user_id else {
+            return Ok(false);
+        };
+        let target = handle.id_hash();
+        if Some(target) == current {
+            self.logout().await?;
+            return Ok(true);
+        }
+        let store = &*self.inner.context.store;
+        // Only a session of this user; a placeholder (the session moved a
+        // moment ago) is not followed, and the user can reload the list.
+        match store.load(&target).await? {
+            Some(Entry::Session(record)) if record.user_id.as_deref() == Some(&*user_id) => {}
+            _ => return Ok(false),
+        }
+        let removed = lifecycle::logout(store, &target, Some(&user_id)).await?;
+        let Some(record) = removed else {
+            return Ok(false);
+        };
+        self.lock().record(self.inner.context.events_enabled, || {
+            SessionEvent::Revoked {
+                session: record.id_hash.fingerprint(),
+                user_id: Some(user_id),
+            }
+        });
+        Ok(true)
+    }
+
+    /// Signs `user_id` in under a new id with `options`; a
+    /// `reauthentication` keeps the user and says so in its event.
+    async fn sign_in(
+        &self,
+        user_id: String,
+        options: &LoginOptions,
+        reauthentication: bool,
+    ) -> Result<(), SessionError> {
         validate_user_id(&user_id)?;
         if !self.inner.context.login_allowed {
             return Err(SessionError::InsecureTransport);
@@ -447,19 +725,33 @@ impl Session {
             (state.id.clone(), state.pending.to_change())
         };
         let context = &self.inner.context;
+        let now = context.template.deadlines.created_at;
+        let stamp = match &context.stamp {
+            None => None,
+            Some(rule) => match rule.current(&context.keyring, &user_id).await {
+                Ok(Some(stamp)) => Some(stamp),
+                Ok(None) => {
+                    return Err(SessionError::InvalidUserId(
+                        "the user stamp lookup (`with_user_stamp`) knows no such user",
+                    ))
+                }
+                Err(err) => return Err(SessionError::StampLookup(err)),
+            },
+        };
         let limit = context.limit.as_ref().map(|rule| rule.for_user(&user_id));
         // The lifecycle draws the new id.
-        let record = context.template.record(
-            IdHash::from_bytes([0; 32]),
+        let mut record = context.template.record_with(
+            options.deadlines(now, &context.template.timeouts),
             Some(user_id.clone()),
             change.set.iter().cloned().collect(),
         );
+        record.sign_in = Some(Box::new(options.sign_in(now, stamp)));
         let login = Login {
             previous: previous.as_ref().map(SessionId::hash),
             record,
             change: &change,
             limit,
-            now: context.template.deadlines.created_at,
+            now,
         };
         // A colliding new id (never expected: 128 random bits) changes
         // nothing and surfaces as a store error.
@@ -477,6 +769,9 @@ impl Session {
                 })
             }
         };
+        if let Some(rule) = &context.stamp {
+            rule.checked_now(new_id.hash(), now);
+        }
         let mut state = self.lock();
         state.pending.forget(&change);
         if !moved {
@@ -495,13 +790,21 @@ impl Session {
             });
         }
         state.record(self.inner.context.events_enabled, || {
-            SessionEvent::LoggedIn {
-                session: new_id.fingerprint(),
-                previous: previous
-                    .filter(|_| moved)
-                    .as_ref()
-                    .map(SessionId::fingerprint),
-                user_id,
+            let previous = previous
+                .filter(|_| moved)
+                .as_ref()
+                .map(SessionId::fingerprint);
+            match (reauthentication, previous) {
+                (true, Some(previous)) => SessionEvent::Reauthenticated {
+                    session: new_id.fingerprint(),
+                    previous,
+                    user_id,
+                },
+                (_, previous) => SessionEvent::LoggedIn {
+                    session: new_id.fingerprint(),
+                    previous,
+                    user_id,
+                },
             }
         });
         state.id = Some(new_id);
@@ -509,6 +812,8 @@ impl Session {
         state.id_issued = true;
         state.regenerate = false;
         state.planned_id = None;
+        // The new record's idle window starts now.
+        state.touch = None;
         Ok(())
     }
 
@@ -641,6 +946,7 @@ impl Session {
         state.regenerate = false;
         state.id_issued = false;
         state.logged_out = true;
+        state.touch = None;
         Ok(())
     }
 }
@@ -650,6 +956,8 @@ impl Session {
 /// out only when a session is actually created.
 pub(crate) struct Template {
     pub(crate) deadlines: Deadlines,
+    /// The layer's timeouts, for a sign-in with its own lifetime.
+    pub(crate) timeouts: Timeouts,
     /// The client; its `user_agent` is filled in when already known.
     pub(crate) client: ClientContext,
     /// The raw `User-Agent`, for when the family is not known yet.
@@ -666,7 +974,19 @@ impl Template {
         user_id: Option<String>,
         data: SessionData,
     ) -> SessionRecord {
-        let mut record = self.deadlines.record(id_hash, user_id, data);
+        let mut record = self.record_with(self.deadlines, user_id, data);
+        record.id_hash = id_hash;
+        record
+    }
+
+    /// A new record with `deadlines` (its `id_hash` is the lifecycle's to draw).
+    pub(crate) fn record_with(
+        &self,
+        deadlines: Deadlines,
+        user_id: Option<String>,
+        data: SessionData,
+    ) -> SessionRecord {
+        let mut record = deadlines.record(IdHash::from_bytes([0; 32]), user_id, data);
         let user_agent = self
             .client
             .user_agent

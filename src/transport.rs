@@ -214,7 +214,7 @@ impl CookieConfig {
     /// `max_age_secs` is used only for persistent cookies.
     #[cfg(test)]
     pub(crate) fn set_cookie(&self, token: String, max_age_secs: u64) -> HeaderValue {
-        self.writer().set_cookie(&token, max_age_secs)
+        self.writer().set_cookie(&token, max_age_secs, false)
     }
 
     /// The `Set-Cookie` value that removes the session cookie: same name,
@@ -397,14 +397,21 @@ impl CookieWriter {
         &self.name
     }
 
-    pub(crate) fn set_cookie(&self, token: &str, max_age_secs: u64) -> HeaderValue {
+    /// `persistent` asks for `Max-Age` whatever the configuration says (a
+    /// remember-me sign-in).
+    pub(crate) fn set_cookie(
+        &self,
+        token: &str,
+        max_age_secs: u64,
+        persistent: bool,
+    ) -> HeaderValue {
         let mut text =
             String::with_capacity(self.name.len() + token.len() + self.attributes.len() + 24);
         text.push_str(&self.name);
         text.push('=');
         text.push_str(token);
         text.push_str(&self.attributes);
-        if self.persistent {
+        if self.persistent || persistent {
             text.push_str("; Max-Age=");
             text.push_str(&max_age_secs.min(i64::MAX as u64).to_string());
         }
@@ -576,10 +583,11 @@ impl Transport {
         cookie: &CookieWriter,
         token: &str,
         max_age: u64,
+        persistent: bool,
     ) {
         match (carrier, &self.header) {
             (Carrier::Header, Some(slot)) => write_header(headers, slot, token),
-            _ => write_cookie(headers, cookie.set_cookie(token, max_age)),
+            _ => write_cookie(headers, cookie.set_cookie(token, max_age, persistent)),
         }
     }
 

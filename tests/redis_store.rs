@@ -160,6 +160,7 @@ async fn redis_expiry_follows_each_entrys_end_plus_slack() {
             successor: new.hash(),
             sealed_id: SealedId::from_hex(&"5e".repeat(16)).unwrap(),
             until,
+            kept_until: until,
         }),
         Entry::Superseded(Superseded {
             successor: new.hash(),

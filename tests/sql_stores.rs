@@ -33,14 +33,28 @@ macro_rules! server_backend_tests {
             };
             store.migrate().await.unwrap();
             store.clone().migrate().await.unwrap();
-            let version: i32 = sqlx::query_scalar(&format!(
-                "SELECT version FROM {}schema",
-                store.table_prefix()
-            ))
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-            assert_eq!(version, 1);
+            let prefix = store.table_prefix().to_owned();
+            let version = || async {
+                let version: i32 =
+                    sqlx::query_scalar(&format!("SELECT version FROM {prefix}schema"))
+                        .fetch_one(store.pool())
+                        .await
+                        .unwrap();
+                version
+            };
+            assert_eq!(version().await, 2);
+
+            // Tables left at version 1 by an earlier release are upgraded.
+            for statement in [
+                format!("ALTER TABLE {prefix}sessions DROP COLUMN sign_in"),
+                format!("ALTER TABLE {prefix}sessions DROP COLUMN grace_until"),
+                format!("UPDATE {prefix}schema SET version = 1"),
+            ] {
+                sqlx::query(&statement).execute(store.pool()).await.unwrap();
+            }
+            store.migrate().await.unwrap();
+            assert_eq!(version().await, 2);
+            conformance::run(&store).await;
         }
 
         #[tokio::test]

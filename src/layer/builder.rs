@@ -15,6 +15,7 @@ use crate::event::{EventHandler, SessionEvent};
 use crate::guessing::{Guard, GuessingDetection};
 use crate::key::{Key, Keyring};
 use crate::policy::{ClientBinding, Csrf, LimitRule, OnLimit, Renewal, SessionLimit, Timeouts};
+use crate::sign_in::{StampError, UserStamp};
 use crate::store::SessionStore;
 use crate::transport::{self, CookieConfig, CookieWriter, SiteData, Transport};
 
@@ -71,6 +72,12 @@ pub(super) struct Config {
     pub(super) client_address_required: bool,
     /// Whether the missing client address was logged (once per layer).
     pub(super) missing_address_logged: Arc<AtomicBool>,
+    /// The credential-stamp rule, when on.
+    pub(super) stamp: Option<UserStamp>,
+    /// Where `SignedIn` redirects, when set.
+    pub(super) sign_in_page: Option<Arc<str>>,
+    /// End the successor of a renewed id reused after its grace.
+    pub(super) revoke_on_reuse: bool,
 }
 
 impl SessionLayer {
@@ -101,6 +108,9 @@ impl SessionLayer {
                 clear_site_data: None,
                 client_address_required: false,
                 missing_address_logged: Arc::new(AtomicBool::new(false)),
+                stamp: None,
+                sign_in_page: None,
+                revoke_on_reuse: false,
             }),
         }
     }
@@ -231,6 +241,13 @@ impl SessionLayer {
     /// receive the new cookie too. After `grace` the old id is dead. A zero
     /// `grace` kills the old id at once.
     ///
+    /// For one more interval after its grace (never past the session's
+    /// absolute deadline) the old id is still recognised: presented then,
+    /// it is a copied token used after the user's browser moved on, and the
+    /// layer reports [`SessionEvent::ReusedAfterRenewal`] (and, with
+    /// [`with_revoke_on_reuse`](Self::with_revoke_on_reuse), ends the
+    /// session). The request gets no session either way.
+    ///
     /// # Panics
     ///
     /// If `every` is shorter than one millisecond.
@@ -244,6 +261,88 @@ impl SessionLayer {
             every: duration_millis(every),
             grace: duration_millis(grace),
         });
+        self
+    }
+
+    /// Ends the renewed session too when a renewed id is reused after its
+    /// grace period ([`SessionEvent::ReusedAfterRenewal`]), as refresh-token
+    /// reuse detection does: the layer cannot tell which holder of the
+    /// token is the user, so both must sign in again. Default: `false`
+    /// (the event is reported, the successor lives on).
+    ///
+    /// # Panics
+    ///
+    /// When the layer wraps a service, if this is on without a renewal
+    /// interval ([`with_renewal_interval`](Self::with_renewal_interval)):
+    /// without renewals there is no reuse to detect.
+    #[must_use]
+    pub fn with_revoke_on_reuse(mut self, revoke: bool) -> Self {
+        self.config_mut().revoke_on_reuse = revoke;
+        self
+    }
+
+    /// Ends a signed-in session when the user's credentials change.
+    ///
+    /// `lookup(user_id)` returns the user's current *stamp*: any string
+    /// that changes when their credentials or rights do, say a hash of the
+    /// password hash and a roles version read from the user table (`None`
+    /// when the user is gone). The layer keeps a keyed hash of the stamp
+    /// with each sign-in, reads the stamp again at most once per `interval`
+    /// per session (remembered in a bounded in-memory cache per layer), and
+    /// compares the two in constant time. A session whose stamp no longer
+    /// matches is destroyed on that request, which continues without a
+    /// session ([`SessionEvent::Rejected`] with
+    /// [`RejectReason::CredentialsChanged`](crate::RejectReason::CredentialsChanged)).
+    /// A failing lookup answers `503`: the session can be neither trusted
+    /// nor ended.
+    ///
+    /// "Password changed: sign out everywhere else": store the new
+    /// password (the stamp changes), then call
+    /// [`Session::reauthenticate`](crate::Session::reauthenticate), which
+    /// stores the new stamp with the current session; every other session
+    /// ends at its next check (call
+    /// [`Session::logout_others`](crate::Session::logout_others) to end
+    /// them at once). Sessions signed in before the stamp was configured
+    /// have none and end at their first check.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_session_guard::{Key, MemoryStore, SessionLayer};
+    ///
+    /// # #[derive(Clone)] struct Users;
+    /// # impl Users { async fn password_version(&self, _user: &str) -> Result<Option<String>, std::io::Error> { Ok(Some("1".into())) } }
+    /// let users = Users; // the app's user table
+    /// let layer = SessionLayer::new(MemoryStore::default(), Key::generate())
+    ///     .with_user_stamp(Duration::from_secs(60), move |user_id: String| {
+    ///         let users = users.clone();
+    ///         async move { Ok(users.password_version(&user_id).await?) }
+    ///     });
+    /// ```
+    #[must_use]
+    pub fn with_user_stamp<F, Fut>(mut self, interval: Duration, lookup: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Option<String>, StampError>> + Send + 'static,
+    {
+        self.config_mut().stamp = Some(UserStamp::new(interval, lookup));
+        self
+    }
+
+    /// Where [`SignedIn`](crate::SignedIn) sends a browser that is not
+    /// signed in: a `GET` or `HEAD` to a guarded page is answered `303 See
+    /// Other` to `page`, with `next=<the page asked for>` added to its
+    /// query. Default: none (the guard answers `401`).
+    ///
+    /// # Panics
+    ///
+    /// If `page` is not a path on this site (such as `/login`).
+    #[must_use]
+    pub fn with_sign_in_page(mut self, page: &str) -> Self {
+        assert!(
+            crate::safe_return_path(page).is_some(),
+            "the sign-in page must be a path on this site starting with one `/`, such as \"/login\"; got {page:?}"
+        );
+        self.config_mut().sign_in_page = Some(Arc::from(page));
         self
     }
 
@@ -449,6 +548,10 @@ impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        assert!(
+            !self.config.revoke_on_reuse || self.config.renewal.is_some(),
+            "with_revoke_on_reuse(true) needs renewed ids to watch: also call `with_renewal_interval`"
+        );
         SessionService::new(inner, Arc::clone(&self.config))
     }
 }

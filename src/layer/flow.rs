@@ -21,6 +21,7 @@ use crate::policy::{
 };
 use crate::record::{Binding, Change, SessionRecord, Touch};
 use crate::session::{self, Session, State};
+use crate::sign_in::StampCheck;
 use crate::store::StoreError;
 use crate::transport::{Carrier, TokenRead};
 
@@ -380,6 +381,7 @@ async fn find(config: &Config, reading: Reading, sink: &mut EventSink) -> Result
                         https: client.https,
                     })
                 }
+                Ok(Loading::StampFailed) => return Err(Refusal::StoreFailed),
                 Err(err) => {
                     tracing::error!(
                         target: "tower_session_guard",
@@ -407,6 +409,9 @@ enum Loading {
     Done(Token),
     /// Client binding refused the session and wants a `401`.
     Unauthorized,
+    /// The credential-stamp lookup failed: the session can be neither
+    /// accepted nor ended.
+    StampFailed,
 }
 
 /// Loads the session a verified id names (through a renewal's forward),
@@ -443,6 +448,10 @@ async fn load(
             }
             Found::Gone => {
                 visitor.reject(Some(&id), RejectReason::UnknownSession);
+                return Ok(Loading::Done(Token::None));
+            }
+            Found::Reused { successor } => {
+                Box::pin(reused(visitor, &id, successor)).await;
                 return Ok(Loading::Done(Token::None));
             }
         };
@@ -483,6 +492,33 @@ async fn load(
                 }
             }
         };
+        if let (Some(stamp), Some(user)) = (&config.stamp, record.user_id.as_deref()) {
+            let stored = record.sign_in.as_ref().and_then(|s| s.stamp.as_ref());
+            let checked = stamp.check(&config.keyring, current.hash(), user, stored, now);
+            match Box::pin(checked).await {
+                StampCheck::Current => {}
+                StampCheck::Changed => {
+                    Box::pin(destroy(
+                        config,
+                        &current,
+                        &record,
+                        "a session whose credentials changed",
+                    ))
+                    .await;
+                    visitor.reject(Some(&current), RejectReason::CredentialsChanged);
+                    return Ok(Loading::Done(Token::Destroyed));
+                }
+                StampCheck::Failed(err) => {
+                    tracing::error!(
+                        target: "tower_session_guard",
+                        session = %current.fingerprint(),
+                        error = %err,
+                        "the user stamp lookup failed; answering 503"
+                    );
+                    return Ok(Loading::StampFailed);
+                }
+            }
+        }
         if forwarded || !policy::renewal_due(&record, now, config.renewal.as_ref()) {
             return Ok(Loading::Done(Token::Session(Loaded {
                 id: current,
@@ -514,17 +550,18 @@ async fn renew(
     let Some(renewal) = config.renewal else {
         return Ok(None);
     };
+    // The activity is recorded at commit, unless the request is passive.
     let change = Change {
-        touch,
         binding: binding.map(|b| *b),
         ..Change::default()
     };
-    let renewed = lifecycle::regenerate(
+    let renewed = lifecycle::renew(
         &*config.store,
         id,
         &change,
         visitor.now,
-        Some(renewal.grace),
+        renewal.grace,
+        renewal.every,
     )
     .await?;
     let Some((new_id, record)) = renewed else {
@@ -537,10 +574,36 @@ async fn renew(
     Ok(Some(Loaded {
         id: new_id,
         record,
-        touch: None,
+        touch,
         binding: None,
         resend: true,
     }))
+}
+
+/// A renewed id came back after its grace: reports it and, when the layer
+/// says so, ends the session it was renewed into. A store failure here is
+/// logged: the request is refused its session either way.
+async fn reused(visitor: &mut Visitor<'_>, id: &SessionId, successor: IdHash) {
+    let config = visitor.config;
+    let mut revoked = false;
+    if config.revoke_on_reuse {
+        match lifecycle::revoke(&*config.store, &successor).await {
+            Ok(removed) => revoked = removed.is_some(),
+            Err(err) => tracing::error!(
+                target: "tower_session_guard",
+                session = %successor.fingerprint(),
+                error = %err,
+                "could not end a session whose renewed token was reused"
+            ),
+        }
+    }
+    let network = visitor.client.ip.map(Network::of_default);
+    visitor.sink.push(|| SessionEvent::ReusedAfterRenewal {
+        session: id.fingerprint(),
+        successor: successor.fingerprint(),
+        successor_revoked: revoked,
+        network,
+    });
 }
 
 /// Deletes a session the policy refused. The policy refuses it whatever
@@ -568,7 +631,6 @@ struct Departure {
     had_token: bool,
     arrived_as: Option<SessionId>,
     in_flight: bool,
-    touch: Option<Touch>,
     binding: Option<Box<Binding>>,
     resend: bool,
 }
@@ -604,13 +666,13 @@ fn hand_over<ReqBody>(
         had_token,
         arrived_as: arrived_as.clone(),
         in_flight,
-        touch: loaded.as_ref().and_then(|l| l.touch),
         binding: loaded.as_ref().and_then(|l| l.binding.clone()),
         resend: loaded.as_ref().is_some_and(|l| l.resend),
     };
     // What a session created by this request would start as.
     let template = session::Template {
         deadlines: policy::fresh_deadlines(now, &config.timeouts),
+        timeouts: config.timeouts,
         user_agent_header: if client.user_agent.is_none() {
             request.headers().get(http::header::USER_AGENT).cloned()
         } else {
@@ -627,8 +689,14 @@ fn hand_over<ReqBody>(
         events_enabled,
         keyring: Arc::clone(&config.keyring),
         arrived_as,
+        stamp: config.stamp.clone(),
+        sign_in_page: config.sign_in_page.clone(),
     };
-    let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
+    let (loaded, touch) = match loaded {
+        Some(l) => (Some((l.id, l.record)), l.touch),
+        None => (None, None),
+    };
+    let session = Session::new(context, loaded, touch);
     request.extensions_mut().insert(session.clone());
     (session, departure)
 }
@@ -639,6 +707,8 @@ enum Plan {
     Issue {
         id: SessionId,
         absolute_deadline: UnixMillis,
+        /// The session's own sign-in asks for a persistent cookie.
+        persistent: bool,
     },
     /// Leave the client's token alone.
     Keep,
@@ -713,6 +783,7 @@ async fn commit(
         return Ok(Plan::Issue {
             id,
             absolute_deadline: record.absolute_deadline,
+            persistent: false,
         });
     };
 
@@ -722,9 +793,14 @@ async fn commit(
         .map_or(template.deadlines.absolute_deadline, |r| {
             r.absolute_deadline
         });
+    let persistent = state
+        .record
+        .as_ref()
+        .and_then(|r| r.sign_in.as_ref())
+        .is_some_and(|s| s.persistent);
     let mut change = state.pending.into_change();
     let has_writes = !change.is_empty();
-    change.touch = departure.touch;
+    change.touch = if state.passive { None } else { state.touch };
     change.binding = departure.binding.as_deref().cloned();
 
     if state.regenerate {
@@ -744,6 +820,7 @@ async fn commit(
                 Plan::Issue {
                     id: new_id,
                     absolute_deadline: record.absolute_deadline,
+                    persistent,
                 }
             }
             None => lost(&id, has_writes),
@@ -757,6 +834,7 @@ async fn commit(
         Plan::Issue {
             id,
             absolute_deadline,
+            persistent,
         }
     } else {
         Plan::Keep
@@ -796,6 +874,7 @@ fn answer<ResBody: Default>(
         Plan::Issue {
             id,
             absolute_deadline,
+            persistent,
         } => {
             let token = config.keyring.sign(&id);
             let max_age = absolute_deadline
@@ -807,6 +886,7 @@ fn answer<ResBody: Default>(
                 &config.cookie_writer,
                 &token,
                 max_age,
+                persistent,
             );
             response
         }

@@ -33,7 +33,7 @@ use crate::lifecycle::{self, Found, Login, LoginOutcome};
 use crate::policy::{OnLimit, SessionLimit};
 use crate::record::{
     Binding, Change, Deadlines, Entry, Forward, SeenLocation, SeenNetwork, SessionData,
-    SessionRecord, Superseded, Touch,
+    SessionRecord, SignIn, StampHash, Superseded, Touch,
 };
 
 /// Runs every check of the store contract against `store`.
@@ -156,6 +156,14 @@ async fn create_then_load_round_trips<S: SessionStore>(store: &S) {
             longitude: 10.7,
             at: record.created_at,
         }),
+    }));
+    record.sign_in = Some(Box::new(SignIn {
+        authenticated_at: record.created_at,
+        method: Some("passkey".into()),
+        idle_timeout: Some(30 * 86_400_000),
+        absolute_timeout: Some(30 * 86_400_000),
+        persistent: true,
+        stamp: Some(StampHash([0xa5; 16])),
     }));
     assert!(
         must("create", store.create(&record).await),
@@ -339,6 +347,7 @@ async fn replace_only_replaces_the_version_read<S: SessionStore>(store: &S) {
         successor: SessionId::generate().hash(),
         sealed_id: SessionId::generate().seal(&SessionId::generate()),
         until: now() + 10_000,
+        kept_until: now() + 10_000,
     });
     assert!(
         !must(
@@ -402,6 +411,8 @@ async fn placeholders_round_trip<S: SessionStore>(store: &S) {
             successor: new.hash(),
             sealed_id: old.seal(&new),
             until: now() + 10_000,
+            // Kept past its grace, for reuse detection.
+            kept_until: now() + 3_600_000,
         }),
         Entry::Superseded(Superseded {
             successor: new.hash(),

@@ -208,7 +208,7 @@ pub use self::sql::PostgresStore;
 pub use self::sql::SqliteStore;
 pub use crate::id::{IdHash, SealedId, SessionId};
 pub use crate::record::{
-    Binding, Change, Deadlines, Entry, Forward, RecordParts, SessionData, SessionRecord,
+    Binding, Change, Deadlines, Entry, Forward, RecordParts, SessionData, SessionRecord, SignIn,
     Superseded, Touch,
 };
 

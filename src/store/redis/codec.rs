@@ -78,6 +78,7 @@ pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<(String, String)>, Store
             field("succ", forward.successor.to_hex()),
             field("sealed", forward.sealed_id.to_hex()),
             field("until", forward.until.to_string()),
+            field("keep", forward.kept_until.to_string()),
         ]),
         Entry::Superseded(marker) => {
             let mut fields = vec![
@@ -119,6 +120,9 @@ pub(super) fn encode_session(record: &SessionRecord) -> Result<Vec<(String, Stri
     if let Some(binding) = &record.binding {
         fields.push(field("bind", encode_json(binding)?));
     }
+    if let Some(sign_in) = &record.sign_in {
+        fields.push(field("auth", encode_json(sign_in)?));
+    }
     for (key, value) in record.data.iter() {
         fields.push((data_field(key), encode_json(value)?));
     }
@@ -149,6 +153,8 @@ pub(super) fn decode_entry(
                     .take()
                     .ok_or_else(|| corrupt("a stored forward has no sealed successor"))?,
                 until: placeholder.until()?,
+                // A forward written before reuse detection ends with its grace.
+                kept_until: placeholder.kept.unwrap_or(placeholder.until()?),
             })
         }
         KIND_SUPERSEDED => {
@@ -170,6 +176,7 @@ struct Placeholder {
     successor: Option<IdHash>,
     sealed: Option<SealedId>,
     until: Option<UnixMillis>,
+    kept: Option<UnixMillis>,
     user: Option<String>,
 }
 
@@ -191,6 +198,7 @@ impl Placeholder {
                     );
                 }
                 "until" => placeholder.until = Some(number(&value)?),
+                "keep" => placeholder.kept = Some(number(&value)?),
                 "user" => placeholder.user = Some(value),
                 // `kind`, and fields of a newer version.
                 _ => {}
@@ -222,6 +230,7 @@ fn decode_session(id: IdHash, fields: Vec<(String, String)>) -> Result<SessionRe
     let mut ip = None;
     let mut user_agent = None;
     let mut binding = None;
+    let mut sign_in = None;
     let mut data = SessionData::default();
     for (name, value) in fields {
         let slot = match name.as_str() {
@@ -253,6 +262,12 @@ fn decode_session(id: IdHash, fields: Vec<(String, String)>) -> Result<SessionRe
                         .map_err(|_| corrupt("a stored client binding is not valid"))?,
                 );
             }
+            "auth" => {
+                sign_in = Some(
+                    serde_json::from_str(&value)
+                        .map_err(|_| corrupt("a stored sign-in is not valid"))?,
+                );
+            }
             other => {
                 if let Some(key) = other.strip_prefix(DATA_FIELD) {
                     let value = serde_json::from_str(&value)
@@ -281,6 +296,7 @@ fn decode_session(id: IdHash, fields: Vec<(String, String)>) -> Result<SessionRe
         ip,
         user_agent,
         binding,
+        sign_in,
     })
 }
 
@@ -327,7 +343,7 @@ fn corrupt(why: &str) -> StoreError {
 mod tests {
     use super::*;
     use crate::id::SessionId;
-    use crate::record::{Binding, Deadlines, SeenNetwork};
+    use crate::record::{Binding, Deadlines, SeenNetwork, SignIn, StampHash};
     use serde_json::json;
 
     fn record() -> SessionRecord {
@@ -354,6 +370,14 @@ mod tests {
                 last_seen: 1_000,
             }],
             location: None,
+        }));
+        record.sign_in = Some(Box::new(SignIn {
+            authenticated_at: 1_000,
+            method: Some("password".into()),
+            idle_timeout: Some(86_400_000),
+            absolute_timeout: None,
+            persistent: true,
+            stamp: Some(StampHash([7; 16])),
         }));
         record.version = 7;
         record
@@ -389,6 +413,7 @@ mod tests {
             successor: new.hash(),
             sealed_id: old.seal(&new),
             until: 9_000,
+            kept_until: 90_000,
         });
         assert_eq!(round_trip(old.hash(), &forward), forward);
         let marker = Entry::Superseded(Superseded {

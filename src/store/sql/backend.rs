@@ -281,6 +281,8 @@ impl Params {
             .text(c.binding);
         self.0.push(Param::Bytes(c.successor));
         self.0.push(Param::Bytes(c.sealed_id));
+        self.0.push(Param::Text(c.sign_in));
+        self.0.push(Param::Integer(c.grace_until));
         self
     }
 

@@ -27,13 +27,13 @@ const KIND_SUPERSEDED: &str = "x";
 pub(super) fn entry_columns(data: &str) -> String {
     format!(
         "kind, user_id, {data}, created_at, last_seen, idle_deadline, absolute_deadline, \
-         id_issued_at, version, ip, user_agent, binding, successor, sealed_id"
+         id_issued_at, version, ip, user_agent, binding, successor, sealed_id, sign_in, grace_until"
     )
 }
 
 /// The columns an `INSERT` or a whole-row `UPDATE` writes, in the order
 /// [`Params::columns`] binds them.
-pub(super) const WRITTEN_COLUMNS: [&str; 14] = [
+pub(super) const WRITTEN_COLUMNS: [&str; 16] = [
     "kind",
     "user_id",
     "data",
@@ -48,11 +48,14 @@ pub(super) const WRITTEN_COLUMNS: [&str; 14] = [
     "binding",
     "successor",
     "sealed_id",
+    "sign_in",
+    "grace_until",
 ];
 
-/// An entry as the values of [`WRITTEN_COLUMNS`]. A placeholder keeps its
-/// end in both deadlines, so the generated `expires_at` column (and the
-/// purge that reads it) treats every kind alike.
+/// An entry as the values of [`WRITTEN_COLUMNS`]. A placeholder keeps the
+/// instant it may go in both deadlines, so the generated `expires_at`
+/// column (and the purge that reads it) treats every kind alike; a
+/// renewal's forward keeps the end of its grace in `grace_until`.
 pub(super) struct Columns {
     pub(super) kind: &'static str,
     pub(super) user_id: Option<String>,
@@ -68,18 +71,23 @@ pub(super) struct Columns {
     pub(super) binding: Option<String>,
     pub(super) successor: Option<Vec<u8>>,
     pub(super) sealed_id: Option<Vec<u8>>,
+    pub(super) sign_in: Option<String>,
+    pub(super) grace_until: Option<i64>,
 }
 
 impl Columns {
     pub(super) fn of(entry: &Entry) -> Result<Self, StoreError> {
         match entry {
             Entry::Session(record) => Self::of_session(record),
-            Entry::Forward(forward) => Ok(Self::placeholder(
-                KIND_FORWARD,
-                forward.successor,
-                Some(hex_bytes(&forward.sealed_id.to_hex())),
-                forward.until,
-            )),
+            Entry::Forward(forward) => Ok(Self {
+                grace_until: Some(millis(forward.until)),
+                ..Self::placeholder(
+                    KIND_FORWARD,
+                    forward.successor,
+                    Some(hex_bytes(&forward.sealed_id.to_hex())),
+                    forward.until.max(forward.kept_until),
+                )
+            }),
             Entry::Superseded(marker) => Ok(Self {
                 user_id: marker.user_id.clone(),
                 ..Self::placeholder(KIND_SUPERSEDED, marker.successor, None, marker.until)
@@ -103,6 +111,8 @@ impl Columns {
             binding: record.binding.as_deref().map(encode_json).transpose()?,
             successor: None,
             sealed_id: None,
+            sign_in: record.sign_in.as_deref().map(encode_json).transpose()?,
+            grace_until: None,
         })
     }
 
@@ -128,6 +138,8 @@ impl Columns {
             binding: None,
             successor: Some(successor.as_bytes().to_vec()),
             sealed_id,
+            sign_in: None,
+            grace_until: None,
         }
     }
 }
@@ -148,6 +160,8 @@ pub struct Stored {
     binding: Option<String>,
     successor: Option<Vec<u8>>,
     sealed_id: Option<Vec<u8>>,
+    sign_in: Option<String>,
+    grace_until: Option<i64>,
 }
 
 impl Stored {
@@ -175,6 +189,8 @@ impl Stored {
             binding: row.try_get(11).map_err(column)?,
             successor: row.try_get(12).map_err(column)?,
             sealed_id: row.try_get(13).map_err(column)?,
+            sign_in: row.try_get(14).map_err(column)?,
+            grace_until: row.try_get(15).map_err(column)?,
         })
     }
 
@@ -191,7 +207,9 @@ impl Stored {
                 Ok(Entry::Forward(Forward {
                     successor: successor(self.successor.as_deref())?,
                     sealed_id: sealed,
-                    until: unix_millis(self.absolute_deadline)?,
+                    // A forward written before reuse detection ends with its grace.
+                    until: unix_millis(self.grace_until.unwrap_or(self.absolute_deadline))?,
+                    kept_until: unix_millis(self.absolute_deadline)?,
                 }))
             }
             KIND_SUPERSEDED => Ok(Entry::Superseded(Superseded {
@@ -216,6 +234,11 @@ impl Stored {
             .map(|text| serde_json::from_str(&text))
             .transpose()
             .map_err(|_| corrupt("a stored client binding is not valid"))?;
+        let sign_in = self
+            .sign_in
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|_| corrupt("a stored sign-in is not valid"))?;
         Ok(SessionRecord {
             id_hash: id,
             user_id: self.user_id,
@@ -229,6 +252,7 @@ impl Stored {
             ip,
             user_agent: self.user_agent.map(String::into_boxed_str),
             binding: binding.map(Box::new),
+            sign_in: sign_in.map(Box::new),
         })
     }
 }

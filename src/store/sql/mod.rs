@@ -31,12 +31,13 @@
 //! store's prefix (`tsg_` unless changed with `with_table_prefix`, so that
 //! applications sharing a database keep apart). The schema is versioned:
 //! `tsg_schema` holds the version the tables are at, and `migrate` applies
-//! the steps after it, idempotently (every step is `IF NOT EXISTS`) and
-//! safely from several instances at once. This is version 1:
+//! the steps after it, safely from several instances at once. Version 1
+//! creates the tables (every statement `IF NOT EXISTS`); version 2 adds
+//! the `sign_in` and `grace_until` columns. The tables at version 2:
 //!
 //! | table | key | columns | indexes |
 //! |---|---|---|---|
-//! | `tsg_sessions` | `id_hash` | one [`Entry`]: `kind` (`s` a session, `f` a renewal's forward, `x` a superseded marker), `user_id`, `data` (a JSON object: `jsonb` on PostgreSQL, `JSON` on MySQL, text on SQLite), `created_at`, `last_seen`, `idle_deadline`, `absolute_deadline`, `id_issued_at`, `version`, `ip`, `user_agent`, `binding` (the client binding's JSON), `successor`, `sealed_id`; `expires_at` is generated as the earlier deadline | `expires_at` |
+//! | `tsg_sessions` | `id_hash` | one [`Entry`]: `kind` (`s` a session, `f` a renewal's forward, `x` a superseded marker), `user_id`, `data` (a JSON object: `jsonb` on PostgreSQL, `JSON` on MySQL, text on SQLite), `created_at`, `last_seen`, `idle_deadline`, `absolute_deadline`, `id_issued_at`, `version`, `ip`, `user_agent`, `binding` (the client binding's JSON), `successor`, `sealed_id`, `sign_in` (the sign-in's JSON: authentication time, the session's own lifetime, the credential stamp's keyed hash), `grace_until` (a forward's end of grace; its deadlines hold when it may go); `expires_at` is generated as the earlier deadline | `expires_at` |
 //! | `tsg_user_sessions` | `(user_key, id_hash)` | the users' index: `ends_at` (the session's absolute deadline) | the key (a user's sessions), `ends_at` |
 //! | `tsg_locks` | `user_key` | a user's lock: `token`, `ends_at` (its lease) | `ends_at` |
 //! | `tsg_schema` | `id` | `version` | |
@@ -390,7 +391,25 @@ fn migrations(t: &Tables, dialect: Dialect) -> Vec<Vec<String>> {
             .into_iter()
             .flatten(),
     );
-    vec![version_1]
+    // PostgreSQL can make the step idempotent; SQLite runs it in the
+    // migration's transaction; on MySQL a step interrupted between its two
+    // statements needs the first column dropped by hand.
+    let if_missing = if dialect == Dialect::Postgres {
+        "IF NOT EXISTS "
+    } else {
+        ""
+    };
+    let version_2 = vec![
+        format!(
+            "ALTER TABLE {s} ADD COLUMN {if_missing}sign_in {text}",
+            s = t.sessions
+        ),
+        format!(
+            "ALTER TABLE {s} ADD COLUMN {if_missing}grace_until {big}",
+            s = t.sessions
+        ),
+    ];
+    vec![version_1, version_2]
 }
 
 /// How many steps of [`migrations`] the tables are past, from the stored
