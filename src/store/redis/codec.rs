@@ -70,7 +70,7 @@ pub(super) fn expire_at(end: UnixMillis) -> String {
 }
 
 /// The hash fields an entry is stored as.
-pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<(String, String)>, StoreError> {
+pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<(String, String)>, StoreError> {
     match entry {
         Entry::Session(record) => encode_session(record),
         Entry::Forward(forward) => Ok(vec![
@@ -130,7 +130,7 @@ pub(super) fn encode_session(record: &SessionRecord) -> Result<Vec<(String, Stri
 }
 
 /// The entry under `id` from its hash fields (`None` for no fields: no key).
-pub(super) fn decode_entry(
+pub(crate) fn decode_entry(
     id: IdHash,
     fields: Vec<(String, String)>,
 ) -> Result<Option<Entry>, StoreError> {
@@ -302,7 +302,7 @@ fn decode_session(id: IdHash, fields: Vec<(String, String)>) -> Result<SessionRe
 
 /// Field/value pairs from an `HGETALL`-shaped reply (a RESP2 array, a RESP3
 /// map, or nil).
-pub(super) fn field_pairs(value: Value) -> Result<Vec<(String, String)>, StoreError> {
+pub(crate) fn field_pairs(value: Value) -> Result<Vec<(String, String)>, StoreError> {
     match value {
         Value::Nil => Ok(Vec::new()),
         Value::Array(items) => {

@@ -56,7 +56,7 @@ pub(super) const WRITTEN_COLUMNS: [&str; 16] = [
 /// instant it may go in both deadlines, so the generated `expires_at`
 /// column (and the purge that reads it) treats every kind alike; a
 /// renewal's forward keeps the end of its grace in `grace_until`.
-pub(super) struct Columns {
+pub(crate) struct Columns {
     pub(super) kind: &'static str,
     pub(super) user_id: Option<String>,
     pub(super) data: String,
@@ -76,7 +76,7 @@ pub(super) struct Columns {
 }
 
 impl Columns {
-    pub(super) fn of(entry: &Entry) -> Result<Self, StoreError> {
+    pub(crate) fn of(entry: &Entry) -> Result<Self, StoreError> {
         match entry {
             Entry::Session(record) => Self::of_session(record),
             Entry::Forward(forward) => Ok(Self {
@@ -146,22 +146,22 @@ impl Columns {
 
 /// A row as read by a `SELECT` of [`entry_columns`].
 pub struct Stored {
-    kind: String,
-    user_id: Option<String>,
-    data: String,
-    created_at: i64,
-    last_seen: i64,
-    idle_deadline: i64,
-    absolute_deadline: i64,
-    id_issued_at: i64,
-    version: i64,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    binding: Option<String>,
-    successor: Option<Vec<u8>>,
-    sealed_id: Option<Vec<u8>>,
-    sign_in: Option<String>,
-    grace_until: Option<i64>,
+    pub(crate) kind: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) data: String,
+    pub(crate) created_at: i64,
+    pub(crate) last_seen: i64,
+    pub(crate) idle_deadline: i64,
+    pub(crate) absolute_deadline: i64,
+    pub(crate) id_issued_at: i64,
+    pub(crate) version: i64,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) binding: Option<String>,
+    pub(crate) successor: Option<Vec<u8>>,
+    pub(crate) sealed_id: Option<Vec<u8>>,
+    pub(crate) sign_in: Option<String>,
+    pub(crate) grace_until: Option<i64>,
 }
 
 impl Stored {
@@ -195,7 +195,7 @@ impl Stored {
     }
 
     /// The entry this row holds under `id`.
-    pub(super) fn into_entry(self, id: IdHash) -> Result<Entry, StoreError> {
+    pub(crate) fn into_entry(self, id: IdHash) -> Result<Entry, StoreError> {
         match self.kind.trim_end() {
             KIND_SESSION => Ok(Entry::Session(Arc::new(self.into_session(id)?))),
             KIND_FORWARD => {
@@ -254,6 +254,31 @@ impl Stored {
             binding: binding.map(Box::new),
             sign_in: sign_in.map(Box::new),
         })
+    }
+}
+
+/// The row a store writes for `columns`, as a `SELECT` reads it back.
+#[cfg(feature = "fuzzing")]
+impl From<Columns> for Stored {
+    fn from(columns: Columns) -> Self {
+        Self {
+            kind: columns.kind.to_owned(),
+            user_id: columns.user_id,
+            data: columns.data,
+            created_at: columns.created_at,
+            last_seen: columns.last_seen,
+            idle_deadline: columns.idle_deadline,
+            absolute_deadline: columns.absolute_deadline,
+            id_issued_at: columns.id_issued_at,
+            version: columns.version,
+            ip: columns.ip,
+            user_agent: columns.user_agent,
+            binding: columns.binding,
+            successor: columns.successor,
+            sealed_id: columns.sealed_id,
+            sign_in: columns.sign_in,
+            grace_until: columns.grace_until,
+        }
     }
 }
 
