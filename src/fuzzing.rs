@@ -706,3 +706,79 @@ fn hex(text: &[u8]) -> Option<Vec<u8>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(config: u8, headers: &[String]) -> Vec<u8> {
+        let mut data = vec![config];
+        data.extend_from_slice(b"GET\n/");
+        for header in headers {
+            data.push(b'\n');
+            data.extend_from_slice(header.as_bytes());
+        }
+        data
+    }
+
+    fn body(data: &[u8], configure: impl FnOnce(SessionLayer) -> SessionLayer) -> String {
+        let Input { request, .. } = Input::parse(data);
+        exchange(request, configure).body
+    }
+
+    #[test]
+    fn the_known_token_reaches_the_session_and_others_do_not() {
+        let token = known_token();
+        let found = body(&get(0, &[format!("cookie: __Host-id={token}")]), |l| l);
+        assert_eq!(found, "session user=ann n=Some(1) csrf=None");
+        let old = known_fallback_token();
+        let found = body(&get(0, &[format!("cookie: __Host-id={old}")]), |l| l);
+        assert!(found.starts_with("session user=ann"), "{found}");
+        let tampered = format!("{}A", &token[..token.len() - 1]);
+        let found = body(&get(0, &[format!("cookie: __Host-id={tampered}")]), |l| l);
+        assert_eq!(found, "none");
+        let header = get(0, &[format!("{TOKEN_HEADER}: {token}")]);
+        assert_eq!(body(&header, |l| l), "none", "the cookie transport only");
+        let found = body(&header, |l| {
+            l.with_transport(Transport::header(TOKEN_HEADER))
+        });
+        assert!(found.starts_with("session"), "{found}");
+    }
+
+    #[test]
+    fn the_checks_catch_a_session_without_its_token() {
+        let exchange = Exchange {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: "session user=ann".to_owned(),
+            events: Vec::new(),
+        };
+        let caught = std::panic::catch_unwind(|| {
+            check_exchange(&HeaderMap::new(), &exchange, &[StatusCode::OK]);
+        });
+        assert!(caught.is_err());
+        let caught = std::panic::catch_unwind(|| {
+            let exchange = Exchange {
+                body: "none".to_owned(),
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                ..exchange
+            };
+            check_exchange(&HeaderMap::new(), &exchange, &[StatusCode::OK]);
+        });
+        assert!(caught.is_err());
+    }
+
+    #[test]
+    fn input_lines_make_a_request() {
+        let Input { config, request } = Input::parse(
+            b"\x07POST\nhttps://a.example/x\nhost: a.example\nbad line\n: x\nx-a: 1\r",
+        );
+        assert_eq!(config, 7);
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "https://a.example/x");
+        assert_eq!(request.headers().len(), 2);
+        assert_eq!(request.headers()["x-a"], "1");
+        let Input { config, request } = Input::parse(b"");
+        assert_eq!((config, request.method()), (0, &Method::GET));
+    }
+}
