@@ -612,6 +612,12 @@ pub fn redis_codec(data: &[u8]) {
         Err(StoreError::Corrupt(_)) => return,
         Err(other) => panic!("a damaged entry is corrupt, not {other:?}"),
     };
+    if let crate::record::Entry::Forward(forward) = &entry {
+        assert!(
+            forward.kept_until >= forward.until,
+            "a forward kept for less time than it works: {forward:?}"
+        );
+    }
     let _ = format!("{entry:?}");
     let encoded = encode_entry(&entry).expect("a decoded entry encodes");
     let again = decode_entry(id, encoded.clone())
@@ -685,6 +691,12 @@ pub fn sql_codec(data: &[u8]) {
         Err(StoreError::Corrupt(_)) => return,
         Err(other) => panic!("a damaged row is corrupt, not {other:?}"),
     };
+    if let crate::record::Entry::Forward(forward) = &entry {
+        assert!(
+            forward.kept_until >= forward.until,
+            "a forward kept for less time than it works: {forward:?}"
+        );
+    }
     let _ = format!("{entry:?}");
     let written = Columns::of(&entry).expect("a decoded entry encodes");
     let again = Stored::from(written)

@@ -199,6 +199,9 @@ impl Stored {
         match self.kind.trim_end() {
             KIND_SESSION => Ok(Entry::Session(Arc::new(self.into_session(id)?))),
             KIND_FORWARD => {
+                // A forward written before reuse detection ends with its
+                // grace, and none is kept for less than its grace.
+                let until = unix_millis(self.grace_until.unwrap_or(self.absolute_deadline))?;
                 let sealed = self
                     .sealed_id
                     .as_deref()
@@ -207,9 +210,8 @@ impl Stored {
                 Ok(Entry::Forward(Forward {
                     successor: successor(self.successor.as_deref())?,
                     sealed_id: sealed,
-                    // A forward written before reuse detection ends with its grace.
-                    until: unix_millis(self.grace_until.unwrap_or(self.absolute_deadline))?,
-                    kept_until: unix_millis(self.absolute_deadline)?,
+                    until,
+                    kept_until: unix_millis(self.absolute_deadline)?.max(until),
                 }))
             }
             KIND_SUPERSEDED => Ok(Entry::Superseded(Superseded {
@@ -258,7 +260,7 @@ impl Stored {
 }
 
 /// The row a store writes for `columns`, as a `SELECT` reads it back.
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 impl From<Columns> for Stored {
     fn from(columns: Columns) -> Self {
         Self {
@@ -417,6 +419,57 @@ mod tests {
         let bytes = hex_bytes(&sealed.to_hex());
         assert_eq!(bytes.len(), 16);
         assert_eq!(SealedId::from_hex(&to_hex(&bytes)), Some(sealed));
+    }
+
+    fn round_trip(entry: &Entry) -> Entry {
+        let id = SessionId::generate().hash();
+        Stored::from(Columns::of(entry).unwrap())
+            .into_entry(id)
+            .unwrap()
+    }
+
+    #[test]
+    fn floats_keep_every_bit_through_the_data_column() {
+        // Found by the fuzz targets: JSON text parsed without correct
+        // rounding read this value back as 184.67440737095225.
+        let value = 184.674_407_370_952_22_f64;
+        let mut record = crate::record::Deadlines {
+            created_at: 1,
+            idle_deadline: 2,
+            absolute_deadline: 3,
+        }
+        .record(
+            SessionId::generate().hash(),
+            None,
+            crate::record::SessionData::default(),
+        );
+        record.data.insert("f".into(), serde_json::json!(value));
+        let back = round_trip(&Entry::Session(Arc::new(record)));
+        let read = back.session().unwrap().data.get("f").unwrap().as_f64();
+        assert_eq!(read.map(f64::to_bits), Some(value.to_bits()), "{read:?}");
+    }
+
+    #[test]
+    fn a_forward_is_kept_at_least_until_its_grace_ends() {
+        // Found by the sql_codec fuzz target: a damaged row whose
+        // `absolute_deadline` is before its `grace_until` decoded to a
+        // forward kept for less time than it works, and read back as
+        // another entry once written.
+        let mut columns = Columns::of(&Entry::Forward(Forward {
+            successor: SessionId::generate().hash(),
+            sealed_id: SessionId::generate().seal(&SessionId::generate()),
+            until: 9_000,
+            kept_until: 90_000,
+        }))
+        .unwrap();
+        columns.absolute_deadline = 5_000;
+        let id = SessionId::generate().hash();
+        let Entry::Forward(forward) = Stored::from(columns).into_entry(id).unwrap() else {
+            panic!("a forward");
+        };
+        assert_eq!((forward.until, forward.kept_until), (9_000, 9_000));
+        let entry = Entry::Forward(forward);
+        assert_eq!(round_trip(&entry), entry);
     }
 
     #[test]
