@@ -519,8 +519,8 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// [`SessionError::ReauthenticationRequired`] when nobody is signed in;
-    /// otherwise as [`login`](Self::login).
+    /// [`SessionError::NotSignedIn`] when nobody is signed in; otherwise as
+    /// [`login`](Self::login).
     pub async fn reauthenticate(&self) -> Result<(), SessionError> {
         let (user_id, options) = {
             let state = self.lock();
@@ -532,9 +532,7 @@ impl Session {
             (user, options)
         };
         let Some(user_id) = user_id else {
-            return Err(SessionError::ReauthenticationRequired {
-                max_age: Duration::ZERO,
-            });
+            return Err(SessionError::NotSignedIn);
         };
         self.sign_in(user_id, &options, true).await
     }
@@ -572,18 +570,20 @@ impl Session {
     /// # Errors
     ///
     /// [`SessionError::ReauthenticationRequired`] (a `401` with a JSON body)
-    /// when the last authentication is older than `max_age`, or nobody is
-    /// signed in.
+    /// when the last authentication is older than `max_age`;
+    /// [`SessionError::NotSignedIn`] (a `401`) when nobody is signed in.
     pub fn require_recent_auth(&self, max_age: Duration) -> Result<(), SessionError> {
         let now = self.inner.context.template.deadlines.created_at;
-        let authenticated = self
-            .lock()
-            .record
-            .as_ref()
-            .filter(|r| r.user_id.is_some())
-            .and_then(|r| r.authenticated_at());
+        let authenticated = {
+            let state = self.lock();
+            match state.record.as_ref().filter(|r| r.user_id.is_some()) {
+                None => return Err(SessionError::NotSignedIn),
+                Some(record) => record.authenticated_at(),
+            }
+        };
         match authenticated {
             Some(at) if now.saturating_sub(at) <= duration_millis(max_age) => Ok(()),
+            // Signed in before authentication times were kept: not recent.
             _ => Err(SessionError::ReauthenticationRequired { max_age }),
         }
     }

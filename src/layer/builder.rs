@@ -241,8 +241,8 @@ impl SessionLayer {
     /// receive the new cookie too. After `grace` the old id is dead. A zero
     /// `grace` kills the old id at once.
     ///
-    /// For one more interval after its grace (never past the session's
-    /// absolute deadline) the old id is still recognised: presented then,
+    /// For one more interval after a non-zero grace (never past the
+    /// session's absolute deadline) the old id is still recognised: presented then,
     /// it is a copied token used after the user's browser moved on, and the
     /// layer reports [`SessionEvent::ReusedAfterRenewal`] (and, with
     /// [`with_revoke_on_reuse`](Self::with_revoke_on_reuse), ends the
@@ -273,8 +273,15 @@ impl SessionLayer {
     /// # Panics
     ///
     /// When the layer wraps a service, if this is on without a renewal
-    /// interval ([`with_renewal_interval`](Self::with_renewal_interval)):
-    /// without renewals there is no reuse to detect.
+    /// interval ([`with_renewal_interval`](Self::with_renewal_interval)) or
+    /// with a zero grace: without renewals there is no reuse to detect, and
+    /// without a grace a request in flight during a renewal could not be
+    /// told from a copied token.
+    ///
+    /// The trade-off, as with refresh tokens: anyone holding an old token
+    /// within the watch window (one renewal interval after its grace) can
+    /// end the user's session once, by presenting it. Turn this on where a
+    /// forced sign-in is cheaper than a stolen session.
     #[must_use]
     pub fn with_revoke_on_reuse(mut self, revoke: bool) -> Self {
         self.config_mut().revoke_on_reuse = revoke;
@@ -548,10 +555,14 @@ impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        assert!(
-            !self.config.revoke_on_reuse || self.config.renewal.is_some(),
-            "with_revoke_on_reuse(true) needs renewed ids to watch: also call `with_renewal_interval`"
-        );
+        if self.config.revoke_on_reuse {
+            assert!(
+                self.config.renewal.is_some_and(|r| r.grace > 0),
+                "with_revoke_on_reuse(true) needs renewed ids to watch after a grace period: also call \
+                 `with_renewal_interval` with a grace of at least a few seconds (with no grace, requests in \
+                 flight during a renewal would count as reuse and sign the user out)"
+            );
+        }
         SessionService::new(inner, Arc::clone(&self.config))
     }
 }
