@@ -15,6 +15,7 @@ use crate::client::{ClientContext, Network};
 use crate::clock::UnixMillis;
 use crate::event::{self, RejectReason, SessionEvent};
 use crate::id::{IdHash, SessionId};
+use crate::insights::End;
 use crate::lifecycle::{self, Found};
 use crate::policy::{
     self, BindingVerdict, Csrf, CsrfVerdict, Ending, Origin, Provenance, RejectAction, Verdict,
@@ -119,6 +120,7 @@ impl<'a> Visitor<'a> {
     }
 
     fn reject(&mut self, id: Option<&SessionId>, reason: RejectReason) {
+        self.config.observer.rejected(reason);
         let network = self.client.ip.map(Network::of_default);
         self.sink.push(|| SessionEvent::Rejected {
             session: id.map(SessionId::fingerprint),
@@ -133,6 +135,7 @@ impl<'a> Visitor<'a> {
             return;
         };
         if let Some(alarm) = guard.failure(network, self.now) {
+            self.config.observer.guessing_blocked();
             self.sink.push(|| SessionEvent::GuessingDetected {
                 network,
                 failures: alarm.failures,
@@ -222,6 +225,7 @@ fn read<ReqBody>(
         client_address_missing(config, sink)?;
     }
     let now = config.clock.now();
+    config.observer.request(now, &*config.store);
     let tokens_allowed = policy::tokens_allowed(config.https_only, client.https);
     let (token, carrier) = config
         .transport
@@ -447,8 +451,15 @@ async fn load(
             }
         };
         let touch = match policy::evaluate(&record, now, &config.timeouts) {
-            Verdict::Valid { touch } => touch,
+            Verdict::Valid { touch } => {
+                // The second round reloads the same return.
+                if round == 0 {
+                    config.observer.returned(&record, now);
+                }
+                touch
+            }
             Verdict::Expired(reason) => {
+                config.observer.ended(End::Expired(reason), &record, now);
                 Box::pin(destroy(config, &current, &record, "an expired session")).await;
                 let network = visitor.client.ip.map(Network::of_default);
                 visitor.sink.push(|| SessionEvent::Expired {
@@ -530,6 +541,7 @@ async fn renew(
     let Some((new_id, record)) = renewed else {
         return Ok(None);
     };
+    config.observer.renewed();
     visitor.sink.push(|| SessionEvent::Renewed {
         session: new_id.fingerprint(),
         previous: id.fingerprint(),
@@ -627,6 +639,7 @@ fn hand_over<ReqBody>(
         events_enabled,
         keyring: Arc::clone(&config.keyring),
         arrived_as,
+        observer: Arc::clone(&config.observer),
     };
     let session = Session::new(context, loaded.map(|l| (l.id, l.record)));
     request.extensions_mut().insert(session.clone());
@@ -707,6 +720,7 @@ async fn commit(
         }
         let record = template.record(IdHash::from_bytes([0; 32]), None, state.pending.into_data());
         let (id, record) = lifecycle::create_as(&*config.store, record, state.planned_id).await?;
+        config.observer.created();
         sink.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
@@ -737,6 +751,7 @@ async fn commit(
         ));
         return Ok(match regenerated.await? {
             Some((new_id, record)) => {
+                config.observer.regenerated();
                 sink.push(|| SessionEvent::Regenerated {
                     session: new_id.fingerprint(),
                     previous: id.fingerprint(),
