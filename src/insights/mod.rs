@@ -358,9 +358,11 @@ fn suggest_absolute(
         .filter(|_| durations.count >= config.minimum_samples)
     else {
         return too_few(
-            durations.count,
+            format!(
+                "Only {} signed-in sessions have ended so far",
+                durations.count
+            ),
             config.minimum_samples,
-            "signed-in sessions ended",
         );
     };
     let value = round_up(p99 + config.absolute_margin);
@@ -395,7 +397,10 @@ fn suggest_idle(
     configured: Duration,
 ) -> Suggestion {
     let Some(p99) = gaps.p99.filter(|_| gaps.count >= config.minimum_samples) else {
-        return too_few(gaps.count, config.minimum_samples, "returns to a session");
+        return too_few(
+            format!("Only {} returns to a session were seen so far", gaps.count),
+            config.minimum_samples,
+        );
     };
     let value = round_up(p99 + config.idle_margin);
     let mut reasoning = format!(
@@ -419,12 +424,10 @@ fn suggest_idle(
     }
 }
 
-fn too_few(count: u64, minimum: u64, what: &str) -> Suggestion {
+fn too_few(observed: String, minimum: u64) -> Suggestion {
     Suggestion {
         value: None,
-        reasoning: format!(
-            "Only {count} {what} observed so far; a suggestion needs at least {minimum}."
-        ),
+        reasoning: format!("{observed}; a suggestion needs at least {minimum}."),
     }
 }
 

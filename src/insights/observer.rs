@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::histogram::{Counts, LogHistogram};
+use super::histogram::{self, Counts, LogHistogram};
 use super::{
     suggest_absolute, suggest_idle, Bucket, Distribution, Expiries, Insights, InsightsConfig,
     Limits, Rejections, SessionCount, SessionsPerUser, Suggestions, REASONS,
@@ -299,5 +299,94 @@ fn sessions_per_user(buckets: &[AtomicU64; PER_USER]) -> SessionsPerUser {
             .filter(|(&count, _)| count > 0)
             .map(|(&sign_ins, sessions)| SessionCount { sessions, sign_ins })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::IdHash;
+    use crate::record::{Deadlines, SessionData};
+
+    const LIMITS: Limits = Limits {
+        idle_timeout: Duration::from_secs(1800),
+        absolute_timeout: Duration::from_secs(12 * 3600),
+    };
+
+    fn signed_in(created_at: UnixMillis, last_seen: UnixMillis) -> SessionRecord {
+        let deadlines = Deadlines {
+            created_at,
+            idle_deadline: u64::MAX,
+            absolute_deadline: u64::MAX,
+        };
+        let mut record = deadlines.record(
+            IdHash::from_bytes([7; 32]),
+            Some("alice".to_owned()),
+            SessionData::default(),
+        );
+        record.last_seen = last_seen;
+        record
+    }
+
+    fn snapshot_size(observer: &Observer) -> usize {
+        let insights = observer.snapshot(&InsightsConfig::default(), LIMITS, None);
+        serde_json::to_vec(&insights).unwrap().len()
+    }
+
+    /// A million sessions of every length, from milliseconds to years: the
+    /// snapshot holds at most one entry per bucket, so its size has a
+    /// ceiling that does not depend on how much was seen.
+    #[test]
+    fn a_million_sessions_leave_the_snapshot_within_its_fixed_bound() {
+        let observer = Observer::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut after_ten_thousand = 0;
+        for i in 0..1_000_000u64 {
+            // xorshift: lengths spread over every power of two.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let length = seed >> (seed % 64);
+            let record = signed_in(1_000, 1_000 + length / 2);
+            observer.ended(End::Logout, &record, 1_000u64.saturating_add(length));
+            observer.returned(&record, record.last_seen.saturating_add(length % 4_000_000));
+            #[allow(clippy::cast_possible_truncation)]
+            observer.logged_in(Some((seed % 100) as usize));
+            if i == 9_999 {
+                after_ten_thousand = snapshot_size(&observer);
+            }
+        }
+        let insights = observer.snapshot(&InsightsConfig::default(), LIMITS, None);
+        assert_eq!(insights.session_durations.count, 1_000_000);
+        assert!(insights.session_durations.buckets.len() <= histogram::BUCKETS);
+        assert!(insights.idle_gaps.buckets.len() <= histogram::BUCKETS);
+        assert!(insights.sessions_per_user.sign_ins.len() <= PER_USER);
+        // Every bucket at most once, each entry under 80 bytes of JSON.
+        let ceiling = (2 * histogram::BUCKETS + PER_USER) * 80 + 4096;
+        let size = snapshot_size(&observer);
+        assert!(size <= ceiling, "{size} bytes, over {ceiling}");
+        // A hundred times the sessions: only the digits of the counts grew.
+        assert!(
+            size < after_ten_thousand * 2,
+            "{after_ten_thousand} then {size} bytes"
+        );
+    }
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        for (index, reason) in REASONS.iter().enumerate() {
+            assert_eq!(reason_index(*reason), index);
+        }
+    }
+
+    #[test]
+    fn anonymous_sessions_count_but_have_no_duration() {
+        let observer = Observer::new();
+        let mut record = signed_in(0, 10);
+        record.user_id = None;
+        observer.ended(End::Logout, &record, 100);
+        let insights = observer.snapshot(&InsightsConfig::default(), LIMITS, None);
+        assert_eq!(insights.logouts, 1);
+        assert_eq!(insights.session_durations.count, 0);
     }
 }
