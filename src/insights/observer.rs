@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::histogram::{self, Counts, LogHistogram};
+use super::histogram::{Counts, LogHistogram};
 use super::{
     suggest_absolute, suggest_idle, Bucket, Distribution, Expiries, Insights, InsightsConfig,
     Limits, Rejections, SessionCount, SessionsPerUser, Suggestions, REASONS,
@@ -306,6 +306,7 @@ fn sessions_per_user(buckets: &[AtomicU64; PER_USER]) -> SessionsPerUser {
 mod tests {
     use super::*;
     use crate::id::IdHash;
+    use crate::insights::histogram;
     use crate::record::{Deadlines, SessionData};
 
     const LIMITS: Limits = Limits {
