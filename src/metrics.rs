@@ -175,7 +175,7 @@ pub fn describe() {
 }
 
 /// Where the layer's metrics say they come from.
-static METADATA: Metadata<'static> =
+pub(crate) static METADATA: Metadata<'static> =
     Metadata::new("tower_session_guard", Level::INFO, Some(module_path!()));
 
 /// A `&'static Key`, labels included, built at compile time: recording
@@ -191,98 +191,23 @@ macro_rules! static_key {
         &KEY
     }};
 }
+pub(crate) use static_key;
 
-fn increment(key: &'static Key) {
+pub(crate) fn increment(key: &'static Key) {
     metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(1));
 }
 
-fn record(key: &'static Key, value: f64) {
+pub(crate) fn record(key: &'static Key, value: f64) {
     metrics::with_recorder(|recorder| recorder.register_histogram(key, &METADATA).record(value));
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn seconds(millis: u64) -> f64 {
+pub(crate) fn seconds(millis: u64) -> f64 {
     millis as f64 / 1000.0
 }
 
-/// What the layer observed, as metrics. Called by the insights observer.
-pub(crate) mod emit {
-    use super::{increment, record, seconds, Key, Label};
-    use crate::insights::End;
-    use crate::policy::{ExpiryReason, RejectReason};
-
-    pub(crate) fn created() {
-        increment(static_key!(super::SESSIONS_CREATED));
-    }
-
-    pub(crate) fn logged_in() {
-        increment(static_key!(super::LOGINS));
-    }
-
-    pub(crate) fn renewed() {
-        increment(static_key!(super::RENEWALS));
-    }
-
-    pub(crate) fn regenerated() {
-        increment(static_key!(super::REGENERATIONS));
-    }
-
-    pub(crate) fn guessing_blocked() {
-        increment(static_key!(super::GUESSING_BLOCKS));
-    }
-
-    pub(crate) fn rejected(reason: RejectReason) {
-        increment(super::rejection_key(reason));
-    }
-
-    pub(crate) fn idle_gap(millis: u64) {
-        record(static_key!(super::IDLE_GAP), seconds(millis));
-    }
-
-    /// A session ended: its counter, and its duration if it was signed in.
-    pub(crate) fn ended(end: End, signed_in_for: Option<u64>) {
-        let (counter, duration): (&'static Key, &'static Key) = match end {
-            End::Logout => (
-                static_key!(super::LOGOUTS),
-                static_key!(super::SESSION_DURATION, "end" => "logout"),
-            ),
-            End::Expired(ExpiryReason::Idle) => (
-                static_key!(super::EXPIRIES, "reason" => "idle"),
-                static_key!(super::SESSION_DURATION, "end" => "idle_timeout"),
-            ),
-            End::Expired(ExpiryReason::Absolute) => (
-                static_key!(super::EXPIRIES, "reason" => "absolute"),
-                static_key!(super::SESSION_DURATION, "end" => "absolute_timeout"),
-            ),
-            End::Evicted => (
-                static_key!(super::EVICTIONS),
-                static_key!(super::SESSION_DURATION, "end" => "evicted"),
-            ),
-            End::Revoked => (
-                static_key!(super::REVOCATIONS),
-                static_key!(super::SESSION_DURATION, "end" => "revoked"),
-            ),
-        };
-        increment(counter);
-        if let Some(millis) = signed_in_for {
-            record(duration, seconds(millis));
-        }
-    }
-
-    /// Sets the live-sessions gauge.
-    #[allow(clippy::cast_precision_loss)]
-    pub(crate) fn live_sessions(count: u64) {
-        let key = static_key!(super::LIVE_SESSIONS);
-        metrics::with_recorder(|recorder| {
-            recorder
-                .register_gauge(key, &super::METADATA)
-                .set(count as f64);
-        });
-    }
-}
-
 /// The key counting rejections for `reason`.
-fn rejection_key(reason: RejectReason) -> &'static Key {
+pub(crate) fn rejection_key(reason: RejectReason) -> &'static Key {
     match reason {
         RejectReason::InvalidToken => static_key!(REJECTIONS, "reason" => "invalid_token"),
         RejectReason::UnknownSession => static_key!(REJECTIONS, "reason" => "unknown_session"),

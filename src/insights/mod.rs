@@ -56,6 +56,8 @@
 //! # assert!(json.contains("\"suggested\""));
 //! ```
 
+#[cfg(feature = "metrics")]
+mod emit;
 mod histogram;
 mod observer;
 

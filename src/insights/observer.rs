@@ -91,7 +91,7 @@ impl Observer {
             self.gauge_due
                 .store(now.saturating_add(1000), Ordering::Relaxed);
             if let Some(count) = store.live_sessions() {
-                crate::metrics::emit::live_sessions(count);
+                super::emit::live_sessions(count);
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -102,7 +102,7 @@ impl Observer {
     pub(crate) fn created(&self) {
         bump(&self.created);
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::created();
+        super::emit::created();
     }
 
     /// A user signed in and then held `held` sessions, if known.
@@ -112,35 +112,35 @@ impl Observer {
             bump(&self.per_user[held.clamp(1, PER_USER) - 1]);
         }
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::logged_in();
+        super::emit::logged_in();
     }
 
     /// A session's id was renewed on its interval.
     pub(crate) fn renewed(&self) {
         bump(&self.renewals);
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::renewed();
+        super::emit::renewed();
     }
 
     /// A session's id was regenerated on request.
     pub(crate) fn regenerated(&self) {
         bump(&self.regenerations);
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::regenerated();
+        super::emit::regenerated();
     }
 
     /// A network was blocked for guessing.
     pub(crate) fn guessing_blocked(&self) {
         bump(&self.guessing_blocks);
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::guessing_blocked();
+        super::emit::guessing_blocked();
     }
 
     /// A token was not accepted.
     pub(crate) fn rejected(&self, reason: RejectReason) {
         bump(&self.rejections[reason_index(reason)]);
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::rejected(reason);
+        super::emit::rejected(reason);
     }
 
     /// A request found its session, valid, at `now`.
@@ -149,7 +149,7 @@ impl Observer {
         let gap = now.saturating_sub(record.last_seen);
         self.idle_gaps.record(gap);
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::idle_gap(gap);
+        super::emit::idle_gap(gap);
     }
 
     /// A session ended at `now`, as `end` says.
@@ -179,7 +179,7 @@ impl Observer {
             self.durations.record(duration);
         }
         #[cfg(feature = "metrics")]
-        crate::metrics::emit::ended(end, duration);
+        super::emit::ended(end, duration);
     }
 
     /// What was observed, and the limits it suggests.
