@@ -38,7 +38,7 @@
 //! `update` or `create`).
 //!
 //! The live-sessions gauge is set from
-//! [`SessionStore::live_sessions`](crate::SessionStore::live_sessions), at
+//! [`SessionStore::live_sessions`], at
 //! most once a second, when a request passes: [`MemoryStore`](crate::MemoryStore)
 //! can tell (its entries, including the short-lived placeholders of
 //! sessions that just moved), and so can a [`CachedStore`](crate::CachedStore)
