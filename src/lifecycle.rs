@@ -278,7 +278,7 @@ pub(crate) enum LoginOutcome {
         /// The previous session was moved (`false`: a new one was created).
         moved: bool,
         /// Sessions removed to respect the limit.
-        evicted: Vec<IdHash>,
+        evicted: Vec<Arc<SessionRecord>>,
     },
     /// The limit is full and refuses the login; nothing changed.
     LimitReached,
@@ -344,7 +344,7 @@ async fn login_locked(
     for victim in &victims {
         let owner = Owner::Known(Some(user));
         if let Some(removed) = remove_following(store, victim, owner, Some(&id.hash())).await? {
-            evicted.push(removed.id_hash);
+            evicted.push(removed);
         }
     }
     Ok(LoginOutcome::LoggedIn {

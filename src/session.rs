@@ -14,6 +14,7 @@ use crate::clock::duration_millis;
 use crate::error::SessionError;
 use crate::event::SessionEvent;
 use crate::id::{Fingerprint, IdHash, SessionId};
+use crate::insights::{End, Observer};
 use crate::key::Keyring;
 use crate::lifecycle::{self, Login, LoginOutcome};
 use crate::policy::{initial_binding, ClientBinding, LimitRule, Timeouts};
@@ -74,6 +75,8 @@ pub(crate) struct Context {
     pub(crate) stamp: Option<UserStamp>,
     /// Where [`SignedIn`](crate::SignedIn) sends a visitor who is not signed in.
     pub(crate) sign_in_page: Option<Arc<str>>,
+    /// Where session ends and sign-ins are counted.
+    pub(crate) observer: Arc<Observer>,
 }
 
 /// Everything a request did to its session, read by the layer at commit.
@@ -772,6 +775,9 @@ impl Session {
         if let Some(rule) = &context.stamp {
             rule.checked_now(new_id.hash(), now);
         }
+        if !reauthentication {
+            observe_login(context, &user_id, moved, &evicted).await;
+        }
         let mut state = self.lock();
         state.pending.forget(&change);
         if !moved {
@@ -784,7 +790,7 @@ impl Session {
         for victim in evicted {
             state.record(self.inner.context.events_enabled, || {
                 SessionEvent::Evicted {
-                    session: victim.fingerprint(),
+                    session: victim.id_hash.fingerprint(),
                     user_id: user_id.clone(),
                 }
             });
@@ -849,6 +855,7 @@ impl Session {
             let mut state = self.lock();
             for record in &deleted {
                 if Some(record.id_hash) != current {
+                    context.observer.ended(End::Logout, record, now);
                     state.record(self.inner.context.events_enabled, || {
                         SessionEvent::LoggedOut {
                             session: record.id_hash.fingerprint(),
@@ -892,6 +899,7 @@ impl Session {
             lifecycle::logout_user(&*context.store, &user_id, current.as_ref(), now).await?;
         let mut state = self.lock();
         for record in &deleted {
+            context.observer.ended(End::Logout, record, now);
             state.record(self.inner.context.events_enabled, || {
                 SessionEvent::LoggedOut {
                     session: record.id_hash.fingerprint(),
@@ -923,13 +931,19 @@ impl Session {
     ///
     /// [`SessionError::Store`] when the store fails; the session is then unchanged.
     pub async fn logout(&self) -> Result<(), SessionError> {
-        let (id, user_id) = {
+        let (id, user_id, record) = {
             let state = self.lock();
             let user_id = state.record.as_ref().and_then(|r| r.user_id.clone());
-            (state.id.clone(), user_id)
+            (state.id.clone(), user_id, state.record.clone())
         };
         if let Some(id) = &id {
             lifecycle::logout(&*self.inner.context.store, &id.hash(), user_id.as_deref()).await?;
+        }
+        if let (Some(_), Some(record)) = (&id, &record) {
+            let context = &self.inner.context;
+            context
+                .observer
+                .ended(End::Logout, record, context.template.deadlines.created_at);
         }
         let mut state = self.lock();
         if let Some(id) = id {
@@ -949,6 +963,27 @@ impl Session {
         state.touch = None;
         Ok(())
     }
+}
+
+/// Counts a sign-in for insights and metrics: the session it created, the
+/// sessions it evicted, and how many sessions its user now holds (read from
+/// the store's index; a failed read only leaves that figure out).
+async fn observe_login(
+    context: &Context,
+    user_id: &str,
+    moved: bool,
+    evicted: &[Arc<SessionRecord>],
+) {
+    let now = context.template.deadlines.created_at;
+    let observer = &context.observer;
+    if !moved {
+        observer.created();
+    }
+    for victim in evicted {
+        observer.ended(End::Evicted, victim, now);
+    }
+    let held = context.store.index_members(user_id, now).await.ok();
+    observer.logged_in(held.map(|members| members.len()));
 }
 
 /// What a session created during one request starts as. Built cheaply for

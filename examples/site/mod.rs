@@ -13,6 +13,8 @@ use axum::{Form, Router};
 use serde::Deserialize;
 use tower_session_guard::{Session, SessionError, SessionLayer};
 
+mod insights;
+
 /// What a page of the site says besides the session's state.
 #[derive(Clone, Copy)]
 pub struct Page {
@@ -35,6 +37,7 @@ pub fn router(page: Page, sessions: SessionLayer) -> Router {
         .route("/", get(home))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .merge(insights::routes(sessions.clone()))
         .layer(sessions)
         .with_state(page)
 }
@@ -69,6 +72,7 @@ async fn home(State(page): State<Page>, session: Session) -> Result<Html<String>
 <p>Visits in this session: <strong id="visits">{visits}</strong></p>
 {who}
 <p>{note}</p>
+<p><a href="/insights">Session insights</a></p>
 </body>
 </html>"#,
         title = page.title,

@@ -15,6 +15,7 @@ use crate::client::{ClientContext, Network};
 use crate::clock::UnixMillis;
 use crate::event::{self, RejectReason, SessionEvent};
 use crate::id::{IdHash, SessionId};
+use crate::insights::End;
 use crate::lifecycle::{self, Found};
 use crate::policy::{
     self, BindingVerdict, Csrf, CsrfVerdict, Ending, Origin, Provenance, RejectAction, Verdict,
@@ -120,6 +121,7 @@ impl<'a> Visitor<'a> {
     }
 
     fn reject(&mut self, id: Option<&SessionId>, reason: RejectReason) {
+        self.config.observer.rejected(reason);
         let network = self.client.ip.map(Network::of_default);
         self.sink.push(|| SessionEvent::Rejected {
             session: id.map(SessionId::fingerprint),
@@ -134,6 +136,7 @@ impl<'a> Visitor<'a> {
             return;
         };
         if let Some(alarm) = guard.failure(network, self.now) {
+            self.config.observer.guessing_blocked();
             self.sink.push(|| SessionEvent::GuessingDetected {
                 network,
                 failures: alarm.failures,
@@ -223,6 +226,7 @@ fn read<ReqBody>(
         client_address_missing(config, sink)?;
     }
     let now = config.clock.now();
+    config.observer.request(now, &*config.store);
     let tokens_allowed = policy::tokens_allowed(config.https_only, client.https);
     let (token, carrier) = config
         .transport
@@ -456,8 +460,15 @@ async fn load(
             }
         };
         let touch = match policy::evaluate(&record, now, &config.timeouts) {
-            Verdict::Valid { touch } => touch,
+            Verdict::Valid { touch } => {
+                // The second round reloads the same return.
+                if round == 0 {
+                    config.observer.returned(&record, now);
+                }
+                touch
+            }
             Verdict::Expired(reason) => {
+                config.observer.ended(End::Expired(reason), &record, now);
                 Box::pin(destroy(config, &current, &record, "an expired session")).await;
                 let network = visitor.client.ip.map(Network::of_default);
                 visitor.sink.push(|| SessionEvent::Expired {
@@ -567,6 +578,7 @@ async fn renew(
     let Some((new_id, record)) = renewed else {
         return Ok(None);
     };
+    config.observer.renewed();
     visitor.sink.push(|| SessionEvent::Renewed {
         session: new_id.fingerprint(),
         previous: id.fingerprint(),
@@ -691,6 +703,7 @@ fn hand_over<ReqBody>(
         arrived_as,
         stamp: config.stamp.clone(),
         sign_in_page: config.sign_in_page.clone(),
+        observer: Arc::clone(&config.observer),
     };
     let (loaded, touch) = match loaded {
         Some(l) => (Some((l.id, l.record)), l.touch),
@@ -777,6 +790,7 @@ async fn commit(
         }
         let record = template.record(IdHash::from_bytes([0; 32]), None, state.pending.into_data());
         let (id, record) = lifecycle::create_as(&*config.store, record, state.planned_id).await?;
+        config.observer.created();
         sink.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
@@ -813,6 +827,7 @@ async fn commit(
         ));
         return Ok(match regenerated.await? {
             Some((new_id, record)) => {
+                config.observer.regenerated();
                 sink.push(|| SessionEvent::Regenerated {
                     session: new_id.fingerprint(),
                     previous: id.fingerprint(),
