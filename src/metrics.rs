@@ -48,16 +48,20 @@
 //! Call [`describe`] once after installing the recorder to give the
 //! exporter each metric's help text and unit.
 //!
-//! ```
+//! ```ignore
 //! use metrics_exporter_prometheus::PrometheusBuilder;
-//! use tower_session_guard::{Key, MemoryStore, SessionLayer};
 //!
-//! let prometheus = PrometheusBuilder::new().install_recorder().expect("no other recorder is installed");
+//! let prometheus = PrometheusBuilder::new()
+//!     .install_recorder()
+//!     .expect("one recorder per process");
+//! // Help text and units.
 //! tower_session_guard::metrics::describe();
-//! let layer = SessionLayer::new(MemoryStore::default(), Key::generate());
-//! // ...serve the app; on `GET /metrics` answer with:
-//! let text: String = prometheus.render();
+//! // Serve `prometheus.render()` on GET /metrics (or use the exporter's own
+//! // HTTP listener, its `http-listener` feature).
 //! ```
+//!
+//! A whole app doing this is the repository's `e2e/examples/prometheus.rs`
+//! (`cargo run -p e2e --example prometheus --features metrics`).
 
 use std::sync::Arc;
 use std::time::Instant;

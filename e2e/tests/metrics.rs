@@ -4,6 +4,7 @@
 //! runtime under its own local recorder, so tests do not see each other's
 //! metrics.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -343,4 +344,44 @@ fn no_label_value_carries_an_id_a_token_a_fingerprint_or_a_user_id() {
             }
         }
     });
+}
+
+/// The Prometheus set-up shown in the README and in the `metrics` module
+/// docs is the one `examples/prometheus.rs` compiles and runs.
+#[test]
+fn the_documented_prometheus_set_up_is_the_example() {
+    let example = include_str!("../examples/prometheus.rs");
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split_once("Prometheus, in a few lines")
+        .expect("the README shows the Prometheus set-up")
+        .1
+        .split_once("```rust,ignore\n")
+        .expect("in a rust block")
+        .1
+        .split_once("\n```")
+        .expect("the block ends")
+        .0;
+    let module_docs: String = include_str!("../../src/metrics.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+        .collect();
+    for shown in [
+        block,
+        module_docs
+            .split_once("```ignore\n")
+            .unwrap()
+            .1
+            .split_once("\n```")
+            .unwrap()
+            .0,
+    ] {
+        for line in shown.lines().filter(|line| !line.is_empty()) {
+            assert!(
+                example.contains(line.trim()),
+                "the documented line {line:?} is not in e2e/examples/prometheus.rs"
+            );
+        }
+    }
 }
