@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Then open the address it prints (http://127.0.0.1:3000 by default; set
-//! `DEMO_ADDR=127.0.0.1:8080` to change it).
+//! `PORT=8080` to change the port, or `DEMO_ADDR=0.0.0.0:8080` the whole
+//! address).
 //!
 //! The demo serves plain HTTP, so it uses a cookie named `id` without the
 //! `Secure` flag: browsers only send `Secure` (and `__Host-`) cookies over
@@ -20,6 +21,7 @@
 
 mod site;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_session_guard::{CookieConfig, Csrf, Key, MemoryStore, SessionEvent, SessionLayer};
@@ -34,7 +36,7 @@ const PAGE: Page = Page {
 
 #[tokio::main]
 async fn main() {
-    let address = site::address();
+    let address = site::address(3000);
     let sessions = SessionLayer::new(MemoryStore::default(), Key::generate())
         .with_idle_timeout(Duration::from_secs(30 * 60))
         .with_absolute_timeout(Duration::from_secs(8 * 3600))
@@ -47,12 +49,12 @@ async fn main() {
 
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .unwrap_or_else(|err| {
-            panic!("cannot listen on {address}: {err}; set DEMO_ADDR to a free address")
-        });
+        .unwrap_or_else(|err| panic!("cannot listen on {address}: {err}; set PORT to a free port"));
     println!(
         "demo listening on http://{}",
         listener.local_addr().unwrap()
     );
-    axum::serve(listener, app).await.unwrap();
+    // With the peer address, which client binding and guessing detection need.
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).await.unwrap();
 }

@@ -5,8 +5,8 @@
 //! cargo run --example durable --features sqlite
 //! ```
 //!
-//! Open the address it prints (http://127.0.0.1:3000; `DEMO_ADDR` changes
-//! it), sign in, stop the program (Ctrl-C) and start it again: the browser
+//! Open the address it prints (http://127.0.0.1:3004; `PORT` changes the
+//! port, `DEMO_ADDR` the whole address), sign in, stop the program (Ctrl-C) and start it again: the browser
 //! is still signed in and its visit counter goes on. Sessions are kept in
 //! `durable-sessions.db` and the key in `durable-sessions.key`, in the
 //! current directory (`DATABASE_URL` and `SESSION_KEY_FILE` change them).
@@ -26,6 +26,7 @@
 
 mod site;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,7 @@ const PAGE: Page = Page {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let address = site::address();
+    let address = site::address(3004);
     let database =
         std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://durable-sessions.db".to_owned());
     let key_file =
@@ -66,7 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?,
         database.split('@').next_back().unwrap_or(&database)
     );
-    axum::serve(listener, app).await?;
+    // With the peer address, which client binding and guessing detection need.
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).await?;
     Ok(())
 }
 

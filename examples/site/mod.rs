@@ -23,12 +23,21 @@ pub struct Page {
     pub note: &'static str,
 }
 
-/// The address to listen on: `DEMO_ADDR`, default 127.0.0.1:3000.
-pub fn address() -> SocketAddr {
-    std::env::var("DEMO_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
-        .parse()
-        .expect("DEMO_ADDR must be an address such as 127.0.0.1:3000")
+/// The address to listen on: `DEMO_ADDR` (a whole address) if it is set,
+/// else 127.0.0.1 on `PORT`, else 127.0.0.1 on `default_port`.
+pub fn address(default_port: u16) -> SocketAddr {
+    if let Ok(address) = std::env::var("DEMO_ADDR") {
+        return address
+            .parse()
+            .expect("DEMO_ADDR must be an address such as 127.0.0.1:8080");
+    }
+    let port = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .expect("PORT must be a port number such as 8080"),
+        Err(_) => default_port,
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The site's routes, behind `sessions`.

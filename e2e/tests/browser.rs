@@ -392,7 +392,7 @@ fn demo_binary() -> PathBuf {
     if !demo.is_file() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--example", "demo"])
+            .args(["build", "-p", "tower-session-guard", "--example", "demo"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build --example demo");
