@@ -1,6 +1,9 @@
-//! Review of issue 18 (insights and metrics): scenarios where a counter
-//! does not move exactly once per event, or a duration is not what the
-//! docs say (from the last authentication to when the user left).
+//! Insights at the edges of a session's life: a counter moves exactly once
+//! per session end, whoever ends it (logouts racing revocations, reuse
+//! detection, "sign out that device", re-authentications that evict), and
+//! a duration is what the docs say, from the last authentication to when
+//! the user left (sessions removed after they expired, multi-year
+//! sessions), without the snapshot ever panicking.
 //! Every test goes through a real axum `Router` and a `ManualClock`.
 
 mod common;
@@ -9,13 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
-use common::{send, sign_in, who_is, Gate};
+use common::{send, send_request, sign_in, who_is, Gate, COOKIE};
+use http::Request;
 use tower_session_guard::clock::ManualClock;
 use tower_session_guard::{
-    InsightsConfig, Key, MemoryStore, OnLimit, Session, SessionError, SessionLayer,
+    ClientBinding, InsightsConfig, Key, MemoryStore, OnLimit, RejectReason, Session, SessionError,
+    SessionLayer,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -35,6 +41,7 @@ fn layer(clock: &ManualClock) -> SessionLayer {
 fn app(layer: SessionLayer, gate: Gate) -> Router {
     let extra = Router::new()
         .route("/logout_others", post(logout_others))
+        .route("/logout_everywhere", post(logout_everywhere))
         .route("/revoke_other", post(revoke_other))
         .route("/reauth", post(reauth))
         .route("/held_logout", post(held_logout))
@@ -47,9 +54,16 @@ async fn logout_others(session: Session) -> Result<String, SessionError> {
     Ok(session.logout_others().await?.to_string())
 }
 
+async fn logout_everywhere(session: Session) -> Result<String, SessionError> {
+    Ok(session.logout_everywhere().await?.to_string())
+}
+
 async fn revoke_other(session: Session) -> Result<String, SessionError> {
     let mine = session.my_sessions().await?;
-    let other = mine.iter().find(|s| !s.is_current).expect("another session");
+    let other = mine
+        .iter()
+        .find(|s| !s.is_current)
+        .expect("another session");
     Ok(session.revoke_mine(&other.handle).await?.to_string())
 }
 
@@ -58,7 +72,10 @@ async fn reauth(session: Session) -> Result<&'static str, SessionError> {
     Ok("ok")
 }
 
-async fn held_logout(State(gate): State<Gate>, session: Session) -> Result<&'static str, SessionError> {
+async fn held_logout(
+    State(gate): State<Gate>,
+    session: Session,
+) -> Result<&'static str, SessionError> {
     gate.hold().await;
     session.logout().await?;
     Ok("bye")
@@ -111,6 +128,7 @@ async fn a_successor_revoked_for_token_reuse_is_counted() {
 
     let insights = layer.insights();
     assert_eq!(insights.renewals, 1);
+    assert_eq!(insights.token_reuses, 1);
     assert_eq!(
         insights.revocations, 1,
         "the successor ended by reuse detection is not counted"
@@ -257,7 +275,10 @@ async fn a_three_year_session_is_not_reported_below_the_truth() {
     let app = app(layer.clone(), Gate::default());
     let token = sign_in(&app, "alice").await;
     clock.advance(3 * 365 * DAY);
-    assert_eq!(send(&app, "POST", "/logout", Some(&token)).await.body, "bye");
+    assert_eq!(
+        send(&app, "POST", "/logout", Some(&token)).await.body,
+        "bye"
+    );
 
     let insights = layer.insights();
     let p99 = insights.session_durations.p99.unwrap();
@@ -287,4 +308,119 @@ async fn a_huge_margin_does_not_panic_the_snapshot() {
 
     let insights = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| layer.insights()));
     assert!(insights.is_ok(), "insights() panicked");
+}
+
+/// Without `with_revoke_on_reuse` the reuse of a renewed token ends
+/// nothing, but is still counted: it is the sign of a copied token.
+#[tokio::test]
+async fn a_reused_renewed_token_is_counted_even_when_nothing_is_revoked() {
+    let clock = ManualClock::new();
+    let layer = layer(&clock).with_renewal_interval(10 * MINUTE, Duration::from_secs(30));
+    let app = app(layer.clone(), Gate::default());
+    let old = sign_in(&app, "alice").await;
+    clock.advance(11 * MINUTE);
+    let renewed = who_is(&app, &old).await.token().expect("renewed");
+    clock.advance(MINUTE);
+    assert_eq!(who_is(&app, &old).await.body, "anonymous");
+    assert_eq!(who_is(&app, &old).await.body, "anonymous");
+    assert_eq!(who_is(&app, &renewed).await.body, "alice");
+
+    let insights = layer.insights();
+    assert_eq!(insights.token_reuses, 2);
+    assert_eq!(insights.revocations, 0);
+    assert_eq!(insights.session_durations.count, 0);
+}
+
+/// `logout_everywhere` removes the current session along with the others:
+/// each is counted once, the current one included.
+#[tokio::test]
+async fn logout_everywhere_counts_every_session_once() {
+    let clock = ManualClock::new();
+    let layer = layer(&clock);
+    let app = app(layer.clone(), Gate::default());
+    let _phone = sign_in(&app, "alice").await;
+    let laptop = sign_in(&app, "alice").await;
+    clock.advance(5 * MINUTE);
+    let reply = send(&app, "POST", "/logout_everywhere", Some(&laptop)).await;
+    assert_eq!(reply.body, "2");
+
+    let insights = layer.insights();
+    assert_eq!(insights.logouts, 2);
+    assert_eq!(insights.session_durations.count, 2);
+}
+
+/// A signed-in session that client binding rejects and destroys has ended:
+/// its rejection is counted by reason, and its time (to its last accepted
+/// activity) is measured.
+#[tokio::test]
+async fn a_signed_in_session_destroyed_by_a_rejection_is_measured() {
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36";
+    const FIREFOX: &str =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0";
+    let request = |method: &str, uri: &str, agent: &str, token: Option<&str>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::USER_AGENT, agent);
+        if let Some(token) = token {
+            request = request.header(http::header::COOKIE, format!("{COOKIE}={token}"));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let clock = ManualClock::new();
+    let layer = layer(&clock).with_client_binding(ClientBinding::default());
+    let app = app(layer.clone(), Gate::default());
+    let login = send_request(&app, request("POST", "/login/alice", CHROME, None)).await;
+    let token = login.token().expect("signed in");
+    clock.advance(10 * MINUTE);
+    let reply = send_request(&app, request("GET", "/whoami", CHROME, Some(&token))).await;
+    assert_eq!(reply.body, "alice");
+    clock.advance(MINUTE);
+    let reply = send_request(&app, request("GET", "/whoami", FIREFOX, Some(&token))).await;
+    assert_eq!(reply.body, "anonymous");
+
+    let insights = layer.insights();
+    let rejected = insights
+        .rejections
+        .iter()
+        .find(|r| r.reason == RejectReason::UserAgentChanged)
+        .map(|r| r.count);
+    assert_eq!(rejected, Some(1));
+    assert_eq!(
+        insights.logouts + insights.revocations + insights.evictions,
+        0
+    );
+    assert_eq!(insights.session_durations.count, 1);
+    let p99 = insights.session_durations.p99.unwrap();
+    assert!(
+        (10 * MINUTE..=12 * MINUTE).contains(&p99),
+        "measured to the last accepted activity: {p99:?}"
+    );
+}
+
+/// Anonymous sessions kept alive until their absolute deadline say nothing
+/// about how long people stay signed in: the suggestion must not claim
+/// signed-in sessions were cut short by the absolute timeout.
+#[tokio::test]
+async fn only_signed_in_sessions_count_as_cut_short_by_the_absolute_timeout() {
+    let clock = ManualClock::new();
+    let layer = layer(&clock);
+    let app = app(layer.clone(), Gate::default());
+    let visitor = send(&app, "GET", "/count", None).await.token().unwrap();
+    for _ in 0..24 {
+        clock.advance(20 * MINUTE);
+        send(&app, "GET", "/count", Some(&visitor)).await;
+    }
+    let user = sign_in(&app, "alice").await;
+    clock.advance(10 * MINUTE);
+    assert_eq!(send(&app, "POST", "/logout", Some(&user)).await.body, "bye");
+
+    let insights = layer.insights();
+    assert_eq!(insights.expiries.absolute, 1, "the visitor's session");
+    assert_eq!(insights.session_durations.count, 1);
+    let reasoning = &insights.suggested.absolute_timeout.reasoning;
+    assert!(
+        !reasoning.contains("ended by the absolute timeout"),
+        "untrue: {reasoning}"
+    );
 }
