@@ -17,7 +17,8 @@
 //! is made so:
 //!
 //! ```text
-//! DEMO_SCREENSHOT=docs/demo.png REQUIRE_BROWSER=1 cargo test --all-features -p e2e --test browser
+//! cargo build --example demo &&
+//!     DEMO_SCREENSHOT=docs/demo.png REQUIRE_BROWSER=1 cargo test --all-features -p e2e --test browser
 //! ```
 //!
 //! Needs Chromium and chromedriver (Debian: `chromium`, `chromium-driver`);
