@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::clock::{Clock, UnixMillis};
 use crate::event::{self, EventHandler, SessionEvent};
 use crate::id::{Fingerprint, IdHash};
+use crate::insights::{End, Observer};
 use crate::lifecycle;
 use crate::record::SessionRecord;
 use crate::store::{SessionStore, StoreError};
@@ -45,6 +46,7 @@ pub struct SessionAdmin {
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
     events: Option<EventHandler>,
+    observer: Arc<Observer>,
 }
 
 impl SessionAdmin {
@@ -52,11 +54,13 @@ impl SessionAdmin {
         store: Arc<dyn SessionStore>,
         clock: Arc<dyn Clock>,
         events: Option<EventHandler>,
+        observer: Arc<Observer>,
     ) -> Self {
         Self {
             store,
             clock,
             events,
+            observer,
         }
     }
 
@@ -98,6 +102,7 @@ impl SessionAdmin {
         let revoked = lifecycle::revoke(&*self.store, &handle.0).await?;
         let deleted = revoked.is_some();
         if let Some(record) = revoked {
+            self.observer.ended(End::Revoked, &record, self.clock.now());
             let user_id = record.user_id.clone();
             event::emit(
                 self.events.as_ref(),
@@ -120,8 +125,10 @@ impl SessionAdmin {
         if user_id.is_empty() {
             return Ok(0);
         }
-        let deleted = lifecycle::logout_user(&*self.store, user_id, None, self.clock.now()).await?;
+        let now = self.clock.now();
+        let deleted = lifecycle::logout_user(&*self.store, user_id, None, now).await?;
         for record in &deleted {
+            self.observer.ended(End::Revoked, record, now);
             event::emit(
                 self.events.as_ref(),
                 &SessionEvent::Revoked {

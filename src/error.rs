@@ -48,7 +48,7 @@ pub enum SessionError {
     CsrfTokenMismatch,
     /// The user last proved who they are longer ago than the operation
     /// allows ([`Session::require_recent_auth`](crate::Session::require_recent_auth)),
-    /// or nobody is signed in. Answered `401 Unauthorized` with a JSON body
+    /// Answered `401 Unauthorized` with a JSON body
     /// an API client can act on:
     /// `{"error":"reauthentication_required","max_age_secs":600}`; a
     /// browser app sends the user to re-enter a credential, then calls
@@ -57,6 +57,12 @@ pub enum SessionError {
         /// How recent the last authentication had to be.
         max_age: Duration,
     },
+    /// Nobody is signed in, and the operation needs a signed-in user
+    /// ([`Session::require_recent_auth`](crate::Session::require_recent_auth),
+    /// [`Session::reauthenticate`](crate::Session::reauthenticate)).
+    /// Answered `401 Unauthorized` with the JSON body
+    /// `{"error":"sign_in_required"}`.
+    NotSignedIn,
     /// [`Session::login_with`](crate::Session::login_with) was given
     /// options that cannot be used; nothing was changed.
     InvalidLoginOptions(&'static str),
@@ -99,6 +105,7 @@ impl fmt::Display for SessionError {
                 max_age.as_secs()
             ),
             Self::InvalidLoginOptions(why) => write!(f, "invalid login options: {why}"),
+            Self::NotSignedIn => f.write_str("nobody is signed in; sign in first"),
             Self::StampLookup(err) => write!(f, "the user's credential stamp could not be read: {err}"),
         }
     }
@@ -112,6 +119,7 @@ impl std::error::Error for SessionError {
             Self::StampLookup(err) => Some(&**err),
             Self::InvalidUserId(_)
             | Self::ReauthenticationRequired { .. }
+            | Self::NotSignedIn
             | Self::InvalidLoginOptions(_)
             | Self::InsecureTransport
             | Self::LimitReached { .. }
@@ -132,7 +140,9 @@ impl SessionError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::Store(_) | Self::StampLookup(_) => http::StatusCode::SERVICE_UNAVAILABLE,
-            Self::ReauthenticationRequired { .. } => http::StatusCode::UNAUTHORIZED,
+            Self::ReauthenticationRequired { .. } | Self::NotSignedIn => {
+                http::StatusCode::UNAUTHORIZED
+            }
             Self::LimitReached { .. } => http::StatusCode::CONFLICT,
             Self::InsecureTransport | Self::CsrfTokenMismatch => http::StatusCode::FORBIDDEN,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -144,12 +154,17 @@ impl SessionError {
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
         let status = self.status();
-        if let Self::ReauthenticationRequired { max_age } = self {
-            let body = format!(
-                "{{\"error\":\"reauthentication_required\",\"max_age_secs\":{},\"message\":\"{}\"}}",
-                max_age.as_secs(),
-                "sign in again to continue"
-            );
+        let json = match &self {
+            Self::ReauthenticationRequired { max_age } => Some(format!(
+                "{{\"error\":\"reauthentication_required\",\"max_age_secs\":{},\"message\":\"sign in again to continue\"}}",
+                max_age.as_secs()
+            )),
+            Self::NotSignedIn => Some(
+                "{\"error\":\"sign_in_required\",\"message\":\"sign in first\"}".to_owned(),
+            ),
+            _ => None,
+        };
+        if let Some(body) = json {
             return (
                 status,
                 [(http::header::CONTENT_TYPE, "application/json")],

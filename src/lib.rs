@@ -75,6 +75,10 @@
 //! | `postgres` | no | `PostgresStore` (sqlx) and `LISTEN`/`NOTIFY` invalidation for [`CachedStore`] |
 //! | `sqlite` | no | `SqliteStore` (sqlx, SQLite bundled) |
 //! | `mysql` | no | `MySqlStore` (sqlx) for MySQL 8 and MariaDB 10.5+ |
+//! | `metrics` | no | counters, histograms and a gauge through the `metrics` facade (see `metrics`) |
+//!
+//! [`SessionLayer::insights`] (how long sessions last, the time limits that
+//! follow) needs no feature.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -90,9 +94,12 @@ pub mod fuzzing;
 mod guessing;
 pub mod guide;
 mod id;
+pub mod insights;
 mod key;
 mod layer;
 mod lifecycle;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod policy;
 mod record;
 mod session;
@@ -111,6 +118,8 @@ pub use crate::error::SessionError;
 pub use crate::event::{RejectReason, SessionEvent};
 pub use crate::guessing::GuessingDetection;
 pub use crate::id::Fingerprint;
+#[doc(inline)]
+pub use crate::insights::{Insights, InsightsConfig};
 pub use crate::key::{Key, KeyError};
 pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 #[doc(inline)]

@@ -104,7 +104,10 @@ pub(crate) fn touch_due(
         .as_ref()
         .and_then(|s| s.idle_timeout)
         .unwrap_or(timeouts.idle);
-    if now.saturating_sub(record.last_seen) < idle / 4 {
+    // Recorded at most every quarter of the layer's idle window even for a
+    // month-long session, so that `last_seen` (the device list's order, the
+    // least-recently-used eviction) stays current.
+    if now.saturating_sub(record.last_seen) < (idle / 4).min(timeouts.idle / 4) {
         return None;
     }
     Some(Touch {

@@ -14,6 +14,7 @@ use crate::clock::duration_millis;
 use crate::error::SessionError;
 use crate::event::SessionEvent;
 use crate::id::{Fingerprint, IdHash, SessionId};
+use crate::insights::{End, Observer};
 use crate::key::Keyring;
 use crate::lifecycle::{self, Login, LoginOutcome};
 use crate::policy::{initial_binding, ClientBinding, LimitRule, Timeouts};
@@ -74,6 +75,8 @@ pub(crate) struct Context {
     pub(crate) stamp: Option<UserStamp>,
     /// Where [`SignedIn`](crate::SignedIn) sends a visitor who is not signed in.
     pub(crate) sign_in_page: Option<Arc<str>>,
+    /// Where session ends and sign-ins are counted.
+    pub(crate) observer: Arc<Observer>,
 }
 
 /// Everything a request did to its session, read by the layer at commit.
@@ -519,8 +522,8 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// [`SessionError::ReauthenticationRequired`] when nobody is signed in;
-    /// otherwise as [`login`](Self::login).
+    /// [`SessionError::NotSignedIn`] when nobody is signed in; otherwise as
+    /// [`login`](Self::login).
     pub async fn reauthenticate(&self) -> Result<(), SessionError> {
         let (user_id, options) = {
             let state = self.lock();
@@ -532,9 +535,7 @@ impl Session {
             (user, options)
         };
         let Some(user_id) = user_id else {
-            return Err(SessionError::ReauthenticationRequired {
-                max_age: Duration::ZERO,
-            });
+            return Err(SessionError::NotSignedIn);
         };
         self.sign_in(user_id, &options, true).await
     }
@@ -572,18 +573,20 @@ impl Session {
     /// # Errors
     ///
     /// [`SessionError::ReauthenticationRequired`] (a `401` with a JSON body)
-    /// when the last authentication is older than `max_age`, or nobody is
-    /// signed in.
+    /// when the last authentication is older than `max_age`;
+    /// [`SessionError::NotSignedIn`] (a `401`) when nobody is signed in.
     pub fn require_recent_auth(&self, max_age: Duration) -> Result<(), SessionError> {
         let now = self.inner.context.template.deadlines.created_at;
-        let authenticated = self
-            .lock()
-            .record
-            .as_ref()
-            .filter(|r| r.user_id.is_some())
-            .and_then(|r| r.authenticated_at());
+        let authenticated = {
+            let state = self.lock();
+            match state.record.as_ref().filter(|r| r.user_id.is_some()) {
+                None => return Err(SessionError::NotSignedIn),
+                Some(record) => record.authenticated_at(),
+            }
+        };
         match authenticated {
             Some(at) if now.saturating_sub(at) <= duration_millis(max_age) => Ok(()),
+            // Signed in before authentication times were kept: not recent.
             _ => Err(SessionError::ReauthenticationRequired { max_age }),
         }
     }
@@ -699,6 +702,10 @@ impl Session {
         let Some(record) = removed else {
             return Ok(false);
         };
+        let context = &self.inner.context;
+        context
+            .observer
+            .ended(End::Revoked, &record, context.template.deadlines.created_at);
         self.lock().record(self.inner.context.events_enabled, || {
             SessionEvent::Revoked {
                 session: record.id_hash.fingerprint(),
@@ -762,7 +769,11 @@ impl Session {
                 record,
                 moved,
                 evicted,
-            } => (id, record, moved, evicted),
+                held,
+            } => {
+                observe_sign_in(context, reauthentication, moved, &evicted, held);
+                (id, record, moved, evicted)
+            }
             LoginOutcome::LimitReached => {
                 return Err(SessionError::LimitReached {
                     max: limit.map_or(0, |l| l.max),
@@ -784,7 +795,7 @@ impl Session {
         for victim in evicted {
             state.record(self.inner.context.events_enabled, || {
                 SessionEvent::Evicted {
-                    session: victim.fingerprint(),
+                    session: victim.id_hash.fingerprint(),
                     user_id: user_id.clone(),
                 }
             });
@@ -848,6 +859,9 @@ impl Session {
         {
             let mut state = self.lock();
             for record in &deleted {
+                // Counted here, the current one too: the logout below then
+                // finds it gone and counts nothing.
+                context.observer.ended(End::Logout, record, now);
                 if Some(record.id_hash) != current {
                     state.record(self.inner.context.events_enabled, || {
                         SessionEvent::LoggedOut {
@@ -892,6 +906,7 @@ impl Session {
             lifecycle::logout_user(&*context.store, &user_id, current.as_ref(), now).await?;
         let mut state = self.lock();
         for record in &deleted {
+            context.observer.ended(End::Logout, record, now);
             state.record(self.inner.context.events_enabled, || {
                 SessionEvent::LoggedOut {
                     session: record.id_hash.fingerprint(),
@@ -928,8 +943,19 @@ impl Session {
             let user_id = state.record.as_ref().and_then(|r| r.user_id.clone());
             (state.id.clone(), user_id)
         };
+        let context = &self.inner.context;
         if let Some(id) = &id {
-            lifecycle::logout(&*self.inner.context.store, &id.hash(), user_id.as_deref()).await?;
+            let removed =
+                lifecycle::logout(&*context.store, &id.hash(), user_id.as_deref()).await?;
+            // Counted only when this logout removed it: a revocation or
+            // another logout that won the race counted it already.
+            if let Some(removed) = removed {
+                context.observer.ended(
+                    End::Logout,
+                    &removed,
+                    context.template.deadlines.created_at,
+                );
+            }
         }
         let mut state = self.lock();
         if let Some(id) = id {
@@ -948,6 +974,30 @@ impl Session {
         state.logged_out = true;
         state.touch = None;
         Ok(())
+    }
+}
+
+/// Counts a sign-in (or a re-authentication) for insights and metrics:
+/// the session it created, the sessions it evicted and, for a sign-in, the
+/// login and how many sessions its user now holds (when the session limit
+/// counted them). A re-authentication is not a login.
+fn observe_sign_in(
+    context: &Context,
+    reauthentication: bool,
+    moved: bool,
+    evicted: &[Arc<SessionRecord>],
+    held: Option<usize>,
+) {
+    let now = context.template.deadlines.created_at;
+    let observer = &context.observer;
+    if !moved {
+        observer.created();
+    }
+    for victim in evicted {
+        observer.ended(End::Evicted, victim, now);
+    }
+    if !reauthentication {
+        observer.logged_in(held);
     }
 }
 

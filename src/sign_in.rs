@@ -429,8 +429,13 @@ mod extract {
             }
             match session.sign_in_page() {
                 Some(page) if parts.method == Method::GET || parts.method == Method::HEAD => {
-                    let here = parts
-                        .uri
+                    // The path the browser asked for: under `Router::nest`
+                    // the request's own URI has lost the prefix.
+                    let uri = parts
+                        .extensions
+                        .get::<axum::extract::OriginalUri>()
+                        .map_or(&parts.uri, |original| &original.0);
+                    let here = uri
                         .path_and_query()
                         .map_or("/", http::uri::PathAndQuery::as_str);
                     let back = safe_return_path(here).unwrap_or("/");

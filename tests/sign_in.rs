@@ -260,6 +260,8 @@ async fn recent_authentication_is_required_and_reauthentication_renews_it() {
     // Nobody signed in: nothing is recent.
     let anonymous = send(&app, "POST", "/sensitive", None).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = serde_json::from_str(&anonymous.body).unwrap();
+    assert_eq!(body["error"], "sign_in_required");
     assert_eq!(
         send(&app, "POST", "/reauth", None).await.status,
         StatusCode::UNAUTHORIZED

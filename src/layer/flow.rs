@@ -15,6 +15,7 @@ use crate::client::{ClientContext, Network};
 use crate::clock::UnixMillis;
 use crate::event::{self, RejectReason, SessionEvent};
 use crate::id::{IdHash, SessionId};
+use crate::insights::End;
 use crate::lifecycle::{self, Found};
 use crate::policy::{
     self, BindingVerdict, Csrf, CsrfVerdict, Ending, Origin, Provenance, RejectAction, Verdict,
@@ -120,6 +121,7 @@ impl<'a> Visitor<'a> {
     }
 
     fn reject(&mut self, id: Option<&SessionId>, reason: RejectReason) {
+        self.config.observer.rejected(reason);
         let network = self.client.ip.map(Network::of_default);
         self.sink.push(|| SessionEvent::Rejected {
             session: id.map(SessionId::fingerprint),
@@ -134,6 +136,7 @@ impl<'a> Visitor<'a> {
             return;
         };
         if let Some(alarm) = guard.failure(network, self.now) {
+            self.config.observer.guessing_blocked();
             self.sink.push(|| SessionEvent::GuessingDetected {
                 network,
                 failures: alarm.failures,
@@ -223,6 +226,7 @@ fn read<ReqBody>(
         client_address_missing(config, sink)?;
     }
     let now = config.clock.now();
+    config.observer.request(now, &*config.store);
     let tokens_allowed = policy::tokens_allowed(config.https_only, client.https);
     let (token, carrier) = config
         .transport
@@ -456,9 +460,21 @@ async fn load(
             }
         };
         let touch = match policy::evaluate(&record, now, &config.timeouts) {
-            Verdict::Valid { touch } => touch,
+            Verdict::Valid { touch } => {
+                // The second round reloads the same return.
+                if round == 0 {
+                    config.observer.returned(&record, now);
+                }
+                touch
+            }
             Verdict::Expired(reason) => {
-                Box::pin(destroy(config, &current, &record, "an expired session")).await;
+                // Counted by the request that removed it, once.
+                if Box::pin(destroy(config, &current, &record, "an expired session"))
+                    .await
+                    .is_some()
+                {
+                    config.observer.ended(End::Expired(reason), &record, now);
+                }
                 let network = visitor.client.ip.map(Network::of_default);
                 visitor.sink.push(|| SessionEvent::Expired {
                     session: current.fingerprint(),
@@ -482,7 +498,12 @@ async fn load(
                 ) {
                     BindingVerdict::Accept(update) => update.map(Box::new),
                     BindingVerdict::Reject(reason) => {
-                        Box::pin(destroy(config, &current, &record, "a rejected session")).await;
+                        if Box::pin(destroy(config, &current, &record, "a rejected session"))
+                            .await
+                            .is_some()
+                        {
+                            config.observer.ended(End::Rejected, &record, now);
+                        }
                         visitor.reject(Some(&current), reason);
                         return Ok(match rules.action() {
                             RejectAction::Respond => Loading::Unauthorized,
@@ -498,13 +519,16 @@ async fn load(
             match Box::pin(checked).await {
                 StampCheck::Current => {}
                 StampCheck::Changed => {
-                    Box::pin(destroy(
+                    let removed = Box::pin(destroy(
                         config,
                         &current,
                         &record,
                         "a session whose credentials changed",
                     ))
                     .await;
+                    if removed.is_some() {
+                        config.observer.ended(End::Rejected, &record, now);
+                    }
                     visitor.reject(Some(&current), RejectReason::CredentialsChanged);
                     return Ok(Loading::Done(Token::Destroyed));
                 }
@@ -567,6 +591,7 @@ async fn renew(
     let Some((new_id, record)) = renewed else {
         return Ok(None);
     };
+    config.observer.renewed();
     visitor.sink.push(|| SessionEvent::Renewed {
         session: new_id.fingerprint(),
         previous: id.fingerprint(),
@@ -585,10 +610,16 @@ async fn renew(
 /// logged: the request is refused its session either way.
 async fn reused(visitor: &mut Visitor<'_>, id: &SessionId, successor: IdHash) {
     let config = visitor.config;
+    config.observer.token_reused();
     let mut revoked = false;
     if config.revoke_on_reuse {
         match lifecycle::revoke(&*config.store, &successor).await {
-            Ok(removed) => revoked = removed.is_some(),
+            Ok(removed) => {
+                if let Some(removed) = removed {
+                    config.observer.ended(End::Revoked, &removed, visitor.now);
+                    revoked = true;
+                }
+            }
             Err(err) => tracing::error!(
                 target: "tower_session_guard",
                 session = %successor.fingerprint(),
@@ -608,15 +639,23 @@ async fn reused(visitor: &mut Visitor<'_>, id: &SessionId, successor: IdHash) {
 
 /// Deletes a session the policy refused. The policy refuses it whatever
 /// happens here, so a store failure is logged, not fatal.
-async fn destroy(config: &Config, id: &SessionId, record: &SessionRecord, what: &str) {
-    let removed = lifecycle::logout(&*config.store, &id.hash(), record.user_id.as_deref()).await;
-    if let Err(err) = removed {
-        tracing::error!(
-            target: "tower_session_guard",
-            session = %id.fingerprint(),
-            error = %err,
-            "could not delete {what}"
-        );
+async fn destroy(
+    config: &Config,
+    id: &SessionId,
+    record: &SessionRecord,
+    what: &str,
+) -> Option<Arc<SessionRecord>> {
+    match lifecycle::logout(&*config.store, &id.hash(), record.user_id.as_deref()).await {
+        Ok(removed) => removed,
+        Err(err) => {
+            tracing::error!(
+                target: "tower_session_guard",
+                session = %id.fingerprint(),
+                error = %err,
+                "could not delete {what}"
+            );
+            None
+        }
     }
 }
 
@@ -691,6 +730,7 @@ fn hand_over<ReqBody>(
         arrived_as,
         stamp: config.stamp.clone(),
         sign_in_page: config.sign_in_page.clone(),
+        observer: Arc::clone(&config.observer),
     };
     let (loaded, touch) = match loaded {
         Some(l) => (Some((l.id, l.record)), l.touch),
@@ -777,6 +817,7 @@ async fn commit(
         }
         let record = template.record(IdHash::from_bytes([0; 32]), None, state.pending.into_data());
         let (id, record) = lifecycle::create_as(&*config.store, record, state.planned_id).await?;
+        config.observer.created();
         sink.push(|| SessionEvent::Created {
             session: id.fingerprint(),
         });
@@ -813,6 +854,7 @@ async fn commit(
         ));
         return Ok(match regenerated.await? {
             Some((new_id, record)) => {
+                config.observer.regenerated();
                 sink.push(|| SessionEvent::Regenerated {
                     session: new_id.fingerprint(),
                     previous: id.fingerprint(),

@@ -312,6 +312,10 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
     fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
         self.inner.watch_changes(listener)
     }
+
+    fn live_sessions(&self) -> Option<u64> {
+        self.inner.live_sessions()
+    }
 }
 
 /// Applies the backing store's announcements to the cache while the cache

@@ -649,7 +649,7 @@ fn signed_in(outcome: LoginOutcome) -> (std::sync::Arc<SessionRecord>, bool, Vec
             moved,
             evicted,
             ..
-        } => (record, moved, evicted),
+        } => (record, moved, evicted.iter().map(|r| r.id_hash).collect()),
         LoginOutcome::LimitReached => {
             panic!("store contract: a login under the limit must succeed")
         }

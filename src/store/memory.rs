@@ -582,6 +582,12 @@ impl SessionStore for MemoryStore {
         let stripe = (self.shared.index.key(user_id) % locks.len() as u64) as usize;
         Ok(UserLock::new(locks[stripe].lock_arc().await))
     }
+
+    /// [`len`](MemoryStore::len): sessions, and the placeholders of
+    /// sessions that moved moments ago.
+    fn live_sessions(&self) -> Option<u64> {
+        Some(self.len())
+    }
 }
 
 #[cfg(test)]

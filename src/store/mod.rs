@@ -304,6 +304,17 @@ pub trait SessionStore: Send + Sync + 'static {
         let _ = listener;
         false
     }
+
+    /// How many entries the store holds now, if it can tell cheaply (no
+    /// scan, no query): the layer's live-sessions figure
+    /// ([`SessionLayer::insights`](crate::SessionLayer::insights) and, with
+    /// the `metrics` feature, a gauge).
+    ///
+    /// The default returns `None`, right for stores that would need a
+    /// round trip to count. [`MemoryStore`] counts its entries.
+    fn live_sessions(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A store could not do what was asked.
@@ -404,6 +415,10 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
 
     fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
         (**self).watch_changes(listener)
+    }
+
+    fn live_sessions(&self) -> Option<u64> {
+        (**self).live_sessions()
     }
 }
 
