@@ -589,8 +589,9 @@ fn redis_reply(data: &[u8]) -> ::redis::Value {
     ::redis::Value::Array(items)
 }
 
-/// The Redis record codec: an `HGETALL` reply (see [`redis_reply`]'s
-/// layout: a line per field, `name=value`) decoded to an entry.
+/// The Redis record codec: an `HGETALL` reply decoded to an entry. The
+/// input is the hash's fields, `name=value` per line; a line without `=`
+/// is a name with no value.
 ///
 /// A damaged reply is `StoreError::Corrupt`, never a panic or another
 /// error; an entry that decodes encodes to fields that decode to the same
