@@ -9,7 +9,7 @@ mod run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_soak_loses_no_increment_and_keeps_memory_flat() {
-    let report = run::run(run::Config::smoke().from_env()).await;
+    let report = run::run(run::Config::smoke().with_env()).await;
     println!("{}", report.render());
     let failures = report.failures();
     assert!(failures.is_empty(), "{}", failures.join("\n"));

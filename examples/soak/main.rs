@@ -20,7 +20,7 @@ mod run;
 
 #[tokio::main]
 async fn main() {
-    let config = run::Config::full().from_env();
+    let config = run::Config::full().with_env();
     println!(
         "soak: {} connections for {:?} on 127.0.0.1 (PID {})",
         config.connections,

@@ -101,7 +101,7 @@ impl Config {
         Self {
             duration: Duration::from_secs(15),
             connections: 16,
-            capacity: 1_024,
+            capacity: 512,
             sample_every: Duration::from_millis(500),
             renew_every: Duration::from_secs(3),
             renew_grace: Duration::from_secs(1),
@@ -110,10 +110,10 @@ impl Config {
         }
     }
 
-    /// `base` with what the environment overrides: `SOAK_SECS`,
+    /// This with what the environment overrides: `SOAK_SECS`,
     /// `SOAK_CONNECTIONS`, `SOAK_CAPACITY`, `SOAK_SAMPLE_MS`,
     /// `SOAK_RENEW_SECS`, `SOAK_RELOGINS=1`.
-    pub fn from_env(mut self) -> Self {
+    pub fn with_env(mut self) -> Self {
         let number = |name: &str| -> Option<u64> {
             let value = std::env::var(name).ok()?;
             Some(
@@ -637,7 +637,16 @@ impl Client {
     }
 
     async fn run(mut self, stop_at: Instant) -> Outcome {
+        let now = Instant::now();
+        let halfway = now + stop_at.saturating_duration_since(now) / 2;
         while Instant::now() < stop_at {
+            // Every client signs out at least once, half-way through if
+            // chance did not make it do so before: a short run exercises
+            // logouts whatever its request rate.
+            if Instant::now() >= halfway && self.outcome.counts.logouts == 0 && self.signed_in {
+                self.logout().await;
+                continue;
+            }
             self.step().await;
         }
         // The final check: the counter holds every acknowledged increment.
