@@ -5,9 +5,10 @@
 //! cargo run --example durable --features sqlite
 //! ```
 //!
-//! Open the address it prints (http://127.0.0.1:3000; `DEMO_ADDR` changes
-//! it), sign in, stop the program (Ctrl-C) and start it again: the browser
-//! is still signed in and its visit counter goes on. Sessions are kept in
+//! Open the address it prints (http://127.0.0.1:3004; `PORT` changes the
+//! port, `DEMO_ADDR` the whole address), sign in, stop the program (Ctrl-C) and start it again: the browser
+//! is still signed in and its counter goes on (the events list starts
+//! afresh: it is kept in memory). Sessions are kept in
 //! `durable-sessions.db` and the key in `durable-sessions.key`, in the
 //! current directory (`DATABASE_URL` and `SESSION_KEY_FILE` change them).
 //!
@@ -26,13 +27,14 @@
 
 mod site;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower_session_guard::{CookieConfig, Csrf, Key, SessionEvent, SessionLayer, SessionStore};
+use tower_session_guard::{Key, SessionStore};
 
-use site::Page;
+use site::{Events, Page, Settings};
 
 const PAGE: Page = Page {
     title: "tower-session-guard: durable sessions",
@@ -42,7 +44,7 @@ const PAGE: Page = Page {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let address = site::address();
+    let address = site::address(3004);
     let database =
         std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://durable-sessions.db".to_owned());
     let key_file =
@@ -50,15 +52,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let key = load_or_create_key(Path::new(&key_file))?;
     let store = open_store(&database).await?;
-    let sessions = SessionLayer::new(store, key)
-        .with_idle_timeout(Duration::from_secs(30 * 60))
-        .with_absolute_timeout(Duration::from_secs(8 * 3600))
-        // Plain-HTTP development cookie; see the module docs.
-        .with_cookie(CookieConfig::default().with_name("id").with_secure(false))
-        // Posts from other sites get a 403 before any handler runs.
-        .with_csrf(Csrf::default())
-        .with_event_handler(|event: &SessionEvent| println!("session event: {event:?}"));
-    let app = site::router(PAGE, sessions);
+    // The demo's site, time limits (`DEMO_IDLE_SECS`, ...) and cookie.
+    let settings = Settings::from_env();
+    let events = Events::default();
+    let sessions = site::layer(store, key, settings, events.clone());
+    let app = site::router(PAGE, settings, events, sessions);
 
     let listener = tokio::net::TcpListener::bind(address).await?;
     println!(
@@ -66,7 +64,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?,
         database.split('@').next_back().unwrap_or(&database)
     );
-    axum::serve(listener, app).await?;
+    // With the peer address, which client binding and guessing detection need.
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).await?;
     Ok(())
 }
 

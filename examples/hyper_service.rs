@@ -4,9 +4,15 @@
 //! cargo run --example hyper_service
 //! ```
 //!
-//! Then open the address it prints (http://127.0.0.1:3000 by default; set
-//! `DEMO_ADDR=127.0.0.1:8080` to change it) and reload: every session keeps
-//! its own count.
+//! Then open the address it prints (http://127.0.0.1:3003 by default; set
+//! `PORT=8080` to change the port) and reload, or use curl with a cookie jar:
+//! every session keeps its own count.
+//!
+//! ```text
+//! curl -c jar -b jar http://127.0.0.1:3003/   # Visits in this session: 1
+//! curl -c jar -b jar http://127.0.0.1:3003/   # Visits in this session: 2
+//! curl http://127.0.0.1:3003/                 # no jar, a new session: 1
+//! ```
 //!
 //! Any `tower::Service` over `http::Request` works the same way: the layer
 //! puts a [`Session`] in the request extensions, and commits what the
@@ -32,10 +38,13 @@ use tower_session_guard::{CookieConfig, Key, MemoryStore, Session, SessionError,
 
 #[tokio::main]
 async fn main() {
-    let address: SocketAddr = std::env::var("DEMO_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
-        .parse()
-        .expect("DEMO_ADDR must be an address such as 127.0.0.1:3000");
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .expect("PORT must be a port number such as 8080"),
+        Err(_) => 3003,
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
 
     let sessions = SessionLayer::new(MemoryStore::default(), Key::generate())
         // Plain-HTTP development cookie; see the module docs.
@@ -43,9 +52,7 @@ async fn main() {
 
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .unwrap_or_else(|err| {
-            panic!("cannot listen on {address}: {err}; set DEMO_ADDR to a free address")
-        });
+        .unwrap_or_else(|err| panic!("cannot listen on {address}: {err}; set PORT to a free port"));
     println!(
         "hyper service listening on http://{}",
         listener.local_addr().unwrap()

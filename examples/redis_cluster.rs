@@ -11,7 +11,8 @@
 //! its own Redis connection and its own in-memory cache, as two processes
 //! behind a load balancer would; they share only Redis and the signing key.
 //! Pass `a` or `b` to run a single instance per process (then give both
-//! processes the same `SESSION_KEY`, 64 hex digits).
+//! processes the same `SESSION_KEY`, a base64 secret such as
+//! `openssl rand -base64 64` prints).
 //!
 //! Cookies belong to a host, not a port, so a browser or `curl` cookie jar
 //! sends the same session cookie to both:
@@ -44,9 +45,10 @@ async fn main() {
         std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     // Every instance must sign with the same key; in production it comes
     // from your secret store.
-    let key = match std::env::var("SESSION_KEY") {
-        Ok(hex) => Key::from_bytes(&decode_hex(&hex)).expect("SESSION_KEY is 64 hex digits"),
-        Err(_) => Key::generate(),
+    let key = if std::env::var_os("SESSION_KEY").is_some() {
+        Key::from_env("SESSION_KEY").unwrap_or_else(|err| panic!("{err}"))
+    } else {
+        Key::generate()
     };
     let which = std::env::args().nth(1).unwrap_or_default();
     let mut instances = Vec::new();
@@ -186,11 +188,4 @@ async fn list_sessions(State(instance): State<Instance>, session: Session) -> St
         }
         Err(err) => format!("instance {}: {err}\n", instance.name),
     }
-}
-
-fn decode_hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2).unwrap_or("zz"), 16).expect("hex digits"))
-        .collect()
 }

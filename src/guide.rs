@@ -128,12 +128,13 @@
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")]
-//! # async fn run(secret: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use tower_session_guard::{CachedStore, Key, RedisStore, SessionLayer};
 //!
 //! let redis = RedisStore::connect("redis://127.0.0.1:6379").await?;
 //! let store = CachedStore::new(redis, 100_000);
-//! let layer = SessionLayer::new(store, Key::from_bytes(secret)?);
+//! // The same base64 secret on every instance: `openssl rand -base64 64`.
+//! let layer = SessionLayer::new(store, Key::from_env("SESSION_KEY")?);
 //! # let _ = layer;
 //! # Ok(())
 //! # }

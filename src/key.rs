@@ -12,7 +12,9 @@
 
 use std::fmt;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
@@ -47,11 +49,37 @@ const CSRF_BYTES: usize = 32;
 /// The minimum length of key material accepted by [`Key::from_bytes`].
 pub const MIN_KEY_LEN: usize = 32;
 
+/// Secrets in base64 as tools write them: the standard alphabet
+/// (`openssl rand -base64`) or the URL-safe one, with or without padding.
+const LENIENT: GeneralPurposeConfig =
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+const STANDARD_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+
 /// A secret key that signs session tokens.
 ///
 /// Make one with [`Key::generate`] (sessions then last only as long as the
-/// process) or load 32 or more random bytes from your secret store with
-/// [`Key::from_bytes`]. `Debug` never shows the key.
+/// process), or keep a secret of 32 or more random bytes outside the
+/// program and load it with [`Key::from_env`], [`Key::from_base64`] or
+/// [`Key::from_bytes`]. Generate such a secret once with
+///
+/// ```text
+/// openssl rand -base64 64
+/// ```
+///
+/// (64 random bytes, printed as base64), store it where your deployment
+/// keeps secrets, and hand it to the process in an environment variable:
+///
+/// ```
+/// # std::env::set_var("SESSION_KEY", "1PDjx7YwNErkaeJaQ+syWptlW7rQx6a+jgfaG06tobXyYwHpN9pOpB6srsyb90WG\nHMfZgPUuIouS0wzuf+2ziA==");
+/// use tower_session_guard::Key;
+///
+/// let key = Key::from_env("SESSION_KEY")?;
+/// # Ok::<(), tower_session_guard::KeyError>(())
+/// ```
+///
+/// Every instance that shares sessions needs the same key, and sessions
+/// survive a restart only if the key does. `Debug` never shows the key.
 #[derive(Clone)]
 pub struct Key {
     // A keyed HMAC state: cloning it skips re-hashing the key on every request.
@@ -83,6 +111,59 @@ impl Key {
             return Err(KeyError::TooShort { len: bytes.len() });
         }
         Ok(Self::from_secret(bytes))
+    }
+
+    /// A key from a base64 secret, such as the output of
+    /// `openssl rand -base64 64`.
+    ///
+    /// Both base64 alphabets (standard and URL-safe) are accepted, with or
+    /// without `=` padding; whitespace, such as the line break `openssl`
+    /// puts after 64 characters, is ignored. The decoded secret must be at
+    /// least 32 bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::NotBase64`] when the text is not base64, and
+    /// [`KeyError::TooShort`] when it decodes to fewer than 32 bytes. The
+    /// errors never contain the secret.
+    pub fn from_base64(secret: &str) -> Result<Self, KeyError> {
+        let compact: String = secret
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        let bytes = STANDARD_ANY_PADDING
+            .decode(&compact)
+            .or_else(|_| URL_SAFE_ANY_PADDING.decode(&compact))
+            .map_err(|_| KeyError::NotBase64 {
+                position: first_non_base64(&compact),
+            })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// A key from the base64 secret in the environment variable `name`
+    /// (see [`Key::from_base64`] for the format).
+    ///
+    /// ```text
+    /// export SESSION_KEY="$(openssl rand -base64 64)"
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::MissingEnvVar`] when the variable is not set (or is not
+    /// UTF-8), and [`KeyError::InvalidEnvVar`] when its value is not a
+    /// base64 secret of at least 32 bytes.
+    pub fn from_env(name: &str) -> Result<Self, KeyError> {
+        Self::from_env_value(name, std::env::var(name).ok())
+    }
+
+    fn from_env_value(name: &str, value: Option<String>) -> Result<Self, KeyError> {
+        let value = value.ok_or_else(|| KeyError::MissingEnvVar {
+            name: name.to_owned(),
+        })?;
+        Self::from_base64(&value).map_err(|error| KeyError::InvalidEnvVar {
+            name: name.to_owned(),
+            error: Box::new(error),
+        })
     }
 
     fn from_secret(bytes: &[u8]) -> Self {
@@ -144,7 +225,7 @@ impl fmt::Debug for Key {
     }
 }
 
-/// Why key material was refused.
+/// Why key material was refused. No variant carries the secret itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -153,7 +234,32 @@ pub enum KeyError {
         /// How many bytes were given.
         len: usize,
     },
+    /// The secret given to [`Key::from_base64`] is not base64.
+    NotBase64 {
+        /// Where the first character outside both base64 alphabets is,
+        /// counting characters after whitespace is removed; `None` when
+        /// every character is valid but the text is malformed (for
+        /// example, its length or padding).
+        position: Option<usize>,
+    },
+    /// The environment variable given to [`Key::from_env`] is not set, or
+    /// not UTF-8.
+    MissingEnvVar {
+        /// The variable's name.
+        name: String,
+    },
+    /// The environment variable given to [`Key::from_env`] does not hold a
+    /// usable secret.
+    InvalidEnvVar {
+        /// The variable's name.
+        name: String,
+        /// What is wrong with its value.
+        error: Box<KeyError>,
+    },
 }
+
+/// Where to get a secret, for the error messages.
+const GENERATE_HINT: &str = "generate one with `openssl rand -base64 64`";
 
 impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -161,10 +267,33 @@ impl fmt::Display for KeyError {
             Self::TooShort { len } => write!(
                 f,
                 "a session key needs at least {MIN_KEY_LEN} bytes of random data, but {len} were given; \
-                 generate one with `Key::generate()` or 32+ bytes from a CSPRNG"
+                 {GENERATE_HINT}, or use `Key::generate()` for keys that last as long as the process"
             ),
+            Self::NotBase64 {
+                position: Some(position),
+            } => write!(
+                f,
+                "the session key is not base64: character {position} is not in the base64 alphabet; \
+                 {GENERATE_HINT}"
+            ),
+            Self::NotBase64 { position: None } => write!(
+                f,
+                "the session key is not base64: its length or `=` padding is wrong; {GENERATE_HINT}"
+            ),
+            Self::MissingEnvVar { name } => write!(
+                f,
+                "the environment variable {name} is not set (or is not UTF-8); set it to a base64 \
+                 secret of at least {MIN_KEY_LEN} bytes: export {name}=\"$(openssl rand -base64 64)\""
+            ),
+            Self::InvalidEnvVar { name, error } => write!(f, "{name}: {error}"),
         }
     }
+}
+
+/// The index of the first character outside both base64 alphabets.
+fn first_non_base64(text: &str) -> Option<usize> {
+    text.chars()
+        .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_' | '=')))
 }
 
 impl std::error::Error for KeyError {}
@@ -379,6 +508,90 @@ mod tests {
         assert_eq!(err, KeyError::TooShort { len: 31 });
         assert!(err.to_string().contains("at least 32 bytes"));
         assert!(Key::from_bytes(&[1; 32]).is_ok());
+    }
+
+    /// 64 bytes from `openssl rand -base64 64`, as it prints them: standard
+    /// alphabet, padded, a line break after 64 characters.
+    const OPENSSL_SECRET: &str = "1PDjx7YwNErkaeJaQ+syWptlW7rQx6a+jgfaG06tobXyYwHpN9pOpB6srsyb90WG\nHMfZgPUuIouS0wzuf+2ziA==\n";
+
+    fn signs_like(a: &Key, b: &Key) -> bool {
+        let id = SessionId::generate();
+        Keyring::new(a.clone()).sign(&id) == Keyring::new(b.clone()).sign(&id)
+    }
+
+    #[test]
+    fn a_base64_secret_from_openssl_is_the_key_of_its_bytes() {
+        let bytes = STANDARD_ANY_PADDING
+            .decode(OPENSSL_SECRET.replace('\n', ""))
+            .unwrap();
+        assert_eq!(bytes.len(), 64);
+        let expected = Key::from_bytes(&bytes).unwrap();
+        let key = Key::from_base64(OPENSSL_SECRET).unwrap();
+        assert!(signs_like(&key, &expected));
+        assert!(!signs_like(&key, &Key::generate()));
+        // The same bytes in the URL-safe alphabet, unpadded.
+        let url_safe = Key::from_base64(&URL_SAFE_NO_PAD.encode(&bytes)).unwrap();
+        assert!(signs_like(&url_safe, &expected));
+    }
+
+    #[test]
+    fn a_short_base64_secret_is_refused_with_its_length() {
+        let err = Key::from_base64(&URL_SAFE_NO_PAD.encode([7u8; 16])).unwrap_err();
+        assert_eq!(err, KeyError::TooShort { len: 16 });
+        assert!(err.to_string().contains("openssl rand -base64 64"), "{err}");
+        assert_eq!(
+            Key::from_base64("").unwrap_err(),
+            KeyError::TooShort { len: 0 }
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_base64_is_refused_without_echoing_it() {
+        let secret = format!("{}*{}", "a".repeat(20), "b".repeat(23));
+        let err = Key::from_base64(&secret).unwrap_err();
+        assert_eq!(err, KeyError::NotBase64 { position: Some(20) });
+        let message = err.to_string();
+        assert!(message.contains("not base64"), "{message}");
+        assert!(!message.contains("aaaa"), "the secret leaked: {message}");
+
+        // Valid characters, impossible length (one character too many).
+        let err = Key::from_base64(&"A".repeat(45)).unwrap_err();
+        assert_eq!(err, KeyError::NotBase64 { position: None });
+        assert!(err.to_string().contains("padding"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_environment_variable_is_named() {
+        let name = "TOWER_SESSION_GUARD_TEST_KEY_THAT_IS_NEVER_SET";
+        let err = Key::from_env(name).unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::MissingEnvVar {
+                name: name.to_owned()
+            }
+        );
+        let message = err.to_string();
+        assert!(message.contains(name), "{message}");
+        assert!(message.contains("openssl rand -base64 64"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_environment_variable_is_named_with_its_problem() {
+        let err = Key::from_env_value("SESSION_KEY", Some("c2hvcnQ=".to_owned())).unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::InvalidEnvVar {
+                name: "SESSION_KEY".to_owned(),
+                error: Box::new(KeyError::TooShort { len: 5 }),
+            }
+        );
+        assert!(
+            err.to_string()
+                .starts_with("SESSION_KEY: a session key needs at least 32 bytes"),
+            "{err}"
+        );
+        let key = Key::from_env_value("SESSION_KEY", Some(OPENSSL_SECRET.to_owned())).unwrap();
+        assert!(signs_like(&key, &Key::from_base64(OPENSSL_SECRET).unwrap()));
     }
 
     #[test]

@@ -279,6 +279,10 @@ pub(crate) enum LoginOutcome {
         moved: bool,
         /// Sessions removed to respect the limit.
         evicted: Vec<Arc<SessionRecord>>,
+        /// How many live sessions the user holds now, this one included,
+        /// as the limit's check counted them under the user's lock; `None`
+        /// without a limit (nothing was counted).
+        held: Option<usize>,
     },
     /// The limit is full and refuses the login; nothing changed.
     LimitReached,
@@ -303,8 +307,9 @@ async fn login_locked(
     login: &Login<'_>,
     user: &str,
 ) -> Result<LoginOutcome, StoreError> {
-    let victims = match &login.limit {
-        None => Vec::new(),
+    // The user's other live sessions, and those to evict among them.
+    let (others, victims) = match &login.limit {
+        None => (None, Vec::new()),
         Some(limit) => {
             let live = sessions_of(store, user, login.now).await?;
             let others: Vec<&SessionRecord> = live
@@ -313,7 +318,7 @@ async fn login_locked(
                 .filter(|record| Some(record.id_hash) != login.previous)
                 .collect();
             match policy::sessions_to_evict(&others, limit) {
-                Ok(victims) => victims,
+                Ok(victims) => (Some(others.len()), victims),
                 Err(policy::LimitReached) => return Ok(LoginOutcome::LimitReached),
             }
         }
@@ -352,6 +357,8 @@ async fn login_locked(
         record,
         moved: was_moved,
         evicted,
+        // The others, less those evicted, and this one.
+        held: others.map(|others| others.saturating_sub(victims.len()) + 1),
     })
 }
 

@@ -17,13 +17,14 @@
 //! | `tower_session_guard_logouts_total` | counter | | sessions ended by `logout`, `logout_everywhere`, `logout_others` |
 //! | `tower_session_guard_renewals_total` | counter | | ids renewed by `with_renewal_interval` |
 //! | `tower_session_guard_regenerations_total` | counter | | ids changed by `Session::regenerate` |
-//! | `tower_session_guard_expiries_total` | counter | `reason`: `idle`, `absolute` | sessions found expired (and destroyed) by a request |
+//! | `tower_session_guard_expiries_total` | counter | `reason`: `idle`, `absolute` | sessions found expired (and destroyed) by a request, or removed after they had expired; `reason` is the deadline passed first |
 //! | `tower_session_guard_rejections_total` | counter | `reason`: see below | tokens not accepted |
-//! | `tower_session_guard_evictions_total` | counter | | sessions destroyed to keep a user under the session limit |
-//! | `tower_session_guard_revocations_total` | counter | | sessions destroyed through `SessionAdmin` |
+//! | `tower_session_guard_evictions_total` | counter | | sessions destroyed to keep a user under the session limit (at a sign-in or a re-authentication) |
+//! | `tower_session_guard_revocations_total` | counter | | sessions destroyed through `SessionAdmin`, by `Session::revoke_mine` of another device, or for reuse of their renewed token (`with_revoke_on_reuse`) |
+//! | `tower_session_guard_token_reuses_total` | counter | | renewed tokens presented after their grace period (copied before the renewal, most likely) |
 //! | `tower_session_guard_guessing_blocks_total` | counter | | networks blocked (`429`) for sending too many bad tokens |
 //! | `tower_session_guard_store_errors_total` | counter | `operation`: see below | failed store operations |
-//! | `tower_session_guard_session_duration_seconds` | histogram | `end`: `logout`, `idle_timeout`, `absolute_timeout`, `evicted`, `revoked` | how long a signed-in session lasted, at its end |
+//! | `tower_session_guard_session_duration_seconds` | histogram | `end`: `logout`, `idle_timeout`, `absolute_timeout`, `evicted`, `revoked`, `rejected` | how long a signed-in session lasted, at its end (see the [`insights`](crate::insights) module docs for what counts) |
 //! | `tower_session_guard_idle_gap_seconds` | histogram | | time since the session's recorded activity, on each request that finds one |
 //! | `tower_session_guard_store_operation_seconds` | histogram | `operation` | how long each store operation took |
 //! | `tower_session_guard_live_sessions` | gauge | | entries the store holds, for stores that can tell (see below) |
@@ -48,16 +49,20 @@
 //! Call [`describe`] once after installing the recorder to give the
 //! exporter each metric's help text and unit.
 //!
-//! ```
+//! ```ignore
 //! use metrics_exporter_prometheus::PrometheusBuilder;
-//! use tower_session_guard::{Key, MemoryStore, SessionLayer};
 //!
-//! let prometheus = PrometheusBuilder::new().install_recorder().expect("no other recorder is installed");
+//! let prometheus = PrometheusBuilder::new()
+//!     .install_recorder()
+//!     .expect("one recorder per process");
+//! // Help text and units.
 //! tower_session_guard::metrics::describe();
-//! let layer = SessionLayer::new(MemoryStore::default(), Key::generate());
-//! // ...serve the app; on `GET /metrics` answer with:
-//! let text: String = prometheus.render();
+//! // Serve `prometheus.render()` on GET /metrics (or use the exporter's own
+//! // HTTP listener, its `http-listener` feature).
 //! ```
+//!
+//! A whole app doing this is the repository's `e2e/examples/prometheus.rs`
+//! (`cargo run -p e2e --example prometheus --features metrics`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,6 +93,8 @@ pub const REJECTIONS: &str = "tower_session_guard_rejections_total";
 pub const EVICTIONS: &str = "tower_session_guard_evictions_total";
 /// `tower_session_guard_revocations_total`.
 pub const REVOCATIONS: &str = "tower_session_guard_revocations_total";
+/// `tower_session_guard_token_reuses_total`.
+pub const TOKEN_REUSES: &str = "tower_session_guard_token_reuses_total";
 /// `tower_session_guard_guessing_blocks_total`.
 pub const GUESSING_BLOCKS: &str = "tower_session_guard_guessing_blocks_total";
 /// `tower_session_guard_store_errors_total`, label `operation`.
@@ -140,7 +147,12 @@ pub fn describe() {
     describe_counter!(
         REVOCATIONS,
         Unit::Count,
-        "Sessions destroyed by an administrator."
+        "Sessions revoked: by an administrator, from another device, or for token reuse."
+    );
+    describe_counter!(
+        TOKEN_REUSES,
+        Unit::Count,
+        "Renewed session tokens presented after their grace period."
     );
     describe_counter!(
         GUESSING_BLOCKS,
@@ -381,18 +393,10 @@ mod tests {
 
     #[test]
     fn every_label_value_is_a_short_lower_case_word() {
-        let reasons = [
-            RejectReason::InvalidToken,
-            RejectReason::UnknownSession,
-            RejectReason::AmbiguousToken,
-            RejectReason::InsecureTransport,
-            RejectReason::UserAgentChanged,
-            RejectReason::TooManyNetworks,
-            RejectReason::ImpossibleTravel,
-            RejectReason::CrossSiteRequest,
-            RejectReason::CsrfTokenMismatch,
-        ];
-        let mut keys: Vec<&Key> = reasons.into_iter().map(rejection_key).collect();
+        // Every key the layer records: sessions, rejections (every
+        // reason), and the store's operations.
+        let mut keys: Vec<&Key> = crate::insights::emit::keys();
+        assert!(keys.contains(&rejection_key(RejectReason::CredentialsChanged)));
         for op in [
             Operation::Create,
             Operation::Load,
@@ -410,10 +414,14 @@ mod tests {
         for key in keys {
             assert!(key.name().starts_with("tower_session_guard_"));
             for label in key.labels() {
-                assert!(label
-                    .value()
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_'));
+                let value = label.value();
+                assert!(
+                    !value.is_empty()
+                        && value.len() <= 24
+                        && value.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{}: {value}",
+                    key.name()
+                );
             }
         }
     }

@@ -702,6 +702,10 @@ impl Session {
         let Some(record) = removed else {
             return Ok(false);
         };
+        let context = &self.inner.context;
+        context
+            .observer
+            .ended(End::Revoked, &record, context.template.deadlines.created_at);
         self.lock().record(self.inner.context.events_enabled, || {
             SessionEvent::Revoked {
                 session: record.id_hash.fingerprint(),
@@ -765,7 +769,11 @@ impl Session {
                 record,
                 moved,
                 evicted,
-            } => (id, record, moved, evicted),
+                held,
+            } => {
+                observe_sign_in(context, reauthentication, moved, &evicted, held);
+                (id, record, moved, evicted)
+            }
             LoginOutcome::LimitReached => {
                 return Err(SessionError::LimitReached {
                     max: limit.map_or(0, |l| l.max),
@@ -774,9 +782,6 @@ impl Session {
         };
         if let Some(rule) = &context.stamp {
             rule.checked_now(new_id.hash(), now);
-        }
-        if !reauthentication {
-            observe_login(context, &user_id, moved, &evicted).await;
         }
         let mut state = self.lock();
         state.pending.forget(&change);
@@ -854,8 +859,10 @@ impl Session {
         {
             let mut state = self.lock();
             for record in &deleted {
+                // Counted here, the current one too: the logout below then
+                // finds it gone and counts nothing.
+                context.observer.ended(End::Logout, record, now);
                 if Some(record.id_hash) != current {
-                    context.observer.ended(End::Logout, record, now);
                     state.record(self.inner.context.events_enabled, || {
                         SessionEvent::LoggedOut {
                             session: record.id_hash.fingerprint(),
@@ -931,19 +938,24 @@ impl Session {
     ///
     /// [`SessionError::Store`] when the store fails; the session is then unchanged.
     pub async fn logout(&self) -> Result<(), SessionError> {
-        let (id, user_id, record) = {
+        let (id, user_id) = {
             let state = self.lock();
             let user_id = state.record.as_ref().and_then(|r| r.user_id.clone());
-            (state.id.clone(), user_id, state.record.clone())
+            (state.id.clone(), user_id)
         };
+        let context = &self.inner.context;
         if let Some(id) = &id {
-            lifecycle::logout(&*self.inner.context.store, &id.hash(), user_id.as_deref()).await?;
-        }
-        if let (Some(_), Some(record)) = (&id, &record) {
-            let context = &self.inner.context;
-            context
-                .observer
-                .ended(End::Logout, record, context.template.deadlines.created_at);
+            let removed =
+                lifecycle::logout(&*context.store, &id.hash(), user_id.as_deref()).await?;
+            // Counted only when this logout removed it: a revocation or
+            // another logout that won the race counted it already.
+            if let Some(removed) = removed {
+                context.observer.ended(
+                    End::Logout,
+                    &removed,
+                    context.template.deadlines.created_at,
+                );
+            }
         }
         let mut state = self.lock();
         if let Some(id) = id {
@@ -965,14 +977,16 @@ impl Session {
     }
 }
 
-/// Counts a sign-in for insights and metrics: the session it created, the
-/// sessions it evicted, and how many sessions its user now holds (read from
-/// the store's index; a failed read only leaves that figure out).
-async fn observe_login(
+/// Counts a sign-in (or a re-authentication) for insights and metrics:
+/// the session it created, the sessions it evicted and, for a sign-in, the
+/// login and how many sessions its user now holds (when the session limit
+/// counted them). A re-authentication is not a login.
+fn observe_sign_in(
     context: &Context,
-    user_id: &str,
+    reauthentication: bool,
     moved: bool,
     evicted: &[Arc<SessionRecord>],
+    held: Option<usize>,
 ) {
     let now = context.template.deadlines.created_at;
     let observer = &context.observer;
@@ -982,8 +996,9 @@ async fn observe_login(
     for victim in evicted {
         observer.ended(End::Evicted, victim, now);
     }
-    let held = context.store.index_members(user_id, now).await.ok();
-    observer.logged_in(held.map(|members| members.len()));
+    if !reauthentication {
+        observer.logged_in(held);
+    }
 }
 
 /// What a session created during one request starts as. Built cheaply for

@@ -273,7 +273,7 @@ async fn the_snapshot_stays_small_however_many_sessions_it_saw() {
     assert_eq!(insights.session_durations.count, 2_000);
     let size = serde_json::to_vec(&insights).unwrap().len();
     assert!(size < 32 * 1024, "{size} bytes");
-    assert!(insights.session_durations.buckets.len() <= 272);
+    assert!(insights.session_durations.buckets.len() <= 496);
 }
 
 #[tokio::test]

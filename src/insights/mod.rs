@@ -6,7 +6,8 @@
 //! serves: fixed-size histograms (eight buckets per power of two, so any
 //! figure is known to within 12.5 %, and never below the truth), a few
 //! counters, and nothing per session or per user, so memory stays the same
-//! (about 5 KiB) after a thousand sessions or a billion. Recording is a few
+//! (about 9 KiB: two histograms of 496 counters, enough for any duration a
+//! `u64` of milliseconds holds) after a thousand sessions or a billion. Recording is a few
 //! relaxed atomic additions on the request's path: no lock, no allocation.
 //!
 //! The snapshot ([`Insights`]) serializes with serde for an admin page, and
@@ -28,11 +29,20 @@
 //!   the layer sees it end: a logout (from sign-in to the logout), a request
 //!   finding it expired (to its last recorded activity after an idle
 //!   timeout, to its deadline after an absolute one), an eviction by the
-//!   session limit (to its last recorded activity) or a revocation (to the
-//!   revocation). A session whose browser never comes back is removed by
-//!   the store unseen, and is not counted. Durations are counted from the
-//!   session's last authentication (sign-in or re-authentication), which
-//!   is what the absolute timeout counts from;
+//!   session limit (to its last recorded activity), a revocation (to the
+//!   revocation) or a rejection that destroyed it (client binding, changed
+//!   credentials: to its last accepted activity). Durations are counted
+//!   from the session's last authentication (sign-in or re-authentication),
+//!   which is what the absolute timeout counts from;
+//! - a session is counted **once**, by whoever actually removed it from the
+//!   store: a logout racing a revocation, or two requests finding the same
+//!   expired session, count one end;
+//! - a session that had **already expired** when it was removed (say an
+//!   abandoned device's session, removed hours later by "log out other
+//!   devices" or an administrator) is counted as the expiry it was, not as
+//!   a logout or a revocation, and measured like one: its user had left.
+//!   Likewise a session a request finds after its absolute deadline, but
+//!   idle since before it, is an idle expiry measured to its last activity;
 //! - an **idle gap** is the time since the session's recorded activity, on
 //!   each request that finds its session, including the one that finds it
 //!   expired by the idle timeout. It is exactly what the idle timeout is
@@ -40,7 +50,23 @@
 //!   timeout, to spare the store writes, so it may exceed the time since
 //!   the previous request by that much);
 //! - **sessions per user** is how many sessions the user holds right after
-//!   each sign-in, as the store's per-user index counts them.
+//!   each sign-in. It is counted by layers with a session limit, as the
+//!   limit's own check counts them under the user's lock; without a limit
+//!   it would cost a store round trip per sign-in, and is left out.
+//!
+//! Not counted as a session end:
+//!
+//! - a session whose browser never comes back: the store removes it unseen;
+//! - a signed-in session taken over by another user's sign-in in the same
+//!   browser (the session moves to the new user, and is counted as that
+//!   user's sign-in, not as the previous user's logout);
+//! - a re-authentication, which is not a login either (its evictions, and
+//!   the session it creates when there was none, are counted).
+//!
+//! Anonymous sessions count in the logout, expiry, eviction and revocation
+//! counters like any other, but have no duration: only signed-in time is
+//! measured. A rejection that destroys a session is counted by its reason
+//! in [`Insights::rejections`], not in those counters.
 //!
 //! The figures are this layer's (and its clones'): behind a load balancer,
 //! each instance sees its share, which is the same picture at a smaller
@@ -58,7 +84,7 @@
 //! ```
 
 #[cfg(feature = "metrics")]
-mod emit;
+pub(crate) mod emit;
 mod histogram;
 mod observer;
 
@@ -147,16 +173,26 @@ pub struct Insights {
     pub sessions_created: u64,
     /// Sign-ins.
     pub logins: u64,
-    /// Sessions ended by a logout (`logout`, `logout_everywhere`, `logout_others`).
+    /// Sessions ended by a logout (`logout`, `logout_everywhere`,
+    /// `logout_others`), anonymous ones included.
     pub logouts: u64,
     /// Ids renewed on their interval.
     pub renewals: u64,
     /// Ids changed by `Session::regenerate`.
     pub regenerations: u64,
-    /// Sessions destroyed to keep a user under the session limit.
+    /// Sessions destroyed to keep a user under the session limit, at a
+    /// sign-in or a re-authentication.
     pub evictions: u64,
-    /// Sessions destroyed through [`SessionAdmin`](crate::admin::SessionAdmin).
+    /// Sessions destroyed through [`SessionAdmin`](crate::admin::SessionAdmin),
+    /// signed out from another device with
+    /// [`Session::revoke_mine`](crate::Session::revoke_mine), or ended
+    /// because their renewed token was reused
+    /// ([`with_revoke_on_reuse`](crate::SessionLayer::with_revoke_on_reuse)).
     pub revocations: u64,
+    /// Renewed tokens presented after their grace period
+    /// ([`SessionEvent::ReusedAfterRenewal`](crate::SessionEvent::ReusedAfterRenewal)):
+    /// copied before the renewal, most likely.
+    pub token_reuses: u64,
     /// Networks blocked for sending too many bad tokens.
     pub guessing_blocks: u64,
     /// Sessions a request found expired, by timeout.
@@ -170,7 +206,8 @@ pub struct Insights {
     pub session_durations: Distribution,
     /// Time since a session's recorded activity, per request that found one.
     pub idle_gaps: Distribution,
-    /// Sessions a user held right after each sign-in.
+    /// Sessions a user held right after each sign-in, counted by layers
+    /// with a session limit (see the module docs).
     pub sessions_per_user: SessionsPerUser,
     /// The layer's time limits now.
     pub configured: Limits,
@@ -370,7 +407,7 @@ fn suggest_absolute(
             config.minimum_samples,
         );
     };
-    let value = round_up(p99 + config.absolute_margin);
+    let value = round_up(p99.saturating_add(config.absolute_margin));
     let mut reasoning = format!(
         "99% of the {} signed-in sessions that ended lasted at most {}; with a margin of {} that gives {} \
          (configured: {}).",
@@ -407,7 +444,7 @@ fn suggest_idle(
             config.minimum_samples,
         );
     };
-    let value = round_up(p99 + config.idle_margin);
+    let value = round_up(p99.saturating_add(config.idle_margin));
     let mut reasoning = format!(
         "99% of the {} returns to a session came at most {} after its recorded activity; with a margin of {} \
          that gives {} (configured: {}).",

@@ -15,17 +15,36 @@ use crate::policy::ExpiryReason;
 use crate::record::SessionRecord;
 use crate::store::SessionStore;
 
-/// How a session ended.
+/// How a session ended, as the code that removed it saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum End {
     /// `logout`, `logout_everywhere`, `logout_others`.
     Logout,
     /// A request found it expired.
     Expired(ExpiryReason),
-    /// The session limit made room for a new sign-in.
+    /// The session limit made room for a new sign-in or a re-authentication.
     Evicted,
-    /// `SessionAdmin` revoked it.
+    /// `SessionAdmin` revoked it, the user signed out one of their other
+    /// devices (`Session::revoke_mine`), or its renewed token was reused
+    /// (`with_revoke_on_reuse`).
     Revoked,
+    /// A request's check refused it and destroyed it: client binding, or
+    /// credentials changed. The rejection is counted by its reason.
+    Rejected,
+}
+
+/// The expiry a session had reached at `now`, if any: the deadline it
+/// passed first. Its idle deadline never lies past its absolute one (it is
+/// capped there), so an idle deadline before the absolute one that has
+/// passed means the user left first.
+fn expired_at(record: &SessionRecord, now: UnixMillis) -> Option<ExpiryReason> {
+    if now < record.expires_at() {
+        None
+    } else if record.idle_deadline < record.absolute_deadline {
+        Some(ExpiryReason::Idle)
+    } else {
+        Some(ExpiryReason::Absolute)
+    }
 }
 
 /// Buckets of sessions per user: 1 to [`SessionsPerUser::MAX`] (and more).
@@ -43,6 +62,9 @@ pub(crate) struct Observer {
     guessing_blocks: AtomicU64,
     expired_idle: AtomicU64,
     expired_absolute: AtomicU64,
+    /// Signed-in sessions among `expired_absolute`.
+    signed_in_expired_absolute: AtomicU64,
+    token_reuses: AtomicU64,
     rejections: [AtomicU64; REASONS.len()],
     durations: LogHistogram,
     idle_gaps: LogHistogram,
@@ -73,6 +95,8 @@ impl Observer {
             guessing_blocks: AtomicU64::new(0),
             expired_idle: AtomicU64::new(0),
             expired_absolute: AtomicU64::new(0),
+            signed_in_expired_absolute: AtomicU64::new(0),
+            token_reuses: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             durations: LogHistogram::new(),
             idle_gaps: LogHistogram::new(),
@@ -152,25 +176,55 @@ impl Observer {
         super::emit::idle_gap(gap);
     }
 
-    /// A session ended at `now`, as `end` says.
+    /// A renewed token came back after its grace.
+    pub(crate) fn token_reused(&self) {
+        bump(&self.token_reuses);
+        #[cfg(feature = "metrics")]
+        super::emit::token_reused();
+    }
+
+    /// A session was removed at `now`, as `end` says. Call it only when
+    /// the store actually removed it, so that a session ended twice in a
+    /// race is counted once.
+    ///
+    /// A session that had expired already when it was removed (by a
+    /// logout of all devices, a revocation, ...) is counted as the expiry
+    /// it was, and measured like one: its user had left by then. One
+    /// found by a request after its absolute deadline but idle since
+    /// before it is an idle expiry.
     pub(crate) fn ended(&self, end: End, record: &SessionRecord, now: UnixMillis) {
+        let found_by_request = matches!(end, End::Expired(_));
+        let end = expired_at(record, now).map_or(end, End::Expired);
+        let signed_in = record.user_id.is_some();
         let counter = match end {
-            End::Logout => &self.logouts,
+            End::Logout => Some(&self.logouts),
             End::Expired(ExpiryReason::Idle) => {
-                // The user came back, after the idle timeout.
-                self.returned(record, now);
-                &self.expired_idle
+                if found_by_request {
+                    // The user came back, after the idle timeout.
+                    self.returned(record, now);
+                }
+                Some(&self.expired_idle)
             }
-            End::Expired(ExpiryReason::Absolute) => &self.expired_absolute,
-            End::Evicted => &self.evictions,
-            End::Revoked => &self.revocations,
+            End::Expired(ExpiryReason::Absolute) => {
+                if signed_in {
+                    bump(&self.signed_in_expired_absolute);
+                }
+                Some(&self.expired_absolute)
+            }
+            End::Evicted => Some(&self.evictions),
+            End::Revoked => Some(&self.revocations),
+            // Counted with the rejections, by reason.
+            End::Rejected => None,
         };
-        bump(counter);
-        let duration = record.user_id.is_some().then(|| {
+        if let Some(counter) = counter {
+            bump(counter);
+        }
+        let duration = signed_in.then(|| {
             let until = match end {
                 End::Logout | End::Revoked => now,
-                // Its user left at its last activity.
-                End::Expired(ExpiryReason::Idle) | End::Evicted => record.last_seen,
+                // Its user left at its last activity (a rejected session's
+                // last accepted one).
+                End::Expired(ExpiryReason::Idle) | End::Evicted | End::Rejected => record.last_seen,
                 End::Expired(ExpiryReason::Absolute) => record.absolute_deadline.min(now),
             };
             until.saturating_sub(signed_in_since(record))
@@ -199,7 +253,7 @@ impl Observer {
         let suggested = Suggestions {
             absolute_timeout: suggest_absolute(
                 &session_durations,
-                expiries.absolute,
+                read(&self.signed_in_expired_absolute),
                 config,
                 configured.absolute_timeout,
             ),
@@ -218,6 +272,7 @@ impl Observer {
             regenerations: read(&self.regenerations),
             evictions: read(&self.evictions),
             revocations: read(&self.revocations),
+            token_reuses: read(&self.token_reuses),
             guessing_blocks: read(&self.guessing_blocks),
             expiries,
             rejections: REASONS

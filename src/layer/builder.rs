@@ -526,12 +526,13 @@ impl SessionLayer {
 
     /// What this layer (and its clones) observed since it was made: how
     /// long signed-in sessions lasted and how long they sat idle (quantiles
-    /// and buckets), sessions per user, rejections by reason, and the
-    /// absolute and idle timeouts those figures suggest, with the reasoning.
+    /// and buckets), sessions per user (with a session limit), rejections
+    /// by reason, and the absolute and idle timeouts those figures suggest,
+    /// with the reasoning.
     /// See [`insights`](crate::insights).
     ///
     /// Always on: recording costs a few atomic additions per request and a
-    /// fixed 5 KiB or so, and the figures are there the day they are
+    /// fixed 9 KiB or so, and the figures are there the day they are
     /// needed, without a restart. The snapshot serializes with serde.
     #[must_use]
     pub fn insights(&self) -> Insights {

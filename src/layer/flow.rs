@@ -468,8 +468,13 @@ async fn load(
                 touch
             }
             Verdict::Expired(reason) => {
-                config.observer.ended(End::Expired(reason), &record, now);
-                Box::pin(destroy(config, &current, &record, "an expired session")).await;
+                // Counted by the request that removed it, once.
+                if Box::pin(destroy(config, &current, &record, "an expired session"))
+                    .await
+                    .is_some()
+                {
+                    config.observer.ended(End::Expired(reason), &record, now);
+                }
                 let network = visitor.client.ip.map(Network::of_default);
                 visitor.sink.push(|| SessionEvent::Expired {
                     session: current.fingerprint(),
@@ -493,7 +498,12 @@ async fn load(
                 ) {
                     BindingVerdict::Accept(update) => update.map(Box::new),
                     BindingVerdict::Reject(reason) => {
-                        Box::pin(destroy(config, &current, &record, "a rejected session")).await;
+                        if Box::pin(destroy(config, &current, &record, "a rejected session"))
+                            .await
+                            .is_some()
+                        {
+                            config.observer.ended(End::Rejected, &record, now);
+                        }
                         visitor.reject(Some(&current), reason);
                         return Ok(match rules.action() {
                             RejectAction::Respond => Loading::Unauthorized,
@@ -509,13 +519,16 @@ async fn load(
             match Box::pin(checked).await {
                 StampCheck::Current => {}
                 StampCheck::Changed => {
-                    Box::pin(destroy(
+                    let removed = Box::pin(destroy(
                         config,
                         &current,
                         &record,
                         "a session whose credentials changed",
                     ))
                     .await;
+                    if removed.is_some() {
+                        config.observer.ended(End::Rejected, &record, now);
+                    }
                     visitor.reject(Some(&current), RejectReason::CredentialsChanged);
                     return Ok(Loading::Done(Token::Destroyed));
                 }
@@ -597,10 +610,16 @@ async fn renew(
 /// logged: the request is refused its session either way.
 async fn reused(visitor: &mut Visitor<'_>, id: &SessionId, successor: IdHash) {
     let config = visitor.config;
+    config.observer.token_reused();
     let mut revoked = false;
     if config.revoke_on_reuse {
         match lifecycle::revoke(&*config.store, &successor).await {
-            Ok(removed) => revoked = removed.is_some(),
+            Ok(removed) => {
+                if let Some(removed) = removed {
+                    config.observer.ended(End::Revoked, &removed, visitor.now);
+                    revoked = true;
+                }
+            }
             Err(err) => tracing::error!(
                 target: "tower_session_guard",
                 session = %successor.fingerprint(),
@@ -620,15 +639,23 @@ async fn reused(visitor: &mut Visitor<'_>, id: &SessionId, successor: IdHash) {
 
 /// Deletes a session the policy refused. The policy refuses it whatever
 /// happens here, so a store failure is logged, not fatal.
-async fn destroy(config: &Config, id: &SessionId, record: &SessionRecord, what: &str) {
-    let removed = lifecycle::logout(&*config.store, &id.hash(), record.user_id.as_deref()).await;
-    if let Err(err) = removed {
-        tracing::error!(
-            target: "tower_session_guard",
-            session = %id.fingerprint(),
-            error = %err,
-            "could not delete {what}"
-        );
+async fn destroy(
+    config: &Config,
+    id: &SessionId,
+    record: &SessionRecord,
+    what: &str,
+) -> Option<Arc<SessionRecord>> {
+    match lifecycle::logout(&*config.store, &id.hash(), record.user_id.as_deref()).await {
+        Ok(removed) => removed,
+        Err(err) => {
+            tracing::error!(
+                target: "tower_session_guard",
+                session = %id.fingerprint(),
+                error = %err,
+                "could not delete {what}"
+            );
+            None
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! runtime under its own local recorder, so tests do not see each other's
 //! metrics.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,7 @@ const ALLOWED_LABEL_VALUES: &[&str] = &[
     "absolute_timeout",
     "evicted",
     "revoked",
+    "rejected",
 ];
 
 /// Runs `scenario` with its own recorder.
@@ -228,7 +230,7 @@ fn durations_idle_gaps_store_times_and_live_sessions_are_recorded() {
         assert_eq!(observed.histograms[names::IDLE_GAP], [600.0, 300.0]);
         let logout = format!("{}{{end=logout}}", names::SESSION_DURATION);
         assert_eq!(observed.histograms[&logout], [900.0]);
-        for operation in ["load", "create", "delete", "index_add", "index_members"] {
+        for operation in ["load", "create", "delete", "index_add", "index_remove"] {
             let name = format!("{}{{operation={operation}}}", names::STORE_OPERATION);
             let times = observed.histograms.get(&name);
             assert!(
@@ -247,6 +249,56 @@ fn durations_idle_gaps_store_times_and_live_sessions_are_recorded() {
         clock.advance(Duration::from_secs(2));
         send(&app, "GET", "/noop", None).await;
         assert_eq!(seen(&metrics).gauges.get(names::LIVE_SESSIONS), Some(&1.0));
+    });
+}
+
+/// Counting a user's sessions for insights costs a sign-in no store
+/// round trip: without a limit the index is not read at all, with one it
+/// is read once, by the limit's own check.
+#[test]
+fn a_sign_in_reads_the_users_index_only_for_its_limit() {
+    with_recorder(|metrics| async move {
+        let index_reads = |metrics: &Snapshotter| {
+            let name = format!("{}{{operation=index_members}}", names::STORE_OPERATION);
+            seen(metrics).histograms.get(&name).map_or(0, Vec::len)
+        };
+        let clock = ManualClock::new();
+        let unlimited = app(layer(&clock));
+        sign_in(&unlimited, "alice").await;
+        assert_eq!(index_reads(&metrics), 0);
+
+        let limited = layer(&clock).with_session_limit(3, OnLimit::EvictLeastRecent);
+        let with_limit = app(limited.clone());
+        sign_in(&with_limit, "alice").await;
+        sign_in(&with_limit, "alice").await;
+        assert_eq!(index_reads(&metrics), 2);
+        let per_user = limited.insights().sessions_per_user;
+        assert_eq!(per_user.count, 2);
+        assert_eq!(per_user.p99, Some(2));
+    });
+}
+
+#[test]
+fn a_reused_renewed_token_and_the_revocation_it_causes_are_counted() {
+    with_recorder(|metrics| async move {
+        let clock = ManualClock::new();
+        let layer = layer(&clock)
+            .with_renewal_interval(10 * MINUTE, Duration::from_secs(30))
+            .with_revoke_on_reuse(true);
+        let app = app(layer);
+        let old = sign_in(&app, "alice").await;
+        clock.advance(11 * MINUTE);
+        who_is(&app, &old).await.token().expect("renewed");
+        counters(&metrics);
+        clock.advance(MINUTE);
+        assert_eq!(who_is(&app, &old).await.body, "anonymous");
+        let observed = seen(&metrics);
+        assert_eq!(
+            observed.counters,
+            only([(names::TOKEN_REUSES, 1), (names::REVOCATIONS, 1)])
+        );
+        let revoked = format!("{}{{end=revoked}}", names::SESSION_DURATION);
+        assert_eq!(observed.histograms[&revoked], [12.0 * 60.0]);
     });
 }
 
@@ -343,4 +395,44 @@ fn no_label_value_carries_an_id_a_token_a_fingerprint_or_a_user_id() {
             }
         }
     });
+}
+
+/// The Prometheus set-up shown in the README and in the `metrics` module
+/// docs is the one `examples/prometheus.rs` compiles and runs.
+#[test]
+fn the_documented_prometheus_set_up_is_the_example() {
+    let example = include_str!("../examples/prometheus.rs");
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split_once("Prometheus, in a few lines")
+        .expect("the README shows the Prometheus set-up")
+        .1
+        .split_once("```rust,ignore\n")
+        .expect("in a rust block")
+        .1
+        .split_once("\n```")
+        .expect("the block ends")
+        .0;
+    let module_docs: String = include_str!("../../src/metrics.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+        .collect();
+    for shown in [
+        block,
+        module_docs
+            .split_once("```ignore\n")
+            .unwrap()
+            .1
+            .split_once("\n```")
+            .unwrap()
+            .0,
+    ] {
+        for line in shown.lines().filter(|line| !line.is_empty()) {
+            assert!(
+                example.contains(line.trim()),
+                "the documented line {line:?} is not in e2e/examples/prometheus.rs"
+            );
+        }
+    }
 }

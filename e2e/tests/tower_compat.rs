@@ -2,6 +2,7 @@
 //! and timeout layers around it and inside it, axum's `Router::nest`, and a
 //! plain `tower::service_fn` served by hyper without axum.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::convert::Infallible;

@@ -3,7 +3,7 @@
 //! `tower::Service::call` on a current-thread tokio runtime.
 //!
 //! ```text
-//! cargo bench --bench sessions
+//! cargo bench -p benchmarks --features bench --bench sessions
 //! ```
 //!
 //! One criterion group per scenario:

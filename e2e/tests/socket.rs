@@ -1,5 +1,6 @@
 //! The layer over a real TCP socket, driven by a cookie-keeping HTTP client.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use tower_session_guard::{

@@ -3,11 +3,11 @@
 //! ratios against the targets of the benchmark issue.
 //!
 //! ```text
-//! cargo bench --bench sessions                       # -> target/criterion/
-//! cargo run --release --example bench_memory         # -> target/bench-results/memory.json
-//! cargo run --release --example bench_http           # -> target/bench-results/http.json
-//! cargo run --release --example bench_chart          # -> benches/results.{json,svg}
-//! cargo run --release --example bench_chart -- --render-only   # redraw from benches/results.json
+//! cargo bench -p benchmarks --features bench --bench sessions                       # -> target/criterion/
+//! cargo run -p benchmarks --features bench --release --example bench_memory         # -> target/bench-results/memory.json
+//! cargo run -p benchmarks --features bench --release --example bench_http           # -> target/bench-results/http.json
+//! cargo run -p benchmarks --features bench --release --example bench_chart          # -> benches/results.{json,svg}
+//! cargo run -p benchmarks --features bench --release --example bench_chart -- --render-only   # redraw from benches/results.json
 //! ```
 //!
 //! Time per request is criterion's median estimate for each benchmark.

@@ -4,9 +4,9 @@
 //! requests through an axum `Router`, and rows written per request.
 //!
 //! ```text
-//! cargo run --release --example bench_sql --features postgres
+//! cargo run -p benchmarks --features postgres --release --example bench_sql
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test ROUNDS=7 REQUESTS=2000 \
-//!     cargo run --release --example bench_sql --features postgres
+//!     cargo run -p benchmarks --features postgres --release --example bench_sql
 //! ```
 //!
 //! Writes `benches/sql_results.json` and the chart `benches/sql_results.svg`

@@ -3,9 +3,9 @@
 //! store.
 //!
 //! ```text
-//! cargo run --release --example bench_memory                          # both stores, one process each
-//! cargo run --release --example bench_memory -- tower-session-guard   # one store only
-//! cargo run --release --example bench_memory -- tower-sessions --sessions 200000
+//! cargo run -p benchmarks --features bench --release --example bench_memory                          # both stores, one process each
+//! cargo run -p benchmarks --features bench --release --example bench_memory -- tower-session-guard   # one store only
+//! cargo run -p benchmarks --features bench --release --example bench_memory -- tower-sessions --sessions 200000
 //! ```
 //!
 //! Sessions are created the way an application would create them, through

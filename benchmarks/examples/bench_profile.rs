@@ -1,7 +1,7 @@
 //! Runs one benchmark scenario in a loop, for a profiler.
 //!
 //! ```text
-//! cargo build --release --example bench_profile
+//! cargo build -p benchmarks --features bench --release --example bench_profile
 //! valgrind --tool=callgrind --callgrind-out-file=read.callgrind \
 //!     target/release/examples/bench_profile read tower-session-guard 20000
 //! callgrind_annotate --inclusive=yes read.callgrind | head -60

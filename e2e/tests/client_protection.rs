@@ -1,6 +1,7 @@
 //! Client-aware protection through a real axum `Router`: trusted proxies,
 //! HTTPS-only, client binding, impossible travel, guessing detection.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::{IpAddr, SocketAddr};

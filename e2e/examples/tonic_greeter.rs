@@ -1,7 +1,19 @@
-//! A gRPC service behind `SessionLayer`, with `Login`, `Whoami` and `Logout`.
+//! A gRPC service behind `SessionLayer`, with `Login`, `Whoami` and `Logout`,
+//! and a client that walks through them.
 //!
 //! ```text
 //! cargo run --example tonic_greeter --features tonic
+//! ```
+//!
+//! starts the server on http://127.0.0.1:50051 (`PORT` changes the port),
+//! then runs its own client against it and prints each call: `Login` →
+//! `Whoami` → `Logout` → `Whoami` again, which the server refuses because
+//! the token died with the logout. To keep the server running for another
+//! client, and to call it from a second terminal:
+//!
+//! ```text
+//! cargo run --example tonic_greeter --features tonic -- --serve
+//! cargo run --example tonic_greeter --features tonic -- --client
 //! ```
 //!
 //! gRPC clients keep no cookies, so the layer carries the token in the
@@ -254,21 +266,168 @@ pub mod client {
     }
 }
 
+/// One call of the walkthrough and what came of it, as it is printed.
+pub struct Step {
+    /// The call, such as `Whoami (with the token)`.
+    pub call: &'static str,
+    /// What the server answered.
+    pub outcome: String,
+}
+
+/// Signs in as `user` at the greeter on `url`, asks who is signed in, signs
+/// out, and shows that the old token is refused; `report` sees each step as
+/// it completes.
+///
+/// # Errors
+///
+/// A sentence saying which step did not go as a session should: a call
+/// that failed, no token after `Login`, the wrong user, or a token that
+/// still works after `Logout`.
+pub async fn walkthrough(
+    url: String,
+    user: &str,
+    mut report: impl FnMut(&Step),
+) -> Result<Vec<Step>, String> {
+    use tonic::metadata::MetadataValue;
+
+    fn with_token<T>(message: T, token: &MetadataValue<tonic::metadata::Ascii>) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(TOKEN_HEADER, token.clone());
+        request
+    }
+
+    let mut steps = Vec::new();
+    let mut step = |call: &'static str, outcome: String| {
+        let step = Step { call, outcome };
+        report(&step);
+        steps.push(step);
+    };
+    let mut client = client::GreeterClient::connect(url.clone())
+        .await
+        .map_err(|err| format!("cannot connect to {url}: {err}"))?;
+
+    let login = client
+        .login(Request::new(LoginRequest {
+            user: user.to_owned(),
+        }))
+        .await
+        .map_err(|status| format!("Login failed: {status}"))?;
+    let token = login
+        .metadata()
+        .get(TOKEN_HEADER)
+        .filter(|token| !token.is_empty())
+        .cloned()
+        .ok_or_else(|| format!("Login answered without a token in `{TOKEN_HEADER}`"))?;
+    // The token is a credential: the client keeps it and never prints it.
+    step(
+        "Login",
+        format!(
+            "OK; the session token came back in `{TOKEN_HEADER}` ({} characters)",
+            token.len()
+        ),
+    );
+
+    let me = client
+        .whoami(with_token(Empty {}, &token))
+        .await
+        .map_err(|status| format!("Whoami with the token failed: {status}"))?
+        .into_inner()
+        .user;
+    if me != user {
+        return Err(format!("Whoami answered {me:?} instead of {user:?}"));
+    }
+    step("Whoami (with the token)", format!("OK: signed in as {me}"));
+
+    let logout = client
+        .logout(with_token(Empty {}, &token))
+        .await
+        .map_err(|status| format!("Logout failed: {status}"))?;
+    let forget = logout
+        .metadata()
+        .get(TOKEN_HEADER)
+        .is_some_and(|value| value.is_empty());
+    if !forget {
+        return Err(format!(
+            "Logout did not tell the client to forget its token (an empty `{TOKEN_HEADER}`)"
+        ));
+    }
+    step(
+        "Logout (with the token)",
+        "OK; the server told the client to forget the token".to_owned(),
+    );
+
+    match client.whoami(with_token(Empty {}, &token)).await {
+        Ok(reply) => {
+            return Err(format!(
+                "Whoami with the old token still answered {:?} after Logout",
+                reply.into_inner().user
+            ))
+        }
+        Err(status) if status.code() == tonic::Code::Unauthenticated => step(
+            "Whoami (the same token again)",
+            format!("refused: {:?}, \"{}\"", status.code(), status.message()),
+        ),
+        Err(status) => return Err(format!("Whoami after Logout failed oddly: {status}")),
+    }
+    Ok(steps)
+}
+
+/// What the program was asked to do.
+enum Mode {
+    /// Serve, and walk through the calls with a client (the default).
+    Both,
+    /// Serve until stopped (`--serve`).
+    Serve,
+    /// Walk through the calls against a running server (`--client`).
+    Client,
+}
+
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() {
-    let address: SocketAddr = std::env::var("GREETER_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:50051".to_owned())
-        .parse()
-        .expect("GREETER_ADDR must be an address such as 127.0.0.1:50051");
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .unwrap_or_else(|err| {
-            panic!("cannot listen on {address}: {err}; set GREETER_ADDR to a free address")
-        });
-    println!(
-        "greeter listening on http://{}",
-        listener.local_addr().unwrap()
-    );
-    serve(listener).await.unwrap();
+    let mode = match std::env::args().nth(1).as_deref() {
+        None => Mode::Both,
+        Some("--serve") => Mode::Serve,
+        Some("--client") => Mode::Client,
+        Some(other) => {
+            eprintln!("unknown argument {other:?}; use no argument, --serve or --client");
+            std::process::exit(2);
+        }
+    };
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .expect("PORT must be a port number such as 50051"),
+        Err(_) => 50051,
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let url = format!("http://{address}");
+
+    let server = if let Mode::Client = mode {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .unwrap_or_else(|err| {
+                panic!("cannot listen on {address}: {err}; set PORT to a free port")
+            });
+        println!("greeter listening on {url}");
+        Some(tokio::spawn(serve(listener)))
+    };
+    if let (Mode::Serve, Some(server)) = (&mode, server) {
+        server.await.unwrap().unwrap();
+        return;
+    }
+
+    println!("client calling {url}:");
+    let mut number = 0;
+    let result = walkthrough(url, "alice", |step| {
+        number += 1;
+        println!("  {number}. {:<30} -> {}", step.call, step.outcome);
+    })
+    .await;
+    if let Err(problem) = result {
+        eprintln!("the walkthrough went wrong: {problem}");
+        std::process::exit(1);
+    }
 }

@@ -5,8 +5,8 @@
 //! handler reads one key), all in the same run.
 //!
 //! ```text
-//! cargo run --release --example bench_http
-//! cargo run --release --example bench_http -- --requests 50000 --connections 64 --rounds 3
+//! cargo run -p benchmarks --features bench --release --example bench_http
+//! cargo run -p benchmarks --features bench --release --example bench_http -- --requests 50000 --connections 64 --rounds 3
 //! ```
 //!
 //! Client and servers share one tokio runtime (one worker per core), so the

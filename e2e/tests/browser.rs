@@ -1,10 +1,25 @@
 //! The demo (`examples/demo.rs`) in a real browser: headless Chromium,
-//! driven over WebDriver, signs in through the form, counts visits across
-//! reloads, cannot read the HttpOnly session cookie from JavaScript, is
-//! not signed in as someone else by a form posted from another origin
-//! (login CSRF: another port of 127.0.0.1 is another origin, and the same
-//! site, so the `SameSite=Lax` cookie goes along), signs out, and gets
-//! nowhere with the old cookie put back.
+//! driven over WebDriver as two devices (two WebDriver sessions, each with
+//! a profile of its own). A first visit stores nothing and gets no cookie;
+//! the counter's button does. Both devices sign in as the same user (one
+//! with "remember me": a persistent cookie), see each other in the
+//! sessions list, and one revokes the other. A password change asks for
+//! the password again once the sign-in is no longer recent, then signs the
+//! other device out; so does "sign out other devices". The session cookie
+//! is out of JavaScript's reach; a form posted from another origin (login
+//! CSRF: another port of 127.0.0.1 is another origin, and the same site, so
+//! the `SameSite=Lax` cookie goes along) is refused; a signed-out cookie
+//! put back gets nowhere. On a second demo with a two-second idle timeout,
+//! a session left alone ends, and its page notices.
+//!
+//! With `DEMO_SCREENSHOT` (a path relative to the workspace root) it saves
+//! the main page, with both devices listed, as a PNG; the README's picture
+//! is made so:
+//!
+//! ```text
+//! cargo build --example demo &&
+//!     DEMO_SCREENSHOT=docs/demo.png REQUIRE_BROWSER=1 cargo test --all-features -p e2e --test browser
+//! ```
 //!
 //! Needs Chromium and chromedriver (Debian: `chromium`, `chromium-driver`);
 //! `CHROMIUM` and `CHROMEDRIVER` override their paths. Without them the
@@ -33,7 +48,13 @@ const COOKIE: &str = "id";
 const STEP: Duration = Duration::from_secs(5);
 
 /// The longest the whole walk through the site may take.
-const WHOLE_VISIT: Duration = Duration::from_secs(60);
+const WHOLE_VISIT: Duration = Duration::from_secs(120);
+
+/// How recent a sign-in the demo's password change needs, here.
+const RECENT_AUTH: Duration = Duration::from_secs(2);
+
+/// The short-idle demo's idle timeout.
+const SHORT_IDLE: Duration = Duration::from_secs(2);
 
 /// Chromium flags: headless, and nothing that reaches the network or
 /// outlives the test.
@@ -46,16 +67,22 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    // A modest window: the screenshot's size.
+    "--window-size=960,1700",
 ];
 
 #[tokio::test]
-async fn the_demo_signs_in_counts_signs_out_and_refuses_the_old_cookie() {
+async fn the_demo_shows_sessions_devices_deadlines_and_refuses_forgeries() {
     let Some(tools) = BrowserTools::find() else {
         return;
     };
     let demo = demo_binary();
-    let profile = ScratchDir::new("chromium-profile");
+    let profiles = [
+        ScratchDir::new("chromium-profile-one"),
+        ScratchDir::new("chromium-profile-two"),
+    ];
     let demo_address = free_address();
+    let short_idle_address = free_address();
     let driver_address = free_address();
 
     let mut processes = Processes::default();
@@ -63,6 +90,15 @@ async fn the_demo_signs_in_counts_signs_out_and_refuses_the_old_cookie() {
         "demo",
         Command::new(&demo)
             .env("DEMO_ADDR", demo_address.to_string())
+            .env("DEMO_RECENT_AUTH_SECS", RECENT_AUTH.as_secs().to_string())
+            .stdout(Stdio::null()),
+    );
+    // The same demo with a short idle timeout, to watch a session end.
+    processes.start(
+        "short-idle demo",
+        Command::new(&demo)
+            .env("DEMO_ADDR", short_idle_address.to_string())
+            .env("DEMO_IDLE_SECS", SHORT_IDLE.as_secs().to_string())
             .stdout(Stdio::null()),
     );
     processes.start(
@@ -72,17 +108,24 @@ async fn the_demo_signs_in_counts_signs_out_and_refuses_the_old_cookie() {
             .stdout(Stdio::null()),
     );
     processes.wait_until_listening("demo", demo_address);
+    processes.wait_until_listening("short-idle demo", short_idle_address);
     processes.wait_until_listening("chromedriver", driver_address);
 
     let attacker = serve_attacker(demo_address).await;
-    let client = connect(&tools, driver_address, profile.path()).await;
-    let visit =
-        tokio::time::timeout(WHOLE_VISIT, walk_through(&client, demo_address, attacker)).await;
-    // End the browser session before the processes go; the guard kills
+    // Two WebDriver sessions with profiles of their own: two devices.
+    let one = connect(&tools, driver_address, profiles[0].path()).await;
+    let two = connect(&tools, driver_address, profiles[1].path()).await;
+    let visit = tokio::time::timeout(WHOLE_VISIT, async {
+        walk_through(&one, &two, demo_address, attacker).await?;
+        watch_idle_timeout(&two, short_idle_address).await
+    })
+    .await;
+    // End the browser sessions before the processes go; the guard kills
     // whatever is left either way.
-    let _ = tokio::time::timeout(STEP, client.close()).await;
+    let _ = tokio::time::timeout(STEP, one.close()).await;
+    let _ = tokio::time::timeout(STEP, two.close()).await;
     drop(processes);
-    drop(profile);
+    drop(profiles);
     match visit {
         Err(_) => panic!("the browser walk-through took longer than {WHOLE_VISIT:?}"),
         Ok(Err(err)) => panic!("WebDriver command failed: {err}"),
@@ -90,19 +133,39 @@ async fn the_demo_signs_in_counts_signs_out_and_refuses_the_old_cookie() {
     }
 }
 
-/// What a person would do on the demo site, with what they should see.
+/// What a person would do on the demo site with two devices (`one`, `two`),
+/// with what they should see.
 async fn walk_through(
-    client: &Client,
+    one: &Client,
+    two: &Client,
     address: SocketAddr,
     attacker: SocketAddr,
 ) -> Result<(), CmdError> {
     let base = format!("http://{address}");
     let host = address.ip().to_string();
-    client.goto(&format!("{base}/")).await?;
-    assert_eq!(visits(client).await?, 1, "a fresh visitor");
-    assert!(shown(client, "#user-anonymous").await?);
-    // The sign-in form carries the session's CSRF token.
-    let form_token = client
+
+    // A first visit stores nothing and sets no cookie, and says so.
+    one.goto(&format!("{base}/")).await?;
+    assert!(shown(one, "#user-anonymous").await?);
+    assert!(shown(one, "#nothing-stored").await?);
+    assert_eq!(visits(one).await?, 0);
+    assert!(
+        session_cookie(one).await?.is_none(),
+        "reading a page set a cookie"
+    );
+
+    // The counter writes when asked: now there is a session and a cookie.
+    click(one, "#count").await?;
+    wait_for_text(one, "#visits", "1").await?;
+    assert!(!shown(one, "#nothing-stored").await?);
+    let anonymous_token = session_cookie(one)
+        .await?
+        .expect("the counter stored something, so the session has a cookie")
+        .value()
+        .to_owned();
+    assert!(text(one, "#events").await?.contains("created"));
+    // Every form now carries the session's CSRF token.
+    let form_token = one
         .find(Locator::Css(
             "form[action='/login'] input[name='csrf_token']",
         ))
@@ -110,34 +173,13 @@ async fn walk_through(
         .attr("value")
         .await?
         .unwrap_or_default();
-    assert_eq!(
-        form_token.len(),
-        43,
-        "a CSRF token in the form: {form_token:?}"
-    );
-    let anonymous_token = session_cookie(client)
-        .await?
-        .expect("the counter stored something, so the session has a cookie")
-        .value()
-        .to_owned();
+    assert_eq!(form_token.len(), 43, "a CSRF token: {form_token:?}");
 
-    // Sign in through the form.
-    client
-        .find(Locator::Css("#username"))
-        .await?
-        .send_keys("alice")
-        .await?;
-    client.find(Locator::Css("#login")).await?.click().await?;
-    // The click starts a navigation (POST /login, redirect to /); the
-    // signed-in page is the one with `#user`.
-    let user = client
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::Css("#user"))
-        .await?;
-    assert_eq!(user.text().await?, "alice");
-    assert_eq!(visits(client).await?, 2, "the count survived the login");
-    let signed_in = session_cookie(client)
+    // Device one signs in for this browser session, device two with
+    // "remember me".
+    sign_in(one, "alice", false).await?;
+    assert_eq!(visits(one).await?, 1, "the count survived the login");
+    let signed_in = session_cookie(one)
         .await?
         .expect("a signed-in session has a cookie");
     assert_ne!(
@@ -145,19 +187,46 @@ async fn walk_through(
         anonymous_token,
         "the login gave the session a new id"
     );
+    let cookie = text(one, "#cookie").await?;
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax")
+            && !cookie.contains("Max-Age"),
+        "a session cookie as delivered: {cookie}"
+    );
+    assert!(
+        !cookie.contains(signed_in.value()),
+        "the page shows the cookie's value: {cookie}"
+    );
+    assert!(shown(one, "#expires").await?, "the idle deadline");
+    assert!(shown(one, "#ends").await?, "the absolute deadline");
+    assert!(text(one, "#events").await?.contains("logged_in"));
 
-    // Reloads keep counting in the same session.
-    for expected in 3..=5 {
-        client.refresh().await?;
-        assert_eq!(visits(client).await?, expected);
-        assert!(shown(client, "#user").await?, "still signed in");
+    two.goto(&format!("{base}/")).await?;
+    sign_in(two, "alice", true).await?;
+    let cookie = text(two, "#cookie").await?;
+    assert!(cookie.contains("Max-Age="), "a persistent cookie: {cookie}");
+
+    // Both devices are listed on both, each marking its own.
+    one.refresh().await?;
+    for device in [one, two] {
+        assert_eq!(count(device, "#sessions tr.session").await?, 2);
+        assert_eq!(count(device, "#sessions tr.current").await?, 1);
+    }
+    if let Some(path) = std::env::var_os("DEMO_SCREENSHOT") {
+        // Relative to the workspace root, where the command is run.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        let png = one.screenshot().await?;
+        std::fs::write(&path, png).unwrap_or_else(|err| {
+            panic!("cannot write the screenshot to {}: {err}", path.display())
+        });
     }
 
     // Another origin's page posts a sign-in form to the demo (login CSRF):
     // the browser sends the session cookie along, the layer refuses it.
-    client.goto(&format!("http://{attacker}/")).await?;
-    client.find(Locator::Css("#attack")).await?.click().await?;
-    let refusal = client
+    one.goto(&format!("http://{attacker}/")).await?;
+    one.find(Locator::Css("#attack")).await?.click().await?;
+    let refusal = one
         .wait()
         .at_most(STEP)
         .for_element(Locator::XPath(
@@ -165,16 +234,15 @@ async fn walk_through(
         ))
         .await?;
     assert!(refusal.text().await?.starts_with("403 Forbidden"));
-    client.goto(&format!("{base}/")).await?;
+    one.goto(&format!("{base}/")).await?;
     assert_eq!(
-        client.find(Locator::Css("#user")).await?.text().await?,
+        text(one, "#user").await?,
         "alice",
         "still signed in as alice, not as the attacker"
     );
-    assert_eq!(visits(client).await?, 6, "the refused post changed nothing");
 
     // HttpOnly: the browser holds the cookie, the page's scripts cannot see it.
-    let script_view = client.execute("return document.cookie;", vec![]).await?;
+    let script_view = one.execute("return document.cookie;", vec![]).await?;
     let script_view = script_view.as_str().unwrap_or_default();
     assert!(
         !script_view
@@ -182,29 +250,60 @@ async fn walk_through(
             .any(|pair| pair.trim_start().starts_with(&format!("{COOKIE}="))),
         "document.cookie shows the session cookie: {script_view:?}"
     );
-    let held = session_cookie(client).await?.expect("the browser holds it");
+    let held = session_cookie(one).await?.expect("the browser holds it");
     assert_eq!(held.http_only(), Some(true), "{held:?}");
-    assert_eq!(held.value(), signed_in.value());
-    let old_token = held.value().to_owned();
 
-    // Sign out: back to an anonymous session, counting from 1 again.
-    client.find(Locator::Css("#logout")).await?.click().await?;
-    client
-        .wait()
-        .at_most(STEP)
-        .for_element(Locator::Css("#user-anonymous"))
-        .await?;
-    assert_eq!(visits(client).await?, 1, "the count started over");
-    assert!(!shown(client, "#user").await?);
-    let after_logout = session_cookie(client).await?;
-    assert_ne!(
-        after_logout.as_ref().map(Cookie::value),
-        Some(old_token.as_str()),
-        "the signed-out id is not kept"
+    // Device two revokes device one.
+    click(two, "#sessions tr.session:not(.current) button.revoke").await?;
+    wait_for_text(two, "#notice", "That session is signed out.").await?;
+    assert_eq!(count(two, "#sessions tr.session").await?, 1);
+    one.refresh().await?;
+    assert!(shown(one, "#user-anonymous").await?, "revoked");
+    assert!(shown(one, "#cookie-refused").await?);
+
+    // A password change needs a recent sign-in: past it, the password again.
+    sign_in(one, "alice", false).await?;
+    tokio::time::sleep(RECENT_AUTH + Duration::from_millis(500)).await;
+    fill(one, "#new-password", "correct horse").await?;
+    click(one, "#change-password").await?;
+    wait_for(one, "#reauth").await?;
+    fill(one, "#reauth-password", "battery staple").await?;
+    click(one, "#reauth-submit").await?;
+    wait_for_text(one, "#notice", "Password confirmed: you can change it now.").await?;
+    fill(one, "#new-password", "correct horse").await?;
+    click(one, "#change-password").await?;
+    wait_for_text(
+        one,
+        "#notice",
+        "Password changed; 1 other session(s) signed out.",
+    )
+    .await?;
+    assert_eq!(count(one, "#sessions tr.session").await?, 1);
+    two.refresh().await?;
+    assert!(
+        shown(two, "#user-anonymous").await?,
+        "the password change signed the other device out"
     );
 
-    // Put the signed-out cookie back: the server refuses it and replaces it.
-    client.delete_cookie(COOKIE).await?;
+    // "Sign out other devices".
+    sign_in(two, "alice", false).await?;
+    one.refresh().await?;
+    assert_eq!(count(one, "#sessions tr.session").await?, 2);
+    click(one, "#logout-others").await?;
+    wait_for_text(one, "#notice", "1 other session(s) signed out.").await?;
+    two.refresh().await?;
+    assert!(shown(two, "#user-anonymous").await?);
+
+    // Sign out, then put the signed-out cookie back: the server refuses it
+    // and replaces it.
+    let old_token = session_cookie(one)
+        .await?
+        .expect("signed in")
+        .value()
+        .to_owned();
+    click(one, "#logout").await?;
+    wait_for(one, "#user-anonymous").await?;
+    one.delete_cookie(COOKIE).await?;
     // Every attribute spelled out: WebDriver sends an unset domain as
     // `null` (which Chromium refuses) and an unset SameSite as `None`.
     let mut replay = Cookie::new(COOKIE, old_token.clone());
@@ -212,26 +311,112 @@ async fn walk_through(
     replay.set_path("/");
     replay.set_http_only(true);
     replay.set_same_site(SameSite::Lax);
-    client.add_cookie(replay).await?;
-    assert_eq!(
-        session_cookie(client).await?.map(|c| c.value().to_owned()),
-        Some(old_token.clone()),
-        "the old cookie is back in the browser"
-    );
-    client.refresh().await?;
+    one.add_cookie(replay).await?;
+    one.refresh().await?;
     assert!(
-        shown(client, "#user-anonymous").await?,
+        shown(one, "#user-anonymous").await?,
         "the old cookie signs no one in"
     );
-    assert!(!shown(client, "#user").await?);
-    assert_eq!(visits(client).await?, 1, "none of the old session's data");
-    let replaced = session_cookie(client).await?;
+    assert!(shown(one, "#cookie-refused").await?);
+    assert_eq!(visits(one).await?, 0, "none of the old session's data");
+    let replaced = session_cookie(one).await?;
     assert_ne!(
         replaced.as_ref().map(Cookie::value),
         Some(old_token.as_str()),
         "the server cleared the refused cookie"
     );
     Ok(())
+}
+
+/// Signed in on the short-idle demo and left alone, the session ends: the
+/// page's countdown notices (its polling is passive, so it does not keep
+/// the session alive), and a reload is anonymous.
+async fn watch_idle_timeout(client: &Client, address: SocketAddr) -> Result<(), CmdError> {
+    // The other demo's cookie has the same name on the same host.
+    client.delete_all_cookies().await?;
+    client.goto(&format!("http://{address}/")).await?;
+    sign_in(client, "alice", false).await?;
+    assert!(shown(client, "#expires").await?);
+    let deadline = Instant::now() + SHORT_IDLE * 5 + STEP;
+    loop {
+        let banner = client.find(Locator::Css("#session-ended")).await?;
+        if banner.is_displayed().await? {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page did not notice the idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    client.refresh().await?;
+    assert!(shown(client, "#user-anonymous").await?, "the session ended");
+    Ok(())
+}
+
+/// Signs in through the form on the page `client` shows.
+async fn sign_in(client: &Client, user: &str, remember: bool) -> Result<(), CmdError> {
+    fill(client, "#username", user).await?;
+    fill(client, "#password", "any password").await?;
+    if remember {
+        click(client, "#remember").await?;
+    }
+    click(client, "#login").await?;
+    // The click starts a navigation (POST /login, redirect to /); the
+    // signed-in page is the one with `#user`.
+    let shown = wait_for(client, "#user").await?;
+    assert_eq!(shown.text().await?, user);
+    Ok(())
+}
+
+async fn fill(client: &Client, selector: &str, value: &str) -> Result<(), CmdError> {
+    client
+        .find(Locator::Css(selector))
+        .await?
+        .send_keys(value)
+        .await
+}
+
+async fn click(client: &Client, selector: &str) -> Result<(), CmdError> {
+    client.find(Locator::Css(selector)).await?.click().await
+}
+
+async fn wait_for(
+    client: &Client,
+    selector: &str,
+) -> Result<fantoccini::elements::Element, CmdError> {
+    client
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Css(selector))
+        .await
+}
+
+/// Waits until the element `selector` reads `expected` (after a click
+/// that navigates, the old page may still be there for a moment).
+async fn wait_for_text(client: &Client, selector: &str, expected: &str) -> Result<(), CmdError> {
+    let deadline = Instant::now() + STEP;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(element) = client.find(Locator::Css(selector)).await {
+            if let Ok(text) = element.text().await {
+                if text.trim() == expected {
+                    return Ok(());
+                }
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{selector} reads {last:?}, not {expected:?}");
+}
+
+async fn text(client: &Client, selector: &str) -> Result<String, CmdError> {
+    client.find(Locator::Css(selector)).await?.text().await
+}
+
+async fn count(client: &Client, selector: &str) -> Result<usize, CmdError> {
+    Ok(client.find_all(Locator::Css(selector)).await?.len())
 }
 
 /// A page on another origin (another port of 127.0.0.1) whose form posts a
@@ -392,7 +577,7 @@ fn demo_binary() -> PathBuf {
     if !demo.is_file() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--example", "demo"])
+            .args(["build", "-p", "tower-session-guard", "--example", "demo"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build --example demo");
