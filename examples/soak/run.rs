@@ -45,12 +45,7 @@ use axum::extract::Path;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use http::header::{COOKIE, HOST, SET_COOKIE};
-use http::{HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tower_session_guard::{Key, MemoryStore, Session, SessionError, SessionLayer};
 
@@ -579,7 +574,7 @@ struct Outcome {
 struct Client {
     index: usize,
     address: SocketAddr,
-    sender: Option<SendRequest<Empty<Bytes>>>,
+    connection: Option<Connection>,
     rng: u64,
     relogins: bool,
     token: Option<String>,
@@ -600,7 +595,7 @@ impl Client {
         Self {
             index,
             address,
-            sender: None,
+            connection: None,
             rng: (seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
             relogins,
             token: None,
@@ -872,23 +867,20 @@ impl Client {
         }
     }
 
-    async fn connection(&mut self) -> Option<&mut SendRequest<Empty<Bytes>>> {
-        if self.sender.is_none() {
+    async fn connection(&mut self) -> Option<&mut Connection> {
+        if self.connection.is_none() {
             match TcpStream::connect(self.address).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    match http1::handshake(TokioIo::new(stream)).await {
-                        Ok((sender, connection)) => {
-                            tokio::spawn(connection);
-                            self.sender = Some(sender);
-                        }
-                        Err(err) => self.problem(format!("HTTP handshake failed: {err}")),
-                    }
+                    self.connection = Some(Connection {
+                        stream,
+                        buffer: Vec::with_capacity(1024),
+                    });
                 }
                 Err(err) => self.problem(format!("cannot connect: {err}")),
             }
         }
-        self.sender.as_mut()
+        self.connection.as_mut()
     }
 
     /// Sends a request (with the client's token when `with_token`) and
@@ -896,49 +888,36 @@ impl Client {
     /// or the status was not 200.
     async fn request(&mut self, method: Method, uri: &str, with_token: bool) -> Option<Reply> {
         let cookie = match (&self.token, with_token) {
-            (Some(token), true) => Some(format!("{COOKIE_NAME}={token}")),
-            _ => None,
+            (Some(token), true) => format!("cookie: {COOKIE_NAME}={token}\r\n"),
+            _ => String::new(),
         };
-        let sender = self.connection().await?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(HOST, HeaderValue::from_static("127.0.0.1"));
-        if let Some(cookie) = cookie {
-            request = request.header(COOKIE, cookie);
-        }
-        let request = request.body(Empty::new()).unwrap();
-        let sent = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((parts, body))
-        }
-        .await;
-        let (parts, body) = match sent {
-            Ok(answer) => answer,
+        let request = format!(
+            "{method} {uri} HTTP/1.1\r\nhost: 127.0.0.1\r\n{cookie}content-length: 0\r\n\r\n"
+        );
+        let connection = self.connection().await?;
+        let response = match connection.exchange(request.as_bytes()).await {
+            Ok(response) => response,
             Err(err) => {
-                self.sender = None;
+                self.connection = None;
                 self.problem(format!("{uri}: the connection broke: {err}"));
                 return None;
             }
         };
+        if response.close {
+            self.connection = None;
+        }
         *self
             .outcome
             .statuses
-            .entry(parts.status.as_u16())
+            .entry(response.status.as_u16())
             .or_insert(0) += 1;
-        if parts.status != StatusCode::OK {
-            self.problem(format!("{uri} answered {}", parts.status));
+        if response.status != StatusCode::OK {
+            self.problem(format!("{uri} answered {}", response.status));
             return None;
         }
         let mut token = None;
         let mut cleared = false;
-        for value in parts.headers.get_all(SET_COOKIE) {
-            let Some(value) = value.to_str().ok() else {
-                continue;
-            };
+        for value in response.header_values("set-cookie") {
             let Some(rest) = value.strip_prefix(&format!("{COOKIE_NAME}=")) else {
                 continue;
             };
@@ -949,8 +928,8 @@ impl Client {
                 token = Some(token_value.to_owned());
             }
         }
-        let new = parts.headers.get("x-new").is_some_and(|v| v == "1");
-        let text = String::from_utf8_lossy(&body);
+        let new = response.header_values("x-new").any(|v| v == "1");
+        let text = String::from_utf8_lossy(&response.body);
         let Some((user, n)) = text.split_once('|') else {
             self.problem(format!("{uri}: an unexpected body {text:?}"));
             return None;
@@ -964,12 +943,121 @@ impl Client {
             return None;
         };
         Some(Reply {
-            status: parts.status,
+            status: response.status,
             token,
             cleared,
             new,
             user: user.to_owned(),
             n,
         })
+    }
+}
+
+/// A plain HTTP/1.1 keep-alive connection, one request at a time: the
+/// example needs no HTTP client library (the app's answers always carry a
+/// `content-length`).
+struct Connection {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed.
+    buffer: Vec<u8>,
+}
+
+/// One response, read to the end.
+struct Response {
+    status: StatusCode,
+    /// Header names in lower case, and their values.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The server closes the connection after this response.
+    close: bool,
+}
+
+impl Response {
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Connection {
+    /// Writes `request` and reads its response.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<Response> {
+        use std::io::{Error, ErrorKind};
+        let mut rest = request;
+        while !rest.is_empty() {
+            self.stream.writable().await?;
+            match self.stream.try_write(rest) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let head_end = loop {
+            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .and_then(|code| code.parse::<u16>().ok())
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or_else(|| {
+                Error::new(ErrorKind::InvalidData, format!("a status line in {head:?}"))
+            })?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        if header("transfer-encoding").is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "a body without a length",
+            ));
+        }
+        let length: usize = match header("content-length") {
+            Some(length) => length
+                .parse()
+                .map_err(|_| Error::new(ErrorKind::InvalidData, "a bad content-length"))?,
+            None => 0,
+        };
+        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let end = head_end + 4 + length;
+        while self.buffer.len() < end {
+            self.fill().await?;
+        }
+        let body = self.buffer[head_end + 4..end].to_vec();
+        self.buffer.drain(..end);
+        Ok(Response {
+            status,
+            headers,
+            body,
+            close,
+        })
+    }
+
+    /// Reads what the socket has into the buffer; an error at the end of
+    /// the stream.
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            self.stream.readable().await?;
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.buffer.extend_from_slice(&chunk[..n]);
+                    return Ok(());
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err),
+            }
+        }
     }
 }

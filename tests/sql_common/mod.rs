@@ -222,13 +222,14 @@ pub fn free_port() -> u16 {
 /// The directory of PostgreSQL's server programs (`initdb`, `postgres`):
 /// `PG_BIN`, or the newest under `/usr/lib/postgresql`.
 fn postgres_bin() -> Option<PathBuf> {
+    let has_both = |bin: &PathBuf| bin.join("initdb").is_file() && bin.join("postgres").is_file();
     if let Ok(dir) = std::env::var("PG_BIN") {
-        return Some(PathBuf::from(dir));
+        return Some(PathBuf::from(dir)).filter(has_both);
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-        .filter(|bin| bin.join("initdb").is_file())
+        .filter(has_both)
         .collect();
     versions.sort();
     versions.pop()
