@@ -478,7 +478,7 @@ fn summary(name: &str, f: &Findings) -> String {
     );
     let _ = writeln!(
         out,
-        "  restart: accepting connections {} ms after it began; first 200 {} later, every client served {} later, within {} attempts each (the bound is {RECOVERY_ATTEMPTS}); new sign-ins served at attempt {}",
+        "  restart: accepting connections {} ms after it began; first 200 {} later, every client served {} later, the slowest at its attempt {} (the bound is {RECOVERY_ATTEMPTS}); new sign-ins served at attempt {}",
         f.restart_took.as_millis(),
         ms(f.first_200_after_up),
         ms(f.all_recovered_after_up),
