@@ -6,6 +6,8 @@
 //! cargo bench -p benchmarks --features bench --bench sessions                       # -> target/criterion/
 //! cargo run -p benchmarks --features bench --release --example bench_memory         # -> target/bench-results/memory.json
 //! cargo run -p benchmarks --features bench --release --example bench_http           # -> target/bench-results/http.json
+//! cargo run -p benchmarks --features bench --release --example bench_wrk            # -> target/bench-results/wrk.json
+//! cargo run -p benchmarks --features bench --release --example bench_profile -- instructions   # -> target/bench-results/instructions.json
 //! cargo run -p benchmarks --features bench --release --example bench_chart          # -> benches/results.{json,svg}
 //! cargo run -p benchmarks --features bench --release --example bench_chart -- --render-only   # redraw from benches/results.json
 //! ```
@@ -20,6 +22,7 @@ use serde_json::{json, Value};
 const SUBJECTS: [&str; 3] = ["bare", "tower-session-guard", "tower-sessions"];
 const COLORS: [&str; 3] = ["#9e9e9e", "#2b7bba", "#e08a2c"];
 const SCENARIOS: [&str; 4] = ["read", "write", "new", "login"];
+const BARE: &str = "bare";
 const GUARD: &str = "tower-session-guard";
 const TOWER_SESSIONS: &str = "tower-sessions";
 
@@ -84,11 +87,15 @@ fn collect(target: &Path) -> Value {
     let results = target.join("bench-results");
     let memory = read_json(&results.join("memory.json")).unwrap_or_else(|| json!({}));
     let http = read_json(&results.join("http.json")).unwrap_or_else(|| json!({}));
+    let wrk = read_json(&results.join("wrk.json")).unwrap_or_else(|| json!({}));
+    let instructions = read_json(&results.join("instructions.json")).unwrap_or_else(|| json!({}));
     rounded(json!({
         "machine": machine(),
         "time_per_request_ns": times,
+        "instructions_per_request": instructions["instructions_per_request"],
         "memory": memory,
         "http": http,
+        "wrk": wrk,
     }))
 }
 
@@ -109,24 +116,57 @@ fn number(value: &Value) -> Option<f64> {
     value.as_f64()
 }
 
-/// The targets of the benchmark issue: (what, measured ratio, limit, higher is better).
+/// The targets: (what, measured ratio, limit, higher is better).
 fn targets(summary: &Value) -> Vec<(&'static str, Option<f64>, f64, bool)> {
     let time =
         |scenario: &str, subject: &str| number(&summary["time_per_request_ns"][scenario][subject]);
+    let instructions = |scenario: &str, subject: &str| {
+        number(&summary["instructions_per_request"][scenario][subject])
+    };
     let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
     let memory = &summary["memory"]["bytes_per_session"];
-    let http = &summary["http"]["requests_per_second"];
+    let wrk = |subject: &str| number(&summary["wrk"]["requests_per_second"]["read"][subject]);
     vec![
+        (
+            "read, time per request, ÷ bare",
+            ratio(time("read", GUARD), time("read", BARE)),
+            2.0,
+            false,
+        ),
+        (
+            "read, instructions per request, ÷ bare",
+            ratio(instructions("read", GUARD), instructions("read", BARE)),
+            2.0,
+            false,
+        ),
+        (
+            "HTTP reads/s (wrk), ÷ bare",
+            ratio(wrk(GUARD), wrk(BARE)),
+            0.90,
+            true,
+        ),
+        (
+            "HTTP reads/s (wrk), ÷ tower-sessions",
+            ratio(wrk(GUARD), wrk(TOWER_SESSIONS)),
+            1.35,
+            true,
+        ),
+        (
+            "bytes per stored session, ÷ tower-sessions",
+            ratio(number(&memory[GUARD]), number(&memory[TOWER_SESSIONS])),
+            0.60,
+            false,
+        ),
         (
             "read, time per request, ÷ tower-sessions",
             ratio(time("read", GUARD), time("read", TOWER_SESSIONS)),
-            0.60,
+            0.55,
             false,
         ),
         (
             "write, time per request, ÷ tower-sessions",
             ratio(time("write", GUARD), time("write", TOWER_SESSIONS)),
-            0.45,
+            0.40,
             false,
         ),
         (
@@ -134,24 +174,6 @@ fn targets(summary: &Value) -> Vec<(&'static str, Option<f64>, f64, bool)> {
             ratio(time("new", GUARD), time("new", TOWER_SESSIONS)),
             0.50,
             false,
-        ),
-        (
-            "read, time per request, ÷ bare",
-            ratio(time("read", GUARD), time("read", "bare")),
-            1.40,
-            false,
-        ),
-        (
-            "bytes per stored session, ÷ tower-sessions",
-            ratio(number(&memory[GUARD]), number(&memory[TOWER_SESSIONS])),
-            0.70,
-            false,
-        ),
-        (
-            "HTTP read throughput, ÷ tower-sessions",
-            ratio(number(&http[GUARD]), number(&http[TOWER_SESSIONS])),
-            1.30,
-            true,
         ),
     ]
 }
@@ -221,8 +243,8 @@ fn render(summary: &Value) -> String {
             let row = &summary["time_per_request_ns"][*scenario];
             let values = SUBJECTS.map(|s| number(&row[s]).map(|ns| ns / 1000.0));
             let (target, bare_target) = match *scenario {
-                "read" => (Some("≤ 0.60"), Some("≤ 1.40")),
-                "write" => (Some("≤ 0.45"), None),
+                "read" => (Some("≤ 0.55"), Some("≤ 2.0")),
+                "write" => (Some("≤ 0.40"), None),
                 "new" => (Some("≤ 0.50"), None),
                 _ => (None, None),
             };
@@ -241,7 +263,39 @@ fn render(summary: &Value) -> String {
         }]
     };
     let memory = &summary["memory"]["bytes_per_session"];
-    let http = &summary["http"]["requests_per_second"];
+    let wrk = &summary["wrk"]["requests_per_second"];
+    let wrk_groups = ["read", "write", "new"]
+        .iter()
+        .map(|scenario| {
+            let values = SUBJECTS.map(|s| number(&wrk[*scenario][s]));
+            let mut notes = Vec::new();
+            if let [Some(bare), Some(guard), Some(other)] = values {
+                notes.push(format!("{:.2}× bare", guard / bare));
+                notes.push(format!("{:.2}× tower-sessions", guard / other));
+                if *scenario == "read" {
+                    notes.push("targets ≥ 0.90, ≥ 1.35".to_owned());
+                }
+            }
+            Group {
+                label: scenario.to_string(),
+                values,
+                notes,
+            }
+        })
+        .collect();
+    let instruction_groups = ["read", "write", "new"]
+        .iter()
+        .map(|scenario| {
+            let row = &summary["instructions_per_request"][*scenario];
+            let values = SUBJECTS.map(|s| number(&row[s]).map(|n| n / 1000.0));
+            let bare_target = (*scenario == "read").then_some("≤ 2.0");
+            Group {
+                label: scenario.to_string(),
+                notes: notes(&values, None, bare_target),
+                values,
+            }
+        })
+        .collect();
     let panels = [
         Panel {
             title: "time per request, µs (lower is better)",
@@ -250,24 +304,26 @@ fn render(summary: &Value) -> String {
             width: 520.0,
         },
         Panel {
+            title: "instructions per request, thousands",
+            groups: instruction_groups,
+            format: |v| format!("{v:.1}"),
+            width: 420.0,
+        },
+        Panel {
             title: "bytes per session (lower is better)",
             groups: single(
                 "1M sessions",
                 SUBJECTS.map(|s| number(&memory[s])),
-                "≤ 0.70",
+                "≤ 0.60",
             ),
             format: |v| format!("{v:.0}"),
-            width: 230.0,
+            width: 200.0,
         },
         Panel {
-            title: "HTTP reads/s (higher is better)",
-            groups: single(
-                "64 connections",
-                SUBJECTS.map(|s| number(&http[s])),
-                "≥ 1.30",
-            ),
-            format: |v| format!("{:.1}k", v / 1000.0),
-            width: 250.0,
+            title: "HTTP requests/s with wrk (higher is better)",
+            groups: wrk_groups,
+            format: |v| format!("{:.0}k", v / 1000.0),
+            width: 440.0,
         },
     ];
 

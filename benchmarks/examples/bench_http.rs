@@ -88,7 +88,7 @@ async fn main() {
         println!("{line}");
     }
 
-    let medians: Vec<f64> = rates.iter().map(|r| median(r)).collect();
+    let medians: Vec<f64> = rates.iter().map(|r| support::median(r)).collect();
     println!();
     for (target, rate) in targets.iter().zip(&medians) {
         println!(
@@ -255,15 +255,4 @@ async fn client(
         sent += 1;
     }
     Ok(sent)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
 }

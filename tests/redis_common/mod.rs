@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // each test binary uses a different part
 pub use external::eventually;
 
 use tower_session_guard::store::RedisStore;
@@ -236,6 +237,21 @@ impl PrivateRedis {
             let _: Result<(), _> = redis::cmd("SHUTDOWN").arg("SAVE").query(&mut connection);
         }
         if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server at once (`SIGKILL` to its pid): no shutdown, no
+    /// save; what it had written to its append-only file stays on disk for
+    /// [`launch`](Self::launch).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
             let _ = child.wait();
         }
     }

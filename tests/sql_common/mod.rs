@@ -222,13 +222,14 @@ pub fn free_port() -> u16 {
 /// The directory of PostgreSQL's server programs (`initdb`, `postgres`):
 /// `PG_BIN`, or the newest under `/usr/lib/postgresql`.
 fn postgres_bin() -> Option<PathBuf> {
+    let has_both = |bin: &PathBuf| bin.join("initdb").is_file() && bin.join("postgres").is_file();
     if let Ok(dir) = std::env::var("PG_BIN") {
-        return Some(PathBuf::from(dir));
+        return Some(PathBuf::from(dir)).filter(has_both);
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-        .filter(|bin| bin.join("initdb").is_file())
+        .filter(has_both)
         .collect();
     versions.sort();
     versions.pop()
@@ -242,12 +243,26 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     bin: PathBuf,
     child: Option<Child>,
+    /// Whether the server flushes its WAL to disk (`fsync`, PostgreSQL's
+    /// default); off unless started with [`start_durable`](Self::start_durable).
+    durable: bool,
 }
 
 impl PrivatePostgres {
     /// Starts one, or prints a skip line and returns `None` when the server
     /// programs are missing.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false)
+    }
+
+    /// Starts one with PostgreSQL's durability settings left as they are
+    /// (`fsync = on`, `synchronous_commit = on`), for tests that kill it
+    /// and count what survived.
+    pub fn start_durable(test: &str) -> Option<Self> {
+        Self::start_with(test, true)
+    }
+
+    fn start_with(test: &str, durable: bool) -> Option<Self> {
         let Some(bin) = postgres_bin() else {
             skip(
                 test,
@@ -275,6 +290,7 @@ impl PrivatePostgres {
             dir,
             bin,
             child: None,
+            durable,
         };
         server.launch();
         Some(server)
@@ -284,14 +300,23 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The server's process id (the postmaster's), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the server (again).
     pub fn launch(&mut self) {
-        let child = as_postgres(&self.bin.join("postgres"))
+        let mut command = as_postgres(&self.bin.join("postgres"));
+        command
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(&self.dir)
-            .args(["-c", "fsync=off"])
+            .arg(&self.dir);
+        if !self.durable {
+            command.args(["-c", "fsync=off"]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -320,6 +345,73 @@ impl PrivatePostgres {
             let _ = child.wait();
         }
     }
+}
+
+impl PrivatePostgres {
+    /// Kills the postmaster at once (`SIGKILL` to its pid), as a crash
+    /// would: no shutdown checkpoint, crash recovery from the WAL at the
+    /// next [`launch`](Self::launch). Its backends notice their postmaster
+    /// is gone and exit; this waits for them (a new postmaster refuses to
+    /// start while one is still attached to the old shared memory), and
+    /// kills, by pid, any still there after 10 seconds. Returns how many
+    /// backends had to be killed.
+    pub fn kill(&mut self) -> usize {
+        let Some(mut child) = self.child.take() else {
+            return 0;
+        };
+        let backends = children_of(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let alive = |pid: &u32| running(*pid);
+        while backends.iter().any(alive) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stragglers: Vec<u32> = backends.iter().copied().filter(alive).collect();
+        for pid in &stragglers {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+        while backends.iter().any(alive) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stragglers.len()
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie (an orphan's zombie
+/// lingers until whoever adopted it reaps it, but holds nothing).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 2..].chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The pids of the processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The field after the command name, which is in parentheses
+            // and may itself hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }
 
 impl Drop for PrivatePostgres {
