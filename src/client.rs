@@ -311,7 +311,7 @@ fn joined(headers: &HeaderMap, name: &http::HeaderName) -> Option<String> {
 
 /// One node of a forwarding header: `1.2.3.4`, `1.2.3.4:80`, `[::1]:80`,
 /// `"[2001:db8::1]"`, `fe80::1%eth0`. Obfuscated and `unknown` nodes are `None`.
-fn parse_node(text: &str) -> Option<IpAddr> {
+pub(crate) fn parse_node(text: &str) -> Option<IpAddr> {
     let text = text.trim().trim_matches('"').trim();
     if text.len() > 100 {
         return None;

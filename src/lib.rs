@@ -88,6 +88,9 @@ pub mod client;
 pub mod clock;
 mod error;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod guessing;
 pub mod guide;
 mod id;

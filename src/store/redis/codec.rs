@@ -70,7 +70,7 @@ pub(super) fn expire_at(end: UnixMillis) -> String {
 }
 
 /// The hash fields an entry is stored as.
-pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<(String, String)>, StoreError> {
+pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<(String, String)>, StoreError> {
     match entry {
         Entry::Session(record) => encode_session(record),
         Entry::Forward(forward) => Ok(vec![
@@ -130,7 +130,7 @@ pub(super) fn encode_session(record: &SessionRecord) -> Result<Vec<(String, Stri
 }
 
 /// The entry under `id` from its hash fields (`None` for no fields: no key).
-pub(super) fn decode_entry(
+pub(crate) fn decode_entry(
     id: IdHash,
     fields: Vec<(String, String)>,
 ) -> Result<Option<Entry>, StoreError> {
@@ -146,15 +146,17 @@ pub(super) fn decode_entry(
         KIND_SESSION => Entry::Session(Arc::new(decode_session(id, fields)?)),
         KIND_FORWARD => {
             let mut placeholder = Placeholder::read(fields)?;
+            let until = placeholder.until()?;
             Entry::Forward(Forward {
                 successor: placeholder.successor()?,
                 sealed_id: placeholder
                     .sealed
                     .take()
                     .ok_or_else(|| corrupt("a stored forward has no sealed successor"))?,
-                until: placeholder.until()?,
-                // A forward written before reuse detection ends with its grace.
-                kept_until: placeholder.kept.unwrap_or(placeholder.until()?),
+                until,
+                // A forward written before reuse detection ends with its
+                // grace, and none is kept for less than its grace.
+                kept_until: placeholder.kept.map_or(until, |kept| kept.max(until)),
             })
         }
         KIND_SUPERSEDED => {
@@ -302,7 +304,7 @@ fn decode_session(id: IdHash, fields: Vec<(String, String)>) -> Result<SessionRe
 
 /// Field/value pairs from an `HGETALL`-shaped reply (a RESP2 array, a RESP3
 /// map, or nil).
-pub(super) fn field_pairs(value: Value) -> Result<Vec<(String, String)>, StoreError> {
+pub(crate) fn field_pairs(value: Value) -> Result<Vec<(String, String)>, StoreError> {
     match value {
         Value::Nil => Ok(Vec::new()),
         Value::Array(items) => {
@@ -481,6 +483,39 @@ mod tests {
         ] {
             assert!(matches!(field_pairs(reply), Err(StoreError::Corrupt(_))));
         }
+    }
+
+    #[test]
+    fn floats_keep_every_bit_through_the_fields() {
+        // Found by the redis_codec fuzz target: JSON text parsed without
+        // correct rounding read this value back as 184.67440737095225.
+        let value = 184.674_407_370_952_22_f64;
+        let mut record = record();
+        record.data.insert("f".into(), json!(value));
+        let entry = Entry::Session(Arc::new(record.clone()));
+        let back = round_trip(record.id_hash, &entry);
+        let read = back.session().unwrap().data.get("f").unwrap().as_f64();
+        assert_eq!(read.map(f64::to_bits), Some(value.to_bits()), "{read:?}");
+        assert_eq!(back, entry);
+    }
+
+    #[test]
+    fn a_forward_is_kept_at_least_until_its_grace_ends() {
+        // Found by the fuzz targets: a damaged `keep` earlier than `until`.
+        let hex = SessionId::generate().hash().to_hex();
+        let sealed = SessionId::generate().seal(&SessionId::generate()).to_hex();
+        let fields = vec![
+            ("kind".to_owned(), "f".to_owned()),
+            ("succ".to_owned(), hex),
+            ("sealed".to_owned(), sealed),
+            ("until".to_owned(), "9000".to_owned()),
+            ("keep".to_owned(), "5000".to_owned()),
+        ];
+        let id = SessionId::generate().hash();
+        let Some(Entry::Forward(forward)) = decode_entry(id, fields).unwrap() else {
+            panic!("a forward");
+        };
+        assert_eq!((forward.until, forward.kept_until), (9000, 9000));
     }
 
     #[test]

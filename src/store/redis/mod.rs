@@ -156,7 +156,7 @@ use crate::clock::UnixMillis;
 use crate::id::IdHash;
 use crate::record::{Change, Entry, SessionRecord};
 
-mod codec;
+pub(crate) mod codec;
 mod connection;
 mod feed;
 mod lock;

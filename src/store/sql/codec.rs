@@ -56,7 +56,7 @@ pub(super) const WRITTEN_COLUMNS: [&str; 16] = [
 /// instant it may go in both deadlines, so the generated `expires_at`
 /// column (and the purge that reads it) treats every kind alike; a
 /// renewal's forward keeps the end of its grace in `grace_until`.
-pub(super) struct Columns {
+pub(crate) struct Columns {
     pub(super) kind: &'static str,
     pub(super) user_id: Option<String>,
     pub(super) data: String,
@@ -76,7 +76,7 @@ pub(super) struct Columns {
 }
 
 impl Columns {
-    pub(super) fn of(entry: &Entry) -> Result<Self, StoreError> {
+    pub(crate) fn of(entry: &Entry) -> Result<Self, StoreError> {
         match entry {
             Entry::Session(record) => Self::of_session(record),
             Entry::Forward(forward) => Ok(Self {
@@ -146,22 +146,22 @@ impl Columns {
 
 /// A row as read by a `SELECT` of [`entry_columns`].
 pub struct Stored {
-    kind: String,
-    user_id: Option<String>,
-    data: String,
-    created_at: i64,
-    last_seen: i64,
-    idle_deadline: i64,
-    absolute_deadline: i64,
-    id_issued_at: i64,
-    version: i64,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    binding: Option<String>,
-    successor: Option<Vec<u8>>,
-    sealed_id: Option<Vec<u8>>,
-    sign_in: Option<String>,
-    grace_until: Option<i64>,
+    pub(crate) kind: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) data: String,
+    pub(crate) created_at: i64,
+    pub(crate) last_seen: i64,
+    pub(crate) idle_deadline: i64,
+    pub(crate) absolute_deadline: i64,
+    pub(crate) id_issued_at: i64,
+    pub(crate) version: i64,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) binding: Option<String>,
+    pub(crate) successor: Option<Vec<u8>>,
+    pub(crate) sealed_id: Option<Vec<u8>>,
+    pub(crate) sign_in: Option<String>,
+    pub(crate) grace_until: Option<i64>,
 }
 
 impl Stored {
@@ -195,10 +195,13 @@ impl Stored {
     }
 
     /// The entry this row holds under `id`.
-    pub(super) fn into_entry(self, id: IdHash) -> Result<Entry, StoreError> {
+    pub(crate) fn into_entry(self, id: IdHash) -> Result<Entry, StoreError> {
         match self.kind.trim_end() {
             KIND_SESSION => Ok(Entry::Session(Arc::new(self.into_session(id)?))),
             KIND_FORWARD => {
+                // A forward written before reuse detection ends with its
+                // grace, and none is kept for less than its grace.
+                let until = unix_millis(self.grace_until.unwrap_or(self.absolute_deadline))?;
                 let sealed = self
                     .sealed_id
                     .as_deref()
@@ -207,9 +210,8 @@ impl Stored {
                 Ok(Entry::Forward(Forward {
                     successor: successor(self.successor.as_deref())?,
                     sealed_id: sealed,
-                    // A forward written before reuse detection ends with its grace.
-                    until: unix_millis(self.grace_until.unwrap_or(self.absolute_deadline))?,
-                    kept_until: unix_millis(self.absolute_deadline)?,
+                    until,
+                    kept_until: unix_millis(self.absolute_deadline)?.max(until),
                 }))
             }
             KIND_SUPERSEDED => Ok(Entry::Superseded(Superseded {
@@ -254,6 +256,31 @@ impl Stored {
             binding: binding.map(Box::new),
             sign_in: sign_in.map(Box::new),
         })
+    }
+}
+
+/// The row a store writes for `columns`, as a `SELECT` reads it back.
+#[cfg(any(test, feature = "fuzzing"))]
+impl From<Columns> for Stored {
+    fn from(columns: Columns) -> Self {
+        Self {
+            kind: columns.kind.to_owned(),
+            user_id: columns.user_id,
+            data: columns.data,
+            created_at: columns.created_at,
+            last_seen: columns.last_seen,
+            idle_deadline: columns.idle_deadline,
+            absolute_deadline: columns.absolute_deadline,
+            id_issued_at: columns.id_issued_at,
+            version: columns.version,
+            ip: columns.ip,
+            user_agent: columns.user_agent,
+            binding: columns.binding,
+            successor: columns.successor,
+            sealed_id: columns.sealed_id,
+            sign_in: columns.sign_in,
+            grace_until: columns.grace_until,
+        }
     }
 }
 
@@ -392,6 +419,57 @@ mod tests {
         let bytes = hex_bytes(&sealed.to_hex());
         assert_eq!(bytes.len(), 16);
         assert_eq!(SealedId::from_hex(&to_hex(&bytes)), Some(sealed));
+    }
+
+    fn round_trip(entry: &Entry) -> Entry {
+        let id = SessionId::generate().hash();
+        Stored::from(Columns::of(entry).unwrap())
+            .into_entry(id)
+            .unwrap()
+    }
+
+    #[test]
+    fn floats_keep_every_bit_through_the_data_column() {
+        // Found by the fuzz targets: JSON text parsed without correct
+        // rounding read this value back as 184.67440737095225.
+        let value = 184.674_407_370_952_22_f64;
+        let mut record = crate::record::Deadlines {
+            created_at: 1,
+            idle_deadline: 2,
+            absolute_deadline: 3,
+        }
+        .record(
+            SessionId::generate().hash(),
+            None,
+            crate::record::SessionData::default(),
+        );
+        record.data.insert("f".into(), serde_json::json!(value));
+        let back = round_trip(&Entry::Session(Arc::new(record)));
+        let read = back.session().unwrap().data.get("f").unwrap().as_f64();
+        assert_eq!(read.map(f64::to_bits), Some(value.to_bits()), "{read:?}");
+    }
+
+    #[test]
+    fn a_forward_is_kept_at_least_until_its_grace_ends() {
+        // Found by the sql_codec fuzz target: a damaged row whose
+        // `absolute_deadline` is before its `grace_until` decoded to a
+        // forward kept for less time than it works, and read back as
+        // another entry once written.
+        let mut columns = Columns::of(&Entry::Forward(Forward {
+            successor: SessionId::generate().hash(),
+            sealed_id: SessionId::generate().seal(&SessionId::generate()),
+            until: 9_000,
+            kept_until: 90_000,
+        }))
+        .unwrap();
+        columns.absolute_deadline = 5_000;
+        let id = SessionId::generate().hash();
+        let Entry::Forward(forward) = Stored::from(columns).into_entry(id).unwrap() else {
+            panic!("a forward");
+        };
+        assert_eq!((forward.until, forward.kept_until), (9_000, 9_000));
+        let entry = Entry::Forward(forward);
+        assert_eq!(round_trip(&entry), entry);
     }
 
     #[test]

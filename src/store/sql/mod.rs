@@ -194,7 +194,7 @@ use super::bounded;
 use crate::store::StoreError;
 
 mod backend;
-mod codec;
+pub(crate) mod codec;
 mod lock;
 #[cfg(feature = "mysql")]
 mod mysql;

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `tower_session_guard::fuzzing::sql_codec` for the input's layout and the rules checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tower_session_guard::fuzzing::sql_codec(data));
