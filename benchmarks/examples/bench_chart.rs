@@ -225,9 +225,9 @@ fn notes(
 ) -> Vec<String> {
     let mut notes = Vec::new();
     if let (Some(guard), Some(other)) = (values[1], values[2]) {
-        notes.push(format!("{:.2}× tower-sessions", guard / other));
-        if let Some(target) = target {
-            notes.push(format!("target {target}"));
+        match target {
+            Some(target) => notes.push(format!("{:.2}× t-s, target {target}", guard / other)),
+            None => notes.push(format!("{:.2}× tower-sessions", guard / other)),
         }
     }
     if let (Some(bare), Some(guard), Some(target)) = (values[0], values[1], bare_target) {
@@ -301,23 +301,23 @@ fn render(summary: &Value) -> String {
             title: "time per request, µs (lower is better)",
             groups: time_groups,
             format: |v| format!("{v:.2}"),
-            width: 520.0,
+            width: 600.0,
         },
         Panel {
             title: "instructions per request, thousands",
             groups: instruction_groups,
             format: |v| format!("{v:.1}"),
-            width: 420.0,
+            width: 460.0,
         },
         Panel {
-            title: "bytes per session (lower is better)",
+            title: "bytes per session",
             groups: single(
                 "1M sessions",
                 SUBJECTS.map(|s| number(&memory[s])),
                 "≤ 0.60",
             ),
             format: |v| format!("{v:.0}"),
-            width: 200.0,
+            width: 220.0,
         },
         Panel {
             title: "HTTP requests/s with wrk (higher is better)",
@@ -334,7 +334,7 @@ fn render(summary: &Value) -> String {
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="12" y="22" font-size="15" font-weight="bold">tower-session-guard vs tower-sessions vs no session layer</text>
+<text x="12" y="22" font-size="15" font-weight="bold">tower-session-guard vs tower-sessions vs no session layer (t-s: tower-sessions)</text>
 "#
     );
     let machine = &summary["machine"];
