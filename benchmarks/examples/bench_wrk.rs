@@ -21,6 +21,10 @@
 //! `Set-Cookie`, a new session gets one), then serves; wrk warms it up for two
 //! seconds before the measured run. A run with any socket error or any
 //! answer other than 2xx fails the benchmark: a broken service is not fast.
+//! The server's CPU time during the measured run (user space and kernel,
+//! from `/proc/<pid>/stat`) is reported per request beside the rate, which
+//! shows how much of a request is the layer's work and how much the
+//! kernel's socket work.
 //! Each round measures every scenario and service once, starting with a
 //! different service each round; the median of the rounds is reported and
 //! written to `target/bench-results/wrk.json` for `bench_chart`.
@@ -261,9 +265,40 @@ impl WaitTimeout for Child {
 
 /// What one wrk run reported.
 struct WrkRun {
+    requests: u64,
     requests_per_second: f64,
     latency_p50_us: Option<f64>,
     latency_p99_us: Option<f64>,
+}
+
+/// The CPU time a process has used so far, in user space and in the
+/// kernel, in seconds (`/proc/<pid>/stat`; zero where there is no `/proc`).
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (0.0, 0.0);
+    };
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: state is field 3, utime 14 and stime 15.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let per_second = clock_ticks_per_second();
+    (ticks(11) / per_second, ticks(12) / per_second)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Runs wrk against `server` for `seconds`, pinned to `core`.
@@ -313,6 +348,11 @@ fn wrk(
         scenario.name(),
         server.address
     );
+    let requests = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{text}"));
     let requests_per_second = text
         .lines()
         .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
@@ -324,6 +364,7 @@ fn wrk(
             .and_then(|value| micros(value.trim()))
     };
     WrkRun {
+        requests,
         requests_per_second,
         latency_p50_us: percentile("50%"),
         latency_p99_us: percentile("99%"),
@@ -366,6 +407,8 @@ fn measure(settings: Settings) {
     // rates[scenario][subject] = one value per round.
     let mut rates = vec![vec![Vec::new(); Subject::ALL.len()]; SCENARIOS.len()];
     let mut p99 = vec![vec![Vec::new(); Subject::ALL.len()]; SCENARIOS.len()];
+    let mut user = vec![vec![Vec::new(); Subject::ALL.len()]; SCENARIOS.len()];
+    let mut kernel = vec![vec![Vec::new(); Subject::ALL.len()]; SCENARIOS.len()];
     for round in 0..settings.rounds {
         for (s, scenario) in SCENARIOS.into_iter().enumerate() {
             for k in 0..Subject::ALL.len() {
@@ -380,6 +423,7 @@ fn measure(settings: Settings) {
                     wrk_core,
                     &results,
                 );
+                let (user_before, kernel_before) = cpu_seconds(server.child.id());
                 let run = wrk(
                     &server,
                     scenario,
@@ -388,8 +432,12 @@ fn measure(settings: Settings) {
                     wrk_core,
                     &results,
                 );
+                let (user_after, kernel_after) = cpu_seconds(server.child.id());
+                let per_request = |seconds: f64| seconds * 1e6 / run.requests.max(1) as f64;
+                let user_us = per_request(user_after - user_before);
+                let kernel_us = per_request(kernel_after - kernel_before);
                 println!(
-                    "round {} {:>5} {:>20}: {:>9.0} requests/s, p50 {} µs, p99 {} µs",
+                    "round {} {:>5} {:>20}: {:>9.0} requests/s, p50 {} µs, p99 {} µs, server CPU per request {user_us:.2} µs user + {kernel_us:.2} µs kernel",
                     round + 1,
                     scenario.name(),
                     subject.name(),
@@ -398,6 +446,8 @@ fn measure(settings: Settings) {
                     run.latency_p99_us.map_or("?".into(), |v| format!("{v:.0}")),
                 );
                 rates[s][i].push(run.requests_per_second);
+                user[s][i].push(user_us);
+                kernel[s][i].push(kernel_us);
                 if let Some(v) = run.latency_p99_us {
                     p99[s][i].push(v);
                 }
@@ -426,6 +476,8 @@ fn measure(settings: Settings) {
         "pinned": server_core.is_some(),
         "requests_per_second": table(&rates),
         "latency_p99_us": table(&p99),
+        "server_user_us_per_request": table(&user),
+        "server_kernel_us_per_request": table(&kernel),
         "every_round": table_of_rounds(&rates),
     });
 
