@@ -179,11 +179,13 @@ pub(crate) async fn commit(
     id: &IdHash,
     change: &Change,
 ) -> Result<bool, StoreError> {
-    if store.update(id, change).await? {
+    if store.update(id, change).await?.is_some() {
         return Ok(true);
     }
     match store.load(id).await? {
-        Some(Entry::Forward(forward)) => store.update(&forward.successor, change).await,
+        Some(Entry::Forward(forward)) => {
+            Ok(store.update(&forward.successor, change).await?.is_some())
+        }
         _ => Ok(false),
     }
 }

@@ -324,7 +324,7 @@ impl SessionStore for TimedStore {
         timed(Operation::Load, self.inner.load(id)).await
     }
 
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
         timed(Operation::Update, self.inner.update(id, change)).await
     }
 

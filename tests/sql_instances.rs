@@ -384,8 +384,14 @@ async fn the_tables_hold_no_raw_token_or_id() {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
-    use tower_session_guard::store::{CachedStore, PostgresStore};
+    use tower_session_guard::clock::UnixMillis;
+    use tower_session_guard::store::{
+        CachedStore, Change, ChangeListener, Entry, IdHash, PostgresStore, SessionRecord, UserLock,
+    };
+    use tower_session_guard::StoreError;
 
     #[tokio::test]
     async fn cached_instances_drop_copies_through_listen_notify_within_100_ms() {
@@ -426,6 +432,122 @@ mod postgres {
         );
 
         common::logout_reaches_the_other_instance(&b.app, &a.app, &token).await;
+    }
+
+    /// A `PostgresStore` that counts the loads reaching the database.
+    #[derive(Clone)]
+    struct CountedLoads {
+        inner: PostgresStore,
+        loads: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl SessionStore for CountedLoads {
+        async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
+            self.inner.create(record).await
+        }
+        async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            self.inner.load(id).await
+        }
+        async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
+            self.inner.update(id, change).await
+        }
+        async fn replace(
+            &self,
+            id: &IdHash,
+            version: u64,
+            with: Option<&Entry>,
+        ) -> Result<bool, StoreError> {
+            self.inner.replace(id, version, with).await
+        }
+        async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+            self.inner.delete(id).await
+        }
+        async fn index_add(
+            &self,
+            user_id: &str,
+            id: &IdHash,
+            until: UnixMillis,
+        ) -> Result<(), StoreError> {
+            self.inner.index_add(user_id, id, until).await
+        }
+        async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
+            self.inner.index_remove(user_id, ids).await
+        }
+        async fn index_members(
+            &self,
+            user_id: &str,
+            now: UnixMillis,
+        ) -> Result<Vec<IdHash>, StoreError> {
+            self.inner.index_members(user_id, now).await
+        }
+        async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
+            self.inner.lock_user(user_id).await
+        }
+        fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
+            self.inner.watch_changes(listener)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_instance_answers_after_its_own_writes_from_its_copy() {
+        let test = "sql_cached_own";
+        let Some((store, _tables)) = sql_common::postgres_store(test).await else {
+            return;
+        };
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counted = CountedLoads {
+            inner: store.clone(),
+            loads: Arc::clone(&loads),
+        };
+        let cache = CachedStore::new(counted, 10_000);
+        let connected = eventually(Duration::from_secs(5), || async { cache.is_caching() }).await;
+        assert!(connected.is_some(), "the LISTEN feed connects");
+        let key = Key::generate();
+        let a = instance(Arc::new(cache), &key, |l| l);
+        let token = login(&a.app, "ann").await;
+        send(&a.app, "POST", "/set/color/blue", Some(&token)).await;
+        // The update's own announcement has come back by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = loads.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            assert_eq!(
+                send(&a.app, "GET", "/get/color", Some(&token)).await.body,
+                "blue"
+            );
+            send(&a.app, "POST", "/set/size/9", Some(&token)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            send(&a.app, "GET", "/get/size", Some(&token)).await.body,
+            "9"
+        );
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            before,
+            "requests after this instance's own writes went to the database"
+        );
+
+        // Another instance's write to another key reaches this one's copy.
+        let another = sqlx::PgPool::connect(&sql_common::postgres_url())
+            .await
+            .unwrap();
+        let b = instance(
+            Arc::new(PostgresStore::new(another).with_table_prefix(store.table_prefix())),
+            &key,
+            |l| l,
+        );
+        send(&b.app, "POST", "/set/shape/round", Some(&token)).await;
+        let seen = eventually(Duration::from_millis(100), || async {
+            send(&a.app, "GET", "/get/shape", Some(&token)).await.body == "round"
+        })
+        .await;
+        assert!(seen.is_some(), "A's copy hid B's write for 100 ms");
+        assert_eq!(
+            send(&a.app, "GET", "/get/size", Some(&token)).await.body,
+            "9"
+        );
     }
 
     #[tokio::test]

@@ -195,12 +195,24 @@ mod postgres {
 
         assert!(store.create(&record).await.unwrap());
         assert_eq!(modes.taken().await, ["on"], "creating a session");
-        assert!(store.update(&record.id_hash(), &data).await.unwrap());
+        assert!(store
+            .update(&record.id_hash(), &data)
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(modes.taken().await, ["on"], "a data write by default");
 
-        assert!(fast.update(&record.id_hash(), &data).await.unwrap());
+        assert!(fast
+            .update(&record.id_hash(), &data)
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(modes.taken().await, ["off"], "an asynchronous data write");
-        assert!(fast.update(&record.id_hash(), &rebinding).await.unwrap());
+        assert!(fast
+            .update(&record.id_hash(), &rebinding)
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(modes.taken().await, ["on"], "a changed client binding");
         let stored = fast.load(&record.id_hash()).await.unwrap().unwrap();
         let version = stored.session().unwrap().version();
@@ -214,7 +226,11 @@ mod postgres {
             "a replacement (login, renewal)"
         );
         let quiet = fast.with_change_notifications(false);
-        assert!(quiet.update(&record.id_hash(), &data).await.unwrap());
+        assert!(quiet
+            .update(&record.id_hash(), &data)
+            .await
+            .unwrap()
+            .is_some());
         assert_eq!(
             modes.taken().await,
             ["off"],
@@ -382,7 +398,11 @@ async fn odd_keys_round_trip<S: SessionStore>(store: &S) {
             .collect(),
         ..Change::default()
     };
-    assert!(store.update(&record.id_hash(), &change).await.unwrap());
+    assert!(store
+        .update(&record.id_hash(), &change)
+        .await
+        .unwrap()
+        .is_some());
     let loaded = store.load(&record.id_hash()).await.unwrap().unwrap();
     let data = &loaded.session().unwrap().data();
     for (key, value) in keys.iter().zip(&values) {
@@ -394,7 +414,11 @@ async fn odd_keys_round_trip<S: SessionStore>(store: &S) {
         removed: vec!["back\\slash".into(), "dot.ted".into(), "greeting".into()],
         ..Change::default()
     };
-    assert!(store.update(&record.id_hash(), &change).await.unwrap());
+    assert!(store
+        .update(&record.id_hash(), &change)
+        .await
+        .unwrap()
+        .is_some());
     let loaded = store.load(&record.id_hash()).await.unwrap().unwrap();
     let data = &loaded.session().unwrap().data();
     assert_eq!(data.get("quo\"te"), Some(&json!({"only": 1})));

@@ -3,11 +3,12 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 
 use super::{ChangeListener, SessionStore, StoreChange, StoreError, UserLock};
@@ -34,11 +35,12 @@ const FEED_DOWN: u8 = 2;
 /// backing store.
 ///
 /// It caches the backing store's primitives, not the session protocol: a
-/// load's result is kept, and every write this cache passes on (an
-/// update, a replacement, a deletion, whatever the write was for) drops
-/// the copy of the key it names, whether or not it succeeded. A renewed,
-/// revoked or logged-out session is therefore never served from a copy
-/// that this instance's own writes made stale.
+/// load's result is kept; an update keeps the copy it was made on current
+/// (below); and every other write this cache passes on (a replacement, a
+/// deletion, whatever the write was for) drops the copy of the key it
+/// names, whether or not it succeeded. A renewed, revoked or logged-out
+/// session is therefore never served from a copy that this instance's own
+/// writes made stale.
 ///
 /// ```
 /// # #[cfg(feature = "redis")]
@@ -56,8 +58,14 @@ const FEED_DOWN: u8 = 2;
 ///
 /// # How fresh the copies are
 ///
-/// - **Writes through this cache** drop the local copy of the key they
-///   write at once.
+/// - **Updates through this cache** (a request's data and activity) apply
+///   to the local copy too, when the version the backing store returns
+///   is the copy's plus one: nothing else was applied in between, so the
+///   copy plus the change is exactly what is stored, and the session's
+///   next request is answered from memory. Otherwise (another instance
+///   wrote first, the update failed or was cancelled) the copy is
+///   dropped. **Other writes through this cache** drop the local copy of
+///   the key they write at once.
 /// - **Writes through other instances** reach this cache over the backing
 ///   store's change feed ([`SessionStore::watch_changes`]): `RedisStore`
 ///   publishes every change on Redis pub/sub in the same script that makes
@@ -65,7 +73,10 @@ const FEED_DOWN: u8 = 2;
 ///   time, typically well under a millisecond on a local network.
 ///   `PostgresStore` (feature `postgres`) does the same with `pg_notify`
 ///   in the statement that makes the change, delivered at its commit, and
-///   `LISTEN` on a connection of its own.
+///   `LISTEN` on a connection of its own. An update is announced with the
+///   version it left ([`StoreChange::Updated`]): a copy at that version or
+///   later stays, which keeps this instance's own announcements from
+///   dropping the copies its updates kept current.
 /// - **Staleness bound**: a message can still be lost (a pub/sub connection
 ///   that dies without the subscriber noticing yet). A copy is never kept
 ///   longer than the cache TTL (default [`DEFAULT_CACHE_TTL`], 5 seconds,
@@ -97,7 +108,56 @@ struct Shared {
     /// Bumped when a session hashing to the stripe is dropped: a load that
     /// raced with the drop must not put its older copy back.
     stripes: Box<[AtomicU64]>,
+    /// The updates on their way through this cache, by stripe: each id
+    /// with how many.
+    in_flight: Box<[Mutex<Updating>]>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// The ids of a stripe with updates on their way, each with how many.
+type Updating = Vec<(IdHash, u32)>;
+
+/// An update on its way through the cache, from before it is sent until
+/// its copy is settled (kept current or dropped). Dropped unsettled (the
+/// request was cancelled while the write was out), it drops the copy.
+struct InFlight<'a> {
+    shared: &'a Arc<Shared>,
+    id: IdHash,
+    settled: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(shared: &'a Arc<Shared>, id: IdHash) -> Self {
+        let mut held = shared.in_flight(&id);
+        match held.iter_mut().find(|(held, _)| *held == id) {
+            Some((_, count)) => *count += 1,
+            None => held.push((id, 1)),
+        }
+        drop(held);
+        Self {
+            shared,
+            id,
+            settled: false,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            // The write may have landed, and an announcement of it may have
+            // been left to this update: the copy goes.
+            self.shared.forget_soon(self.id);
+        }
+        let mut held = self.shared.in_flight(&self.id);
+        if let Some(at) = held.iter().position(|(held, _)| *held == self.id) {
+            if held[at].1 > 1 {
+                held[at].1 -= 1;
+            } else {
+                held.swap_remove(at);
+            }
+        }
+    }
 }
 
 impl<S: SessionStore> CachedStore<S> {
@@ -121,6 +181,7 @@ impl<S: SessionStore> CachedStore<S> {
             feed: AtomicU8::new(FEED_DOWN),
             epoch: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            in_flight: (0..STRIPES).map(|_| Mutex::new(Vec::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
         });
         let listener = Arc::new(FeedListener(Arc::downgrade(&shared)));
@@ -175,11 +236,15 @@ impl<S> CachedStore<S> {
 }
 
 impl Shared {
-    fn stripe(&self, id: &IdHash) -> &AtomicU64 {
+    fn stripe_index(&self, id: &IdHash) -> usize {
         // The modulo keeps the index in range; truncation is intended.
         #[allow(clippy::cast_possible_truncation)]
         let index = (self.hasher.hash_one(id) % STRIPES as u64) as usize;
-        &self.stripes[index]
+        index
+    }
+
+    fn stripe(&self, id: &IdHash) -> &AtomicU64 {
+        &self.stripes[self.stripe_index(id)]
     }
 
     /// What a load must see unchanged to keep the copy it read.
@@ -199,6 +264,80 @@ impl Shared {
     async fn forget(&self, id: &IdHash) {
         self.stripe(id).fetch_add(1, Ordering::SeqCst);
         self.records.invalidate(id).await;
+    }
+
+    /// Applies an update that left the session at `version` to the copy
+    /// it was made on: the copy is then the stored session exactly when it
+    /// was at the version before (nothing else was applied in between).
+    /// Whether the copy was kept, as the updated session.
+    async fn advance(&self, id: &IdHash, change: &Change, version: u64) -> bool {
+        let result = self
+            .records
+            .entry(*id)
+            .and_compute_with(|current| {
+                let op = match current.map(moka::Entry::into_value) {
+                    Some(Entry::Session(copy)) if copy.version.wrapping_add(1) == version => {
+                        let mut next = SessionRecord::clone(&copy);
+                        next.apply(change);
+                        Op::Put(Entry::Session(Arc::new(next)))
+                    }
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        matches!(result, CompResult::ReplacedWith(_))
+    }
+
+    /// Handles an announced update that left the session under `id` at
+    /// `version`: a copy at that version or later is current (this cache
+    /// applied that update itself, or loaded its result). A copy one
+    /// version behind while this cache has an update of `id` on its way is
+    /// left to that update, which keeps it only if the announcement was its
+    /// own (the announcement can arrive before the update's answer). Any
+    /// other copy goes.
+    async fn updated(&self, id: &IdHash, version: u64) {
+        let current = match self.records.get(id).await {
+            Some(Entry::Session(copy)) => {
+                copy.version >= version
+                    || (copy.version.wrapping_add(1) == version && self.updating(id))
+            }
+            _ => false,
+        };
+        if !current {
+            self.forget(id).await;
+        }
+    }
+
+    fn in_flight(&self, id: &IdHash) -> MutexGuard<'_, Updating> {
+        self.in_flight[self.stripe_index(id)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether an update of `id` through this cache is on its way.
+    fn updating(&self, id: &IdHash) -> bool {
+        self.in_flight(id).iter().any(|(held, _)| held == id)
+    }
+
+    /// Drops the copy of `id` from where nothing can be awaited: on the
+    /// Tokio runtime when there is one, otherwise with every other copy.
+    fn forget_soon(self: &Arc<Self>, id: IdHash) {
+        self.stripe(&id).fetch_add(1, Ordering::SeqCst);
+        #[cfg(any(
+            feature = "redis",
+            feature = "postgres",
+            feature = "sqlite",
+            feature = "mysql",
+            feature = "test-util",
+            feature = "fuzzing"
+        ))]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::clone(self);
+            runtime.spawn(async move { shared.records.invalidate(&id).await });
+            return;
+        }
+        self.forget_all();
     }
 
     fn forget_all(&self) {
@@ -248,7 +387,21 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         let loaded = self.inner.load(id).await?;
         if let Some(entry) = &loaded {
             if shared.usable() {
-                shared.records.insert(*id, entry.clone()).await;
+                // A later copy of the session (kept by an update that
+                // finished while this load was on its way) stays.
+                let entry = entry.clone();
+                shared
+                    .records
+                    .entry(*id)
+                    .and_compute_with(|current| {
+                        let later = matches!(
+                            (current.as_ref().map(moka::Entry::value), &entry),
+                            (Some(Entry::Session(held)), Entry::Session(loaded))
+                                if held.version > loaded.version
+                        );
+                        std::future::ready(if later { Op::Nop } else { Op::Put(entry) })
+                    })
+                    .await;
                 // Dropped meanwhile (a change announced while the load was
                 // on its way): the copy may predate that change.
                 if shared.stamp(id) != stamp {
@@ -259,10 +412,24 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         Ok(loaded)
     }
 
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
+        let shared = &self.shared;
+        let mut in_flight = InFlight::start(shared, *id);
+        let stamp = shared.stamp(id);
         let result = self.inner.update(id, change).await;
+        if let Ok(Some(version)) = result {
+            if shared.usable() && shared.advance(id, change, version).await {
+                // Something announced meanwhile may postdate the update.
+                if shared.stamp(id) != stamp {
+                    shared.forget(id).await;
+                }
+                in_flight.settled = true;
+                return result;
+            }
+        }
         // Forgotten even on error: the write may have landed anyway.
-        self.shared.forget(id).await;
+        shared.forget(id).await;
+        in_flight.settled = true;
         result
     }
 
@@ -338,6 +505,7 @@ impl ChangeListener for FeedListener {
                 shared.feed.store(FEED_DOWN, Ordering::SeqCst);
                 shared.forget_all();
             }
+            StoreChange::Updated(id, version) => shared.updated(&id, version).await,
             StoreChange::Changed(id) => shared.forget(&id).await,
         }
     }
@@ -400,7 +568,10 @@ mod tests {
             set: vec![("k".into(), serde_json::json!(1))],
             ..Change::default()
         };
-        assert!(store.update(&record.id_hash, &change).await.unwrap());
+        assert_eq!(
+            store.update(&record.id_hash, &change).await.unwrap(),
+            Some(1)
+        );
         let loaded = store.load(&record.id_hash).await.unwrap().unwrap();
         let loaded = loaded.session().unwrap();
         assert_eq!(loaded.data.get("k"), Some(&serde_json::json!(1)));
@@ -434,6 +605,138 @@ mod tests {
             store.load(&record.id_hash).await.unwrap().is_none(),
             "with the feed down every load goes to the backing store"
         );
+    }
+
+    fn set(key: &str, value: i64) -> Change {
+        Change {
+            set: vec![(key.into(), serde_json::json!(value))],
+            ..Change::default()
+        }
+    }
+
+    fn data_of(entry: Option<Entry>) -> crate::record::SessionData {
+        entry.unwrap().session().unwrap().data.clone()
+    }
+
+    #[tokio::test]
+    async fn an_update_keeps_the_copy_it_was_made_on_current() {
+        let backing = MemoryStore::new(100);
+        let store = CachedStore::new(backing.clone(), 100);
+        let record = record();
+        backing.create(&record).await.unwrap();
+        store.load(&record.id_hash).await.unwrap().unwrap();
+        assert_eq!(
+            store.update(&record.id_hash, &set("a", 1)).await.unwrap(),
+            Some(1)
+        );
+        // Gone behind the cache's back: only a kept copy can answer now,
+        // and it has the update.
+        backing.delete(&record.id_hash).await.unwrap();
+        let copy = store.load(&record.id_hash).await.unwrap().unwrap();
+        let copy = copy.session().unwrap();
+        assert_eq!(copy.data.get("a"), Some(&serde_json::json!(1)));
+        assert_eq!(copy.version, 1);
+    }
+
+    #[tokio::test]
+    async fn an_update_over_a_stale_copy_drops_it() {
+        let backing = MemoryStore::new(100);
+        let store = CachedStore::new(backing.clone(), 100);
+        let record = record();
+        backing.create(&record).await.unwrap();
+        store.load(&record.id_hash).await.unwrap().unwrap();
+        // Another instance writes first: the copy is one version behind.
+        backing.update(&record.id_hash, &set("b", 2)).await.unwrap();
+        assert_eq!(
+            store.update(&record.id_hash, &set("a", 1)).await.unwrap(),
+            Some(2)
+        );
+        let data = data_of(store.load(&record.id_hash).await.unwrap());
+        assert_eq!(data.get("a"), Some(&serde_json::json!(1)));
+        assert_eq!(
+            data.get("b"),
+            Some(&serde_json::json!(2)),
+            "the copy missed the other write"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_announced_update_keeps_copies_at_its_version_only() {
+        let backing = MemoryStore::new(100);
+        let store = CachedStore::new(backing.clone(), 100);
+        let listener = FeedListener(Arc::downgrade(&store.shared));
+        listener.changed(StoreChange::Connected).await;
+        let record = record();
+        backing.create(&record).await.unwrap();
+        store.load(&record.id_hash).await.unwrap().unwrap();
+        store.update(&record.id_hash, &set("a", 1)).await.unwrap();
+        // This cache's own update, announced: the copy is at its version.
+        listener
+            .changed(StoreChange::Updated(record.id_hash, 1))
+            .await;
+        backing.update(&record.id_hash, &set("b", 2)).await.unwrap();
+        assert_eq!(
+            data_of(store.load(&record.id_hash).await.unwrap()).get("b"),
+            None,
+            "the copy at the announced version was kept"
+        );
+        // Another handle's update: the copy is behind it.
+        listener
+            .changed(StoreChange::Updated(record.id_hash, 2))
+            .await;
+        assert_eq!(
+            data_of(store.load(&record.id_hash).await.unwrap()).get("b"),
+            Some(&serde_json::json!(2))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_announcement_racing_this_caches_own_update_is_left_to_it() {
+        let backing = MemoryStore::new(100);
+        let store = CachedStore::new(backing.clone(), 100);
+        let shared = &store.shared;
+        let record = record();
+        backing.create(&record).await.unwrap();
+        store.load(&record.id_hash).await.unwrap().unwrap();
+        let id = record.id_hash;
+
+        // The announcement of version 1 arrives while an update is out:
+        // the copy at version 0 waits for the update's answer.
+        let mut in_flight = InFlight::start(shared, id);
+        shared.updated(&id, 1).await;
+        assert!(shared.records.get(&id).await.is_some());
+        in_flight.settled = true;
+        drop(in_flight);
+        // With no update out, the same announcement drops the copy.
+        shared.updated(&id, 1).await;
+        assert!(shared.records.get(&id).await.is_none());
+
+        // An update cancelled while out leaves no copy behind.
+        store.load(&id).await.unwrap().unwrap();
+        drop(InFlight::start(shared, id));
+        tokio::task::yield_now().await;
+        assert!(shared.records.get(&id).await.is_none());
+        assert!(!shared.updating(&id));
+    }
+
+    #[test]
+    fn announcements_parse_as_changes_and_versioned_updates() {
+        let id = crate::id::SessionId::generate().hash();
+        let hex = id.to_hex();
+        assert_eq!(StoreChange::parse(&hex), Some(StoreChange::Changed(id)));
+        assert_eq!(
+            StoreChange::parse(&format!("{hex}:42")),
+            Some(StoreChange::Updated(id, 42))
+        );
+        for bad in [
+            "",
+            "zz",
+            &format!("{hex}:"),
+            &format!("{hex}:x"),
+            &format!("{}:1", &hex[2..]),
+        ] {
+            assert_eq!(StoreChange::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]

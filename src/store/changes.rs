@@ -19,6 +19,29 @@ pub enum StoreChange {
     /// The record under this hash was changed or removed, by any handle on
     /// the backend (this process's included).
     Changed(IdHash),
+    /// The session under this hash was updated in place
+    /// ([`SessionStore::update`](super::SessionStore::update)), by any
+    /// handle on the backend, and is now at this version: a copy at this
+    /// version or a later one is still current, any other is not.
+    Updated(IdHash, u64),
+}
+
+impl StoreChange {
+    /// Reads a change feed's message: an entry's hash in hex
+    /// ([`Changed`](Self::Changed)), followed by `:` and a version for an
+    /// update ([`Updated`](Self::Updated)). `None` for anything else.
+    #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn parse(payload: &str) -> Option<Self> {
+        match payload.split_once(':') {
+            None => IdHash::from_hex(payload).map(Self::Changed),
+            Some((hex, version)) => {
+                let id = IdHash::from_hex(hex)?;
+                // Versions are stored as signed 64-bit integers.
+                let version = version.parse::<i64>().ok()?;
+                Some(Self::Updated(id, u64::from_ne_bytes(version.to_ne_bytes())))
+            }
+        }
+    }
 }
 
 /// Receives a store's [`StoreChange`]s (see

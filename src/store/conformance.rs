@@ -213,11 +213,19 @@ async fn update_applies_the_delta<S: SessionStore>(store: &S) {
         touch: None,
         binding: Some(binding.clone()),
     };
-    assert!(
-        must("update", store.update(&record.id_hash, &change).await),
-        "store contract: update of a stored session must return true"
+    let version = must("update", store.update(&record.id_hash, &change).await);
+    assert_eq!(
+        version,
+        Some(record.version.wrapping_add(1)),
+        "store contract: update of a stored session must return its new version, one more \
+         than before"
     );
     let loaded = session(store, &record.id_hash, "after an update").await;
+    assert_eq!(
+        Some(loaded.version),
+        version,
+        "store contract: the version update returns must be the stored one"
+    );
     let mut expected = record.clone();
     expected.apply(&change);
     assert_eq!(
@@ -238,9 +246,10 @@ async fn update_applies_the_delta<S: SessionStore>(store: &S) {
 
 async fn update_writes_nothing_without_a_session<S: SessionStore>(store: &S) {
     let id = SessionId::generate().hash();
-    assert!(
-        !must("update", store.update(&id, &set("n", json!(1))).await),
-        "store contract: update of an unknown id must return false"
+    assert_eq!(
+        must("update", store.update(&id, &set("n", json!(1))).await),
+        None,
+        "store contract: update of an unknown id must return None"
     );
     assert!(
         must("load", store.load(&id).await).is_none(),
@@ -259,12 +268,13 @@ async fn update_writes_nothing_without_a_session<S: SessionStore>(store: &S) {
             .replace(&record.id_hash, record.version, Some(&marker))
             .await,
     );
-    assert!(
-        !must(
+    assert_eq!(
+        must(
             "update",
             store.update(&record.id_hash, &set("n", json!(1))).await
         ),
-        "store contract: update of a placeholder must return false"
+        None,
+        "store contract: update of a placeholder must return None"
     );
     assert_eq!(
         must("load", store.load(&record.id_hash).await),
@@ -280,12 +290,21 @@ async fn concurrent_updates_keep_every_key<S: SessionStore>(store: &S) {
     let updates = changes
         .iter()
         .map(|change| store.update(&record.id_hash, change));
+    let mut versions = Vec::new();
     for result in join_all(updates).await {
+        let version = must("update", result);
         assert!(
-            must("update", result),
+            version.is_some(),
             "store contract: a concurrent update lost the session"
         );
+        versions.extend(version);
     }
+    versions.sort_unstable();
+    let expected: Vec<u64> = (1..=64).map(|n| record.version.wrapping_add(n)).collect();
+    assert_eq!(
+        versions, expected,
+        "store contract: each of concurrent updates must return the version it made"
+    );
     let loaded = session(store, &record.id_hash, "after concurrent updates").await;
     for i in 0..64 {
         assert_eq!(

@@ -482,15 +482,16 @@ impl SessionStore for MemoryStore {
         Ok(Some(slot.stored.into_entry()))
     }
 
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
         let shared = &*self.shared;
         let tier = shared.tier_of(id);
         let updated = tier.entry(id, None, |_, slot| {
             let Stored::Session(current) = &slot.stored else {
-                return EntryAction::Retain(false);
+                return EntryAction::Retain(None);
             };
             let mut record = SessionRecord::clone(current);
             record.apply(change);
+            let version = record.version;
             let record = Arc::new(record);
             *slot = if change.touch.is_some() {
                 shared.session_slot(record)
@@ -500,9 +501,12 @@ impl SessionStore for MemoryStore {
                     drop_after: slot.drop_after,
                 }
             };
-            EntryAction::Retain(true)
+            EntryAction::Retain(Some(version))
         });
-        Ok(matches!(updated, EntryResult::Retained(true)))
+        Ok(match updated {
+            EntryResult::Retained(version) => version,
+            _ => None,
+        })
     }
 
     async fn replace(

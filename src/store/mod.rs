@@ -87,13 +87,14 @@
 //!         Ok(self.entries().get(id).cloned())
 //!     }
 //!
-//!     async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+//!     async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
 //!         match self.entries().get_mut(id) {
 //!             Some(Entry::Session(record)) => {
-//!                 Arc::make_mut(record).apply(change);
-//!                 Ok(true)
+//!                 let record = Arc::make_mut(record);
+//!                 record.apply(change);
+//!                 Ok(Some(record.version()))
 //!             }
-//!             _ => Ok(false),
+//!             _ => Ok(None),
 //!         }
 //!     }
 //!
@@ -243,10 +244,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// [`SessionRecord::apply`] does: keys set and removed, a touch that
     /// only moves deadlines forward, the version bumped).
     ///
-    /// Returns `Ok(false)`, writing nothing, when `id` holds no session
-    /// (nothing, or a placeholder). Concurrent updates that set different
-    /// keys must all be kept.
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError>;
+    /// Returns the session's version after the change (the version it had,
+    /// plus one, whatever concurrent updates applied before it), or
+    /// `Ok(None)`, writing nothing, when `id` holds no session (nothing, or
+    /// a placeholder). Concurrent updates that set different keys must all
+    /// be kept. A cache in front of the store keeps its copy current with
+    /// the version: its copy plus `change` is the stored session exactly
+    /// when the copy's version plus one is the version returned.
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError>;
 
     /// Replaces the session under `id` with `with` (or removes it, for
     /// `None`), only if it is still a session at `version`.
@@ -371,7 +376,7 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
         (**self).load(id).await
     }
 
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
         (**self).update(id, change).await
     }
 

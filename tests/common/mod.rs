@@ -277,7 +277,7 @@ impl SessionStore for FlakyStore {
         self.inner.load(id).await
     }
 
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
         self.check(&self.fail_writes)?;
         self.updates.fetch_add(1, Ordering::SeqCst);
         self.inner.update(id, change).await

@@ -8,7 +8,6 @@ use std::time::Duration;
 use ::redis::{Client, RedisError, Value};
 use futures_util::StreamExt;
 
-use crate::id::IdHash;
 use crate::store::{ChangeListener, StoreChange};
 
 /// How often an idle feed checks that its connection still works.
@@ -74,8 +73,8 @@ async fn relay(pubsub: ::redis::aio::PubSub, timeout: Duration, listener: &dyn C
         match tokio::time::timeout(PROBE_EVERY, stream.next()).await {
             Ok(Some(message)) => {
                 let payload: Result<String, _> = message.get_payload();
-                if let Some(id) = payload.ok().and_then(|hex| IdHash::from_hex(&hex)) {
-                    listener.changed(StoreChange::Changed(id)).await;
+                if let Some(change) = payload.ok().and_then(|text| StoreChange::parse(&text)) {
+                    listener.changed(change).await;
                 }
             }
             Ok(None) => return,

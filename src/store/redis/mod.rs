@@ -69,9 +69,11 @@
 //! | `index_remove` | `ZREM` |
 //! | `lock_user` | `SET NX PX` with a random token; released by a compare-and-delete script |
 //!
-//! Every script that changes an entry also publishes its hash on the
-//! change channel, in the same atomic step (a `create` publishes nothing:
-//! no cache holds a copy of a key that held nothing).
+//! Every script that changes an entry also publishes its hash (in hex) on
+//! the change channel, in the same atomic step; the update script adds
+//! `:` and the version it left, so that caches at that version keep their
+//! copies (a `create` publishes nothing: no cache holds a copy of a key
+//! that held nothing).
 //!
 //! A session and its user's index are in different slots, so no script
 //! covers both. The store needs none: the session protocol (logins under a
@@ -479,12 +481,13 @@ impl SessionStore for RedisStore {
         .await
     }
 
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
         let args = self.update_args(id, change)?;
         let key = self.record_key(id);
         bounded(self.timeout, async {
-            let updated: i64 = run(&self.connection, &scripts().update, &key, &args).await?;
-            Ok(updated == 1)
+            let version: Option<i64> =
+                run(&self.connection, &scripts().update, &key, &args).await?;
+            Ok(version.map(|version| u64::from_ne_bytes(version.to_ne_bytes())))
         })
         .await
     }

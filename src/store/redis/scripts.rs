@@ -31,9 +31,10 @@ return 1
 /// KEYS: entry. ARGV: channel, hash, touch last-seen ('' for none), touch
 /// idle deadline, backstop slack, client binding JSON ('' for unchanged),
 /// number of removed fields, the removed fields, then set field/value pairs.
-/// Returns 1 when applied, 0 (writing nothing) when the key holds no session.
+/// Returns the session's new version, or nil (writing nothing) when the key
+/// holds no session. The announcement is the hash, `:` and the new version.
 const UPDATE: &str = r"
-if redis.call('HGET', KEYS[1], 'kind') ~= 's' then return 0 end
+if redis.call('HGET', KEYS[1], 'kind') ~= 's' then return false end
 local removed = tonumber(ARGV[7])
 for i = 8, 7 + removed do redis.call('HDEL', KEYS[1], ARGV[i]) end
 for i = 8 + removed, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -49,9 +50,9 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'idle', idle)
   redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', tonumber(idle) + tonumber(ARGV[5])))
 end
-redis.call('HINCRBY', KEYS[1], 'ver', 1)
-if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return 1
+local version = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2] .. ':' .. version) end
+return version
 ";
 
 /// Replaces a session with a new entry, or removes it, if it is still a

@@ -67,6 +67,10 @@ pub(super) mod sealed {
         const NOW_MS: &'static str;
         /// The data column as the entry `SELECT` reads it: as text.
         const DATA_AS_TEXT: &'static str;
+        /// The delta's new version: one more than the row's. MySQL, which
+        /// has no `UPDATE ... RETURNING`, also hands it back to the client
+        /// as the statement's `LAST_INSERT_ID`.
+        const NEXT_VERSION: &'static str = "version + 1";
 
         /// The backend's own state of a new store.
         fn new_extra() -> Self::Extra;
@@ -168,6 +172,14 @@ pub(super) mod sealed {
             params: Params,
         ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
 
+        /// Runs a query returning at most one row of one integer; that
+        /// integer, if there was a row.
+        fn fetch_optional_integer<'a>(
+            pool: &'a Pool<Self>,
+            sql: &'a str,
+            params: Params,
+        ) -> BoxFuture<'a, Result<Option<i64>, sqlx::Error>>;
+
         /// Runs a query of one integer on `connection`.
         fn fetch_integer<'a>(
             connection: &'a mut Self::Connection,
@@ -195,7 +207,7 @@ pub(super) mod sealed {
             store: &'a SqlStore<Self>,
             id: &'a IdHash,
             change: &'a Change,
-        ) -> BoxFuture<'a, Result<bool, StoreError>>;
+        ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
 
         /// Removes the entry under `id`, returning it.
         fn delete<'a>(
@@ -331,6 +343,18 @@ macro_rules! runners {
             Box::pin(async move {
                 let done = params.bind(sqlx::query(sql)).execute(connection).await?;
                 Ok(done.rows_affected())
+            })
+        }
+
+        fn fetch_optional_integer<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            sql: &'a str,
+            params: $crate::store::sql::backend::Params,
+        ) -> $crate::store::sql::backend::BoxFuture<'a, Result<Option<i64>, sqlx::Error>> {
+            Box::pin(async move {
+                let row = params.bind(sqlx::query(sql)).fetch_optional(pool).await?;
+                row.map(|row| sqlx::Row::try_get::<i64, _>(&row, 0))
+                    .transpose()
             })
         }
 

@@ -359,7 +359,7 @@ fn version_column(version: u64) -> i64 {
     i64::from_ne_bytes(version.to_ne_bytes())
 }
 
-fn version_of(column: i64) -> u64 {
+pub(super) fn version_of(column: i64) -> u64 {
     u64::from_ne_bytes(column.to_ne_bytes())
 }
 

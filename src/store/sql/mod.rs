@@ -60,7 +60,7 @@
 //! |---|---|
 //! | `create` | `INSERT`, refused when the key exists (`ON CONFLICT DO NOTHING`; MySQL: the duplicate-key error) |
 //! | `load` | `SELECT` by `id_hash` |
-//! | `update` | one `UPDATE ... WHERE id_hash = ? AND kind = 's'` applying the delta in place (below) |
+//! | `update` | one `UPDATE ... WHERE id_hash = ? AND kind = 's'` applying the delta in place (below), returning the new version (`RETURNING`; MySQL: `LAST_INSERT_ID(version + 1)`, read from the statement's result) |
 //! | `replace` | `UPDATE` (or `DELETE`) `... WHERE id_hash = ? AND kind = 's' AND version = ?` |
 //! | `delete` | `DELETE ... RETURNING` (MySQL: `SELECT ... FOR UPDATE` and `DELETE` in one transaction) |
 //! | `index_add`, `index_remove`, `index_members` | an upsert, a `DELETE`, a `SELECT` on the user's rows |
@@ -161,8 +161,13 @@
 //! A [`CachedStore`](super::CachedStore) in front of a `PostgresStore` is
 //! invalidated across instances through `LISTEN`/`NOTIFY`: every write
 //! that changes an entry calls `pg_notify` on `<prefix>changes` in the same
-//! statement (delivered when it commits), and the cache listens on a
-//! connection of its own, opened with the pool's settings. While that
+//! statement (delivered when it commits), with the entry's hash in hex as
+//! the payload (and, for the delta's `UPDATE`, `:` and the version it
+//! left, so that a cache already holding that version keeps its copy), and
+//! the cache listens on a connection of its own, opened with the pool's
+//! settings. A write request through the cache then costs one round trip:
+//! the cache answers the load and keeps its copy current through the
+//! update. While that
 //! connection is down the cache is bypassed. SQLite and MySQL have no such
 //! feed: over them a `CachedStore`'s copies live for its TTL (default 5
 //! seconds), which then bounds how long another instance's change (a

@@ -40,6 +40,7 @@ impl Backend for MySql {
     const DIALECT: Dialect = Dialect::MySql;
     const NOW_MS: &'static str = "CAST(UNIX_TIMESTAMP(SYSDATE(3)) * 1000 AS SIGNED)";
     const DATA_AS_TEXT: &'static str = "CAST(data AS CHAR)";
+    const NEXT_VERSION: &'static str = "LAST_INSERT_ID(version + 1)";
 
     fn new_extra() {}
 
@@ -76,12 +77,24 @@ impl Backend for MySql {
         store: &'a MySqlStore,
         id: &'a IdHash,
         change: &'a Change,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
             // `JSON_EXTRACT(?, '$')` makes the text a JSON value (MariaDB
             // has no `CAST(? AS JSON)`); every key has a path.
             match json_path_update(store, id, change, "JSON_EXTRACT(?, '$')", json_path)? {
-                Some((sql, params)) => Ok(store.write(&sql, params).await? == 1),
+                Some((sql, params)) => {
+                    // The new version comes back as the statement's
+                    // `LAST_INSERT_ID` (see `NEXT_VERSION`).
+                    let done = bounded(store.settings.timeout, async {
+                        params
+                            .bind(sqlx::query(&sql))
+                            .execute(&store.pool)
+                            .await
+                            .map_err(store_error)
+                    })
+                    .await?;
+                    Ok((done.rows_affected() == 1).then(|| done.last_insert_id()))
+                }
                 None => Err(StoreError::Corrupt(
                     "a session key has no MySQL JSON path".to_owned(),
                 )),

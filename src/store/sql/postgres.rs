@@ -10,7 +10,7 @@ use tokio::runtime::Handle;
 
 use super::backend::Dialect;
 use super::backend::{runners, sealed::Backend, BoxFuture, Params};
-use super::codec::Delta;
+use super::codec::{self, Delta};
 use super::primitives::SqlStore;
 use super::statements::Statements;
 use super::{bounded, store_error};
@@ -171,7 +171,17 @@ impl Backend for Postgres {
                  WHERE id_hash = $1 AND kind = 's'{commit}",
                 touch = Statements::touch::<Self>(3),
             );
-            Self::announced(options, update, channel)
+            // The announcement names the version the update left, so that
+            // a cache holding exactly that version keeps it.
+            if options.announce {
+                format!(
+                    "WITH changed AS ({update} RETURNING id_hash, version) \
+                     SELECT changed.version FROM changed CROSS JOIN LATERAL \
+                     pg_notify('{channel}', encode(changed.id_hash, 'hex') || ':' || changed.version)"
+                )
+            } else {
+                format!("{update} RETURNING version")
+            }
         };
         [delta(false), delta(!options.synchronous_data_writes)]
     }
@@ -180,7 +190,7 @@ impl Backend for Postgres {
         store: &'a PostgresStore,
         id: &'a IdHash,
         change: &'a Change,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
             let delta = Delta::of(change)?;
             // A changed client binding is a security decision: it commits
@@ -196,11 +206,13 @@ impl Backend for Postgres {
                 .touch_params(params)
                 .bind(sqlx::query(sql))
                 .bind(&delta.removed);
-            let done = bounded(store.settings.timeout, async {
-                query.execute(&store.pool).await.map_err(store_error)
+            let row = bounded(store.settings.timeout, async {
+                query.fetch_optional(&store.pool).await.map_err(store_error)
             })
             .await?;
-            Ok(done.rows_affected() == 1)
+            row.map(|row| sqlx::Row::try_get::<i64, _>(&row, 0).map(codec::version_of))
+                .transpose()
+                .map_err(store_error)
         })
     }
 
@@ -307,8 +319,8 @@ async fn relay(mut feed: PgListener, timeout: Duration, listener: &dyn ChangeLis
     while listener.is_active() {
         match tokio::time::timeout(PROBE_EVERY, feed.try_recv()).await {
             Ok(Ok(Some(notification))) => {
-                if let Some(id) = IdHash::from_hex(notification.payload()) {
-                    listener.changed(StoreChange::Changed(id)).await;
+                if let Some(change) = StoreChange::parse(notification.payload()) {
+                    listener.changed(change).await;
                 }
             }
             // The connection was lost (`None`) or failed.

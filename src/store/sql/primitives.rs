@@ -187,6 +187,24 @@ impl<DB: SqlBackend> SqlStore<DB> {
         .await
     }
 
+    /// Runs a write that returns at most one row of one integer (a
+    /// delta's `UPDATE ... RETURNING version`); that integer, as a version.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(super) async fn write_returning_version(
+        &self,
+        sql: &str,
+        params: Params,
+    ) -> Result<Option<u64>, StoreError> {
+        bounded(self.settings.timeout, async {
+            let _turn = DB::write_turn(&self.extra).await;
+            DB::fetch_optional_integer(&self.pool, sql, params)
+                .await
+                .map_err(store_error)
+        })
+        .await
+        .map(|version| version.map(codec::version_of))
+    }
+
     /// Runs an insert that does nothing (or fails with a duplicate key)
     /// when the row exists; whether it inserted.
     async fn insert(&self, sql: &str, params: Params) -> Result<bool, StoreError> {
@@ -315,7 +333,7 @@ impl<DB: SqlBackend> SessionStore for SqlStore<DB> {
         self.fetch_entry(&self.sql.load, id, false).await
     }
 
-    async fn update(&self, id: &IdHash, change: &Change) -> Result<bool, StoreError> {
+    async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
         DB::update(self, id, change).await
     }
 

@@ -88,10 +88,13 @@ impl Backend for Sqlite {
         store: &'a SqliteStore,
         id: &'a IdHash,
         change: &'a Change,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
             match json_path_update(store, id, change, "json(?)", json_path)? {
-                Some((sql, params)) => Ok(store.write(&sql, params).await? == 1),
+                Some((sql, params)) => {
+                    let sql = format!("{sql} RETURNING version");
+                    store.write_returning_version(&sql, params).await
+                }
                 None => {
                     bounded(
                         store.settings.timeout,
@@ -130,7 +133,7 @@ async fn update_in_transaction(
     store: &SqliteStore,
     id: &IdHash,
     change: &Change,
-) -> Result<bool, StoreError> {
+) -> Result<Option<u64>, StoreError> {
     let delta = Delta::of(change)?;
     let sessions = &store.sql.sessions;
     let _turn = Sqlite::write_turn(&store.extra).await;
@@ -147,7 +150,7 @@ async fn update_in_transaction(
     .await
     .map_err(store_error)?;
     let Some(data) = data else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&data)
         .map_err(|_| codec::corrupt("stored session data is not a JSON object"))?;
@@ -159,12 +162,19 @@ async fn update_in_transaction(
     }
     let params = delta.touch_params(Params::new().text(Some(codec::encode_json(&data)?)));
     let write = format!(
-        "UPDATE {sessions} SET data = ?, {touch} WHERE id_hash = ? AND kind = 's'",
+        "UPDATE {sessions} SET data = ?, {touch} WHERE id_hash = ? AND kind = 's' \
+         RETURNING version",
         touch = super::statements::Statements::touch::<Sqlite>(2),
     );
-    let done = Sqlite::execute_on(&mut tx, &write, params.id(id))
+    let version: Option<i64> = params
+        .id(id)
+        .bind(sqlx::query(&write))
+        .fetch_optional(&mut *tx)
         .await
+        .map_err(store_error)?
+        .map(|row| sqlx::Row::try_get(&row, 0))
+        .transpose()
         .map_err(store_error)?;
     tx.commit().await.map_err(store_error)?;
-    Ok(done == 1)
+    Ok(version.map(codec::version_of))
 }

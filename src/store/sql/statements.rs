@@ -159,7 +159,8 @@ impl Statements {
              last_seen = {last_seen}, \
              idle_deadline = CASE WHEN {idle} IS NULL THEN idle_deadline \
                ELSE {idle_deadline} END, \
-             version = version + 1",
+             version = {next_version}",
+            next_version = DB::NEXT_VERSION,
             binding = p(0),
             last_seen = DB::greatest("last_seen", &format!("COALESCE({}, last_seen)", p(1))),
             idle = p(2),
