@@ -28,7 +28,9 @@
 //! index and table scans instead (statements that read a table).
 //! This crate's store runs with `with_synchronous_data_writes(false)`
 //! (data-only commits asynchronous); `SYNCHRONOUS_DATA_WRITES=1` measures
-//! the default, every commit synchronous.
+//! the default, every commit synchronous. One subject,
+//! `CachedStore<PostgresStore>, synchronous`, always runs with the default,
+//! so that one run shows both.
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -53,6 +55,9 @@ enum Subject {
     Guard,
     /// This crate, `CachedStore<PostgresStore>` (LISTEN/NOTIFY).
     GuardCached,
+    /// The same, with every commit synchronous whatever
+    /// `SYNCHRONOUS_DATA_WRITES` says (the store's default).
+    GuardCachedDurable,
     /// tower-sessions with tower-sessions-sqlx-store's `PostgresStore`.
     TowerSessions,
     /// tower-sessions with a moka cache in front (`CachingSessionStore`).
@@ -60,17 +65,27 @@ enum Subject {
 }
 
 impl Subject {
-    const ALL: [Subject; 4] = [
+    const ALL: [Subject; 5] = [
         Subject::Guard,
         Subject::GuardCached,
+        Subject::GuardCachedDurable,
         Subject::TowerSessions,
         Subject::TowerSessionsCached,
     ];
+
+    /// This subject's place in [`Subject::ALL`].
+    fn index(self) -> usize {
+        Subject::ALL
+            .iter()
+            .position(|s| *s == self)
+            .expect("every subject is in ALL")
+    }
 
     fn name(self) -> &'static str {
         match self {
             Subject::Guard => "tower-session-guard (no NOTIFY)",
             Subject::GuardCached => "tower-session-guard + CachedStore",
+            Subject::GuardCachedDurable => "tower-session-guard + CachedStore, synchronous",
             Subject::TowerSessions => "tower-sessions",
             Subject::TowerSessionsCached => "tower-sessions + CachingSessionStore",
         }
@@ -80,6 +95,7 @@ impl Subject {
         match self {
             Subject::Guard => "#2b7bba",
             Subject::GuardCached => "#8fc1e3",
+            Subject::GuardCachedDurable => "#5a9fd0",
             Subject::TowerSessions => "#e08a2c",
             Subject::TowerSessionsCached => "#f3c58f",
         }
@@ -88,7 +104,7 @@ impl Subject {
     /// The tables this subject's store writes, for the row counters.
     fn tables(self, run: &str) -> (String, Vec<String>) {
         match self {
-            Subject::Guard | Subject::GuardCached => (
+            Subject::Guard | Subject::GuardCached | Subject::GuardCachedDurable => (
                 "public".to_owned(),
                 ["sessions", "user_sessions", "locks"]
                     .iter()
@@ -105,6 +121,7 @@ impl Subject {
 fn guard_prefix(subject: Subject, run: &str) -> String {
     match subject {
         Subject::GuardCached => format!("bench_{run}_c_"),
+        Subject::GuardCachedDurable => format!("bench_{run}_d_"),
         _ => format!("bench_{run}_"),
     }
 }
@@ -128,12 +145,15 @@ async fn pool(url: &str) -> PgPool {
 async fn router(subject: Subject, url: &str, run: &str) -> (Router, PgPool) {
     let pool = pool(url).await;
     let router = match subject {
-        Subject::Guard | Subject::GuardCached => {
+        Subject::Guard | Subject::GuardCached | Subject::GuardCachedDurable => {
             let store = tower_session_guard::PostgresStore::new(pool.clone())
                 .with_table_prefix(guard_prefix(subject, run))
                 // Data writes commit asynchronously unless `SYNCHRONOUS_DATA_WRITES`
                 // asks for the store's default.
-                .with_synchronous_data_writes(std::env::var("SYNCHRONOUS_DATA_WRITES").is_ok());
+                .with_synchronous_data_writes(
+                    subject == Subject::GuardCachedDurable
+                        || std::env::var("SYNCHRONOUS_DATA_WRITES").is_ok(),
+                );
             store.migrate().await.expect("migrate");
             if subject == Subject::Guard {
                 // Nothing caches the plain store's sessions: no need to announce.
@@ -345,7 +365,11 @@ fn env_number(name: &str, default: usize) -> usize {
 }
 
 async fn drop_tables(admin: &PgPool, run: &str) {
-    for subject in [Subject::Guard, Subject::GuardCached] {
+    for subject in [
+        Subject::Guard,
+        Subject::GuardCached,
+        Subject::GuardCachedDurable,
+    ] {
         let prefix = guard_prefix(subject, run);
         for table in ["sessions", "user_sessions", "locks", "schema"] {
             let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}{table}"))
@@ -436,20 +460,30 @@ fn table(summary: &serde_json::Value) -> String {
     let _ = writeln!(out, "| ratio | read | write | new | target |");
     let _ = writeln!(out, "|---|---|---|---|---|");
     for (ours, theirs, what) in [
-        (0, 2, "PostgresStore ÷ tower-sessions PostgresStore"),
         (
-            1,
-            2,
+            Subject::Guard,
+            Subject::TowerSessions,
+            "PostgresStore ÷ tower-sessions PostgresStore",
+        ),
+        (
+            Subject::GuardCached,
+            Subject::TowerSessions,
             "CachedStore<PostgresStore> ÷ tower-sessions PostgresStore",
         ),
         (
-            1,
-            3,
+            Subject::GuardCachedDurable,
+            Subject::TowerSessions,
+            "CachedStore<PostgresStore>, synchronous ÷ tower-sessions PostgresStore",
+        ),
+        (
+            Subject::GuardCached,
+            Subject::TowerSessionsCached,
             "CachedStore<PostgresStore> ÷ tower-sessions CachingSessionStore",
         ),
     ] {
         let ratio = |scenario: &str| {
-            median_us(summary, ours, scenario) / median_us(summary, theirs, scenario)
+            median_us(summary, ours.index(), scenario)
+                / median_us(summary, theirs.index(), scenario)
         };
         let _ = writeln!(
             out,
