@@ -739,6 +739,154 @@ mod tests {
         }
     }
 
+    /// A `MemoryStore` whose updates can be held: before they reach it
+    /// (`hold` released by `release`), or after they were applied (never
+    /// answered, as a request cancelled while its write was out).
+    #[derive(Clone)]
+    struct Held {
+        inner: MemoryStore,
+        gate: Arc<tokio::sync::Notify>,
+        hold: bool,
+        unanswered: bool,
+    }
+
+    impl Held {
+        fn new(inner: &MemoryStore) -> Self {
+            Self {
+                inner: inner.clone(),
+                gate: Arc::new(tokio::sync::Notify::new()),
+                hold: false,
+                unanswered: false,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl SessionStore for Held {
+        async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
+            self.inner.create(record).await
+        }
+        async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+            self.inner.load(id).await
+        }
+        async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
+            if self.hold {
+                self.gate.notified().await;
+            }
+            let result = self.inner.update(id, change).await;
+            if self.unanswered {
+                std::future::pending::<()>().await;
+            }
+            result
+        }
+        async fn replace(
+            &self,
+            id: &IdHash,
+            version: u64,
+            with: Option<&Entry>,
+        ) -> Result<bool, StoreError> {
+            self.inner.replace(id, version, with).await
+        }
+        async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+            self.inner.delete(id).await
+        }
+        async fn index_add(
+            &self,
+            user_id: &str,
+            id: &IdHash,
+            until: UnixMillis,
+        ) -> Result<(), StoreError> {
+            self.inner.index_add(user_id, id, until).await
+        }
+        async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
+            self.inner.index_remove(user_id, ids).await
+        }
+        async fn index_members(
+            &self,
+            user_id: &str,
+            now: UnixMillis,
+        ) -> Result<Vec<IdHash>, StoreError> {
+            self.inner.index_members(user_id, now).await
+        }
+        async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
+            self.inner.lock_user(user_id).await
+        }
+    }
+
+    /// Review finding: another instance's update, announced while this
+    /// cache has an update of the same session on its way, leaves the
+    /// stale copy served until that update is answered (up to the backing
+    /// store's timeout, 2 seconds by default), not just for the feed's
+    /// delivery time.
+    #[tokio::test]
+    #[ignore = "review finding: an in-flight update defers an announced change until it settles"]
+    async fn another_instances_announced_update_is_seen_while_an_update_is_on_its_way() {
+        use futures_util::FutureExt;
+
+        let backing = MemoryStore::new(100);
+        let held = Held {
+            hold: true,
+            ..Held::new(&backing)
+        };
+        let gate = Arc::clone(&held.gate);
+        let store = CachedStore::new(held, 100);
+        let listener = FeedListener(Arc::downgrade(&store.shared));
+        listener.changed(StoreChange::Connected).await;
+        let record = record();
+        let id = record.id_hash;
+        backing.create(&record).await.unwrap();
+        store.load(&id).await.unwrap().unwrap();
+
+        // This instance's update is on its way (held before the store).
+        let change = set("a", 1);
+        let mut mine = store.update(&id, &change);
+        assert!((&mut mine).now_or_never().is_none());
+        // Another instance's update lands first and is announced.
+        assert_eq!(backing.update(&id, &set("b", 2)).await.unwrap(), Some(1));
+        listener.changed(StoreChange::Updated(id, 1)).await;
+        // Delivered: this cache must not answer with the copy before it.
+        let seen = data_of(store.load(&id).await.unwrap());
+        gate.notify_one();
+        assert_eq!(mine.await.unwrap(), Some(2));
+        assert_eq!(
+            seen.get("b"),
+            Some(&serde_json::json!(2)),
+            "the announced update was hidden while this cache's own update was out"
+        );
+    }
+
+    /// Review finding: an update cancelled after its write landed leaves
+    /// the copy from before the write to be served until a spawned task
+    /// gets to drop it.
+    #[tokio::test]
+    #[ignore = "review finding: a cancelled update's copy is dropped only by a spawned task"]
+    async fn a_cancelled_update_leaves_no_copy_to_serve() {
+        use futures_util::FutureExt;
+
+        let backing = MemoryStore::new(100);
+        let held = Held {
+            unanswered: true,
+            ..Held::new(&backing)
+        };
+        let store = CachedStore::new(held, 100);
+        let record = record();
+        let id = record.id_hash;
+        backing.create(&record).await.unwrap();
+        store.load(&id).await.unwrap().unwrap();
+
+        let change = set("a", 1);
+        let mut cancelled = store.update(&id, &change);
+        assert!((&mut cancelled).now_or_never().is_none());
+        // The write landed; the request goes away before its answer.
+        drop(cancelled);
+        let data = data_of(store.load(&id).await.unwrap());
+        assert_eq!(
+            data.get("a"),
+            Some(&serde_json::json!(1)),
+            "the copy from before the cancelled (landed) write was served"
+        );
+    }
+
     #[tokio::test]
     async fn the_feed_ends_when_the_cache_is_dropped() {
         let store = CachedStore::new(MemoryStore::new(10), 10);
