@@ -691,3 +691,48 @@ async fn a_refused_login_leaves_no_lock_behind() {
     assert_eq!(second.status, StatusCode::CONFLICT, "{}", second.body);
     assert!(!redis.keys().iter().any(|k| k.ends_with(":lock")));
 }
+
+/// The update script reads the new version as a Lua number, a double:
+/// from 10^14 on it is announced in exponent form ("1e+14", which no cache
+/// reads, so the announcement is lost) and past 2^53 it comes back
+/// rounded. The version returned and announced must be the one stored.
+#[tokio::test]
+async fn large_versions_are_returned_and_announced_exactly() {
+    let Some(redis) = SharedRedis::connect("large_versions").await else {
+        return;
+    };
+    let mut pubsub = redis.client().get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("{}changes", redis.prefix))
+        .await
+        .unwrap();
+    let mut messages = pubsub.into_on_message();
+    let change = Change {
+        set: vec![("k".into(), json!(1))],
+        ..Change::default()
+    };
+    for start in [99_999_999_999_999, (1 << 54) + 1] {
+        let mut parts = conformance::sample_record(None).into_parts();
+        parts.version = start;
+        let record = SessionRecord::from_parts(parts);
+        redis.store.create(&record).await.unwrap();
+        let version = redis
+            .store
+            .update(&record.id_hash(), &change)
+            .await
+            .unwrap();
+        let stored = redis.store.load(&record.id_hash()).await.unwrap().unwrap();
+        let stored = stored.session().unwrap().version();
+        assert_eq!(stored, start + 1);
+        assert_eq!(version, Some(stored), "the version returned");
+        let message = tokio::time::timeout(Duration::from_secs(2), messages.next())
+            .await
+            .expect("an announcement of the update")
+            .unwrap();
+        assert_eq!(
+            message.get_payload::<String>().unwrap(),
+            format!("{}:{stored}", record.id_hash().to_hex()),
+            "the version announced"
+        );
+    }
+}

@@ -550,6 +550,44 @@ mod postgres {
         );
     }
 
+    /// Review finding: the copy an update keeps current holds the values
+    /// the request set, where PostgreSQL's `jsonb` stores some of them
+    /// differently (a float of 1e16 or more comes back as an integer), so
+    /// this instance answers with data another instance never sees.
+    #[cfg(feature = "test-util")]
+    #[tokio::test]
+    #[ignore = "review finding: a kept copy holds values jsonb normalizes"]
+    async fn a_kept_copy_holds_what_the_database_holds() {
+        use serde_json::json;
+        use tower_session_guard::store::conformance;
+
+        let test = "sql_cached_jsonb";
+        let Some((store, _tables)) = sql_common::postgres_store(test).await else {
+            return;
+        };
+        let cache = CachedStore::new(store.clone(), 100);
+        let connected = eventually(Duration::from_secs(5), || async { cache.is_caching() }).await;
+        assert!(connected.is_some(), "the LISTEN feed connects");
+        let record = conformance::sample_record(None);
+        let id = record.id_hash();
+        assert!(cache.create(&record).await.unwrap());
+        cache.load(&id).await.unwrap().unwrap();
+        let change = Change {
+            set: vec![("big".into(), json!(1e16)), ("float".into(), json!(2.5e17))],
+            ..Change::default()
+        };
+        assert_eq!(cache.update(&id, &change).await.unwrap(), Some(1));
+        // The update's own announcement has come back by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let copy = cache.load(&id).await.unwrap().unwrap();
+        let stored = store.load(&id).await.unwrap().unwrap();
+        assert_eq!(
+            copy.session().unwrap().data(),
+            stored.session().unwrap().data(),
+            "the cache's copy differs from the stored session"
+        );
+    }
+
     #[tokio::test]
     async fn a_request_that_changes_nothing_writes_nothing() {
         let test = "sql_no_write";

@@ -114,8 +114,19 @@ struct Shared {
     hasher: std::collections::hash_map::RandomState,
 }
 
-/// The ids of a stripe with updates on their way, each with how many.
-type Updating = Vec<(IdHash, u32)>;
+/// The ids of a stripe with updates on their way.
+type Updating = Vec<OnItsWay>;
+
+/// An id with updates on their way through this cache.
+struct OnItsWay {
+    id: IdHash,
+    /// How many.
+    count: u32,
+    /// The copy an announcement one version ahead of it took out of the
+    /// cache meanwhile, and the stamp that must be unchanged for the update
+    /// that made that version to put it back (see [`Shared::updated`]).
+    parked: Option<(Arc<SessionRecord>, (u64, u64))>,
+}
 
 /// An update on its way through the cache, from before it is sent until
 /// its copy is settled (kept current or dropped). Dropped unsettled (the
@@ -129,9 +140,13 @@ struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     fn start(shared: &'a Arc<Shared>, id: IdHash) -> Self {
         let mut held = shared.in_flight(&id);
-        match held.iter_mut().find(|(held, _)| *held == id) {
-            Some((_, count)) => *count += 1,
-            None => held.push((id, 1)),
+        match held.iter_mut().find(|way| way.id == id) {
+            Some(way) => way.count += 1,
+            None => held.push(OnItsWay {
+                id,
+                count: 1,
+                parked: None,
+            }),
         }
         drop(held);
         Self {
@@ -150,9 +165,9 @@ impl Drop for InFlight<'_> {
             self.shared.forget_soon(self.id);
         }
         let mut held = self.shared.in_flight(&self.id);
-        if let Some(at) = held.iter().position(|(held, _)| *held == self.id) {
-            if held[at].1 > 1 {
-                held[at].1 -= 1;
+        if let Some(at) = held.iter().position(|way| way.id == self.id) {
+            if held[at].count > 1 {
+                held[at].count -= 1;
             } else {
                 held.swap_remove(at);
             }
@@ -291,22 +306,62 @@ impl Shared {
 
     /// Handles an announced update that left the session under `id` at
     /// `version`: a copy at that version or later is current (this cache
-    /// applied that update itself, or loaded its result). A copy one
-    /// version behind while this cache has an update of `id` on its way is
-    /// left to that update, which keeps it only if the announcement was its
-    /// own (the announcement can arrive before the update's answer). Any
-    /// other copy goes.
+    /// applied that update itself, or loaded its result). Any other copy
+    /// goes at once. One a version behind, while this cache has an update
+    /// of `id` on its way, is parked with that update rather than dropped:
+    /// the announcement may be that update's own, arriving before its
+    /// answer, and the update puts the copy back, updated, if the version
+    /// is its own ([`restore`](Self::restore)). Until then it is not served.
     async fn updated(&self, id: &IdHash, version: u64) {
-        let current = match self.records.get(id).await {
-            Some(Entry::Session(copy)) => {
-                copy.version >= version
-                    || (copy.version.wrapping_add(1) == version && self.updating(id))
+        // Taken before the copy is read: any drop after it, but the one
+        // below, keeps a parked copy from coming back.
+        let (epoch, stripe) = self.stamp(id);
+        match self.records.get(id).await {
+            Some(Entry::Session(copy)) if copy.version >= version => {}
+            Some(Entry::Session(copy)) if copy.version.wrapping_add(1) == version => {
+                self.forget(id).await;
+                let mut held = self.in_flight(id);
+                if let Some(way) = held.iter_mut().find(|way| way.id == *id) {
+                    way.parked = Some((copy, (epoch, stripe.wrapping_add(1))));
+                }
             }
-            _ => false,
-        };
-        if !current {
-            self.forget(id).await;
+            _ => self.forget(id).await,
         }
+    }
+
+    /// Puts back the copy parked for `id` (see [`updated`](Self::updated))
+    /// with `change` applied, when it is one version behind `version`, the
+    /// version this update left: the announcement that parked it was this
+    /// update's own. Not when anything was dropped since, or a copy was
+    /// loaded meanwhile. Whether the copy is back, as the updated session.
+    async fn restore(&self, id: &IdHash, change: &Change, version: u64) -> bool {
+        let parked = {
+            let mut held = self.in_flight(id);
+            held.iter_mut()
+                .find(|way| way.id == *id)
+                .and_then(|way| way.parked.take())
+        };
+        let Some((copy, stamp)) = parked else {
+            return false;
+        };
+        if copy.version.wrapping_add(1) != version {
+            return false;
+        }
+        let mut next = SessionRecord::clone(&copy);
+        next.apply(change);
+        let next = Entry::Session(Arc::new(next));
+        let result = self
+            .records
+            .entry(*id)
+            .and_compute_with(|current| {
+                std::future::ready(match current {
+                    None => Op::Put(next),
+                    Some(_) => Op::Nop,
+                })
+            })
+            .await;
+        // A drop after the put has the copy gone; one before it is seen here.
+        matches!(result, CompResult::Inserted(_)) && self.stamp(id) == stamp
     }
 
     fn in_flight(&self, id: &IdHash) -> MutexGuard<'_, Updating> {
@@ -316,8 +371,9 @@ impl Shared {
     }
 
     /// Whether an update of `id` through this cache is on its way.
+    #[cfg(test)]
     fn updating(&self, id: &IdHash) -> bool {
-        self.in_flight(id).iter().any(|(held, _)| held == id)
+        self.in_flight(id).iter().any(|way| way.id == *id)
     }
 
     /// Drops the copy of `id` from where nothing can be awaited: on the
@@ -423,6 +479,11 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
                 if shared.stamp(id) != stamp {
                     shared.forget(id).await;
                 }
+                in_flight.settled = true;
+                return result;
+            }
+            // The update's own announcement may have come first.
+            if shared.usable() && shared.restore(id, change, version).await {
                 in_flight.settled = true;
                 return result;
             }
@@ -692,23 +753,58 @@ mod tests {
 
     #[tokio::test]
     async fn an_announcement_racing_this_caches_own_update_is_left_to_it() {
-        let backing = MemoryStore::new(100);
-        let store = CachedStore::new(backing.clone(), 100);
-        let shared = &store.shared;
-        let record = record();
-        backing.create(&record).await.unwrap();
-        store.load(&record.id_hash).await.unwrap().unwrap();
-        let id = record.id_hash;
+        use futures_util::FutureExt;
 
-        // The announcement of version 1 arrives while an update is out:
-        // the copy at version 0 waits for the update's answer.
-        let mut in_flight = InFlight::start(shared, id);
-        shared.updated(&id, 1).await;
-        assert!(shared.records.get(&id).await.is_some());
-        in_flight.settled = true;
-        drop(in_flight);
-        // With no update out, the same announcement drops the copy.
-        shared.updated(&id, 1).await;
+        let backing = MemoryStore::new(100);
+        let held = Held {
+            answer_held: true,
+            ..Held::new(&backing)
+        };
+        let answer = Arc::clone(&held.answer);
+        let store = CachedStore::new(held, 100);
+        let shared = &store.shared;
+        let listener = FeedListener(Arc::downgrade(shared));
+        listener.changed(StoreChange::Connected).await;
+        let record = record();
+        let id = record.id_hash;
+        backing.create(&record).await.unwrap();
+        store.load(&id).await.unwrap().unwrap();
+
+        // The update landed, and its announcement arrives before its
+        // answer: the copy one version behind is not served meanwhile...
+        let change = set("a", 1);
+        let mut mine = store.update(&id, &change);
+        assert!((&mut mine).now_or_never().is_none());
+        listener.changed(StoreChange::Updated(id, 1)).await;
+        assert!(shared.records.get(&id).await.is_none());
+        // ...and the answer puts it back, updated.
+        answer.notify_one();
+        assert_eq!(mine.await.unwrap(), Some(1));
+        let copy = shared.records.get(&id).await.unwrap();
+        assert_eq!(copy.session().unwrap().version, 1);
+        assert_eq!(
+            copy.session().unwrap().data.get("a"),
+            Some(&serde_json::json!(1))
+        );
+        assert!(!shared.updating(&id));
+
+        // The same race with another instance's update announced after this
+        // one's: the parked copy stays out.
+        let change = set("c", 3);
+        let mut mine = store.update(&id, &change);
+        assert!((&mut mine).now_or_never().is_none());
+        listener.changed(StoreChange::Updated(id, 2)).await;
+        assert_eq!(backing.update(&id, &set("b", 2)).await.unwrap(), Some(3));
+        listener.changed(StoreChange::Updated(id, 3)).await;
+        answer.notify_one();
+        assert_eq!(mine.await.unwrap(), Some(2));
+        assert!(shared.records.get(&id).await.is_none());
+        let data = data_of(store.load(&id).await.unwrap());
+        assert_eq!(data.get("b"), Some(&serde_json::json!(2)));
+        assert_eq!(data.get("c"), Some(&serde_json::json!(3)));
+
+        // With no update out, an announcement a version ahead drops the copy.
+        listener.changed(StoreChange::Updated(id, 4)).await;
         assert!(shared.records.get(&id).await.is_none());
 
         // An update cancelled while out leaves no copy behind.
@@ -728,15 +824,170 @@ mod tests {
             StoreChange::parse(&format!("{hex}:42")),
             Some(StoreChange::Updated(id, 42))
         );
-        for bad in [
-            "",
-            "zz",
-            &format!("{hex}:"),
-            &format!("{hex}:x"),
-            &format!("{}:1", &hex[2..]),
-        ] {
+        for bad in ["", "zz", &format!("{}:1", &hex[2..])] {
             assert_eq!(StoreChange::parse(bad), None, "{bad:?}");
         }
+        // A version that cannot be read (another format, a newer one) still
+        // names the entry: the copy goes rather than the announcement.
+        for odd in ["", "x", "1e+14", "18446744073709551615"] {
+            assert_eq!(
+                StoreChange::parse(&format!("{hex}:{odd}")),
+                Some(StoreChange::Changed(id)),
+                "{odd:?}"
+            );
+        }
+    }
+
+    /// A `MemoryStore` whose updates can be held: before they reach it
+    /// (`hold`, until `gate` is notified), or after they were applied
+    /// (`answer_held`, until `answer` is notified; never, for a request
+    /// cancelled while its write was out).
+    #[derive(Clone)]
+    struct Held {
+        inner: MemoryStore,
+        gate: Arc<tokio::sync::Notify>,
+        answer: Arc<tokio::sync::Notify>,
+        hold: bool,
+        answer_held: bool,
+    }
+
+    impl Held {
+        fn new(inner: &MemoryStore) -> Self {
+            Self {
+                inner: inner.clone(),
+                gate: Arc::new(tokio::sync::Notify::new()),
+                answer: Arc::new(tokio::sync::Notify::new()),
+                hold: false,
+                answer_held: false,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl SessionStore for Held {
+        async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
+            self.inner.create(record).await
+        }
+        async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+            self.inner.load(id).await
+        }
+        async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
+            if self.hold {
+                self.gate.notified().await;
+            }
+            let result = self.inner.update(id, change).await;
+            if self.answer_held {
+                self.answer.notified().await;
+            }
+            result
+        }
+        async fn replace(
+            &self,
+            id: &IdHash,
+            version: u64,
+            with: Option<&Entry>,
+        ) -> Result<bool, StoreError> {
+            self.inner.replace(id, version, with).await
+        }
+        async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
+            self.inner.delete(id).await
+        }
+        async fn index_add(
+            &self,
+            user_id: &str,
+            id: &IdHash,
+            until: UnixMillis,
+        ) -> Result<(), StoreError> {
+            self.inner.index_add(user_id, id, until).await
+        }
+        async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
+            self.inner.index_remove(user_id, ids).await
+        }
+        async fn index_members(
+            &self,
+            user_id: &str,
+            now: UnixMillis,
+        ) -> Result<Vec<IdHash>, StoreError> {
+            self.inner.index_members(user_id, now).await
+        }
+        async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
+            self.inner.lock_user(user_id).await
+        }
+    }
+
+    /// Another instance's update, announced while this cache has an update
+    /// of the same session on its way, is seen at once: the copy it made
+    /// stale is not served until that update is answered (up to the backing
+    /// store's timeout).
+    #[tokio::test]
+    async fn another_instances_announced_update_is_seen_while_an_update_is_on_its_way() {
+        use futures_util::FutureExt;
+
+        let backing = MemoryStore::new(100);
+        let held = Held {
+            hold: true,
+            ..Held::new(&backing)
+        };
+        let gate = Arc::clone(&held.gate);
+        let store = CachedStore::new(held, 100);
+        let listener = FeedListener(Arc::downgrade(&store.shared));
+        listener.changed(StoreChange::Connected).await;
+        let record = record();
+        let id = record.id_hash;
+        backing.create(&record).await.unwrap();
+        store.load(&id).await.unwrap().unwrap();
+
+        // This instance's update is on its way (held before the store).
+        let change = set("a", 1);
+        let mut mine = store.update(&id, &change);
+        assert!((&mut mine).now_or_never().is_none());
+        // Another instance's update lands first and is announced.
+        assert_eq!(backing.update(&id, &set("b", 2)).await.unwrap(), Some(1));
+        listener.changed(StoreChange::Updated(id, 1)).await;
+        // Delivered: this cache must not answer with the copy before it.
+        let seen = data_of(store.load(&id).await.unwrap());
+        gate.notify_one();
+        assert_eq!(mine.await.unwrap(), Some(2));
+        assert_eq!(
+            seen.get("b"),
+            Some(&serde_json::json!(2)),
+            "the announced update was hidden while this cache's own update was out"
+        );
+        let data = data_of(store.load(&id).await.unwrap());
+        assert_eq!(data.get("a"), Some(&serde_json::json!(1)));
+        assert_eq!(data.get("b"), Some(&serde_json::json!(2)));
+    }
+
+    /// Review finding: an update cancelled after its write landed leaves
+    /// the copy from before the write to be served until a spawned task
+    /// gets to drop it.
+    #[tokio::test]
+    #[ignore = "review finding: a cancelled update's copy is dropped only by a spawned task"]
+    async fn a_cancelled_update_leaves_no_copy_to_serve() {
+        use futures_util::FutureExt;
+
+        let backing = MemoryStore::new(100);
+        let held = Held {
+            answer_held: true,
+            ..Held::new(&backing)
+        };
+        let store = CachedStore::new(held, 100);
+        let record = record();
+        let id = record.id_hash;
+        backing.create(&record).await.unwrap();
+        store.load(&id).await.unwrap().unwrap();
+
+        let change = set("a", 1);
+        let mut cancelled = store.update(&id, &change);
+        assert!((&mut cancelled).now_or_never().is_none());
+        // The write landed; the request goes away before its answer.
+        drop(cancelled);
+        let data = data_of(store.load(&id).await.unwrap());
+        assert_eq!(
+            data.get("a"),
+            Some(&serde_json::json!(1)),
+            "the copy from before the cancelled (landed) write was served"
+        );
     }
 
     #[tokio::test]

@@ -29,16 +29,20 @@ pub enum StoreChange {
 impl StoreChange {
     /// Reads a change feed's message: an entry's hash in hex
     /// ([`Changed`](Self::Changed)), followed by `:` and a version for an
-    /// update ([`Updated`](Self::Updated)). `None` for anything else.
+    /// update ([`Updated`](Self::Updated); a version it cannot read makes it
+    /// a `Changed`). `None` without a hash.
     #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
     pub(crate) fn parse(payload: &str) -> Option<Self> {
         match payload.split_once(':') {
             None => IdHash::from_hex(payload).map(Self::Changed),
             Some((hex, version)) => {
                 let id = IdHash::from_hex(hex)?;
-                // Versions are stored as signed 64-bit integers.
-                let version = version.parse::<i64>().ok()?;
-                Some(Self::Updated(id, u64::from_ne_bytes(version.to_ne_bytes())))
+                // Versions are stored as signed 64-bit integers. A version
+                // that cannot be read still names an entry that changed.
+                Some(match version.parse::<i64>() {
+                    Ok(version) => Self::Updated(id, u64::from_ne_bytes(version.to_ne_bytes())),
+                    Err(_) => Self::Changed(id),
+                })
             }
         }
     }

@@ -33,6 +33,9 @@ return 1
 /// number of removed fields, the removed fields, then set field/value pairs.
 /// Returns the session's new version, or nil (writing nothing) when the key
 /// holds no session. The announcement is the hash, `:` and the new version.
+/// The version is read back as the stored text: `HINCRBY`'s answer is a Lua
+/// number, a double, which concatenates as `1e+14` from 10^14 on and is
+/// rounded past 2^53.
 const UPDATE: &str = r"
 if redis.call('HGET', KEYS[1], 'kind') ~= 's' then return false end
 local removed = tonumber(ARGV[7])
@@ -50,7 +53,8 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'idle', idle)
   redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', tonumber(idle) + tonumber(ARGV[5])))
 end
-local version = redis.call('HINCRBY', KEYS[1], 'ver', 1)
+redis.call('HINCRBY', KEYS[1], 'ver', 1)
+local version = redis.call('HGET', KEYS[1], 'ver')
 if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2] .. ':' .. version) end
 return version
 ";

@@ -60,7 +60,7 @@
 //! |---|---|
 //! | `create` | `INSERT`, refused when the key exists (`ON CONFLICT DO NOTHING`; MySQL: the duplicate-key error) |
 //! | `load` | `SELECT` by `id_hash` |
-//! | `update` | one `UPDATE ... WHERE id_hash = ? AND kind = 's'` applying the delta in place (below), returning the new version (`RETURNING`; MySQL: `LAST_INSERT_ID(version + 1)`, read from the statement's result) |
+//! | `update` | one `UPDATE ... WHERE id_hash = ? AND kind = 's'` applying the delta in place (below), returning the new version (`RETURNING`; MySQL: `CAST(LAST_INSERT_ID(version + 1) AS SIGNED)`, read from the statement's result) |
 //! | `replace` | `UPDATE` (or `DELETE`) `... WHERE id_hash = ? AND kind = 's' AND version = ?` |
 //! | `delete` | `DELETE ... RETURNING` (MySQL: `SELECT ... FOR UPDATE` and `DELETE` in one transaction) |
 //! | `index_add`, `index_remove`, `index_members` | an upsert, a `DELETE`, a `SELECT` on the user's rows |

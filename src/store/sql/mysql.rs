@@ -40,7 +40,9 @@ impl Backend for MySql {
     const DIALECT: Dialect = Dialect::MySql;
     const NOW_MS: &'static str = "CAST(UNIX_TIMESTAMP(SYSDATE(3)) * 1000 AS SIGNED)";
     const DATA_AS_TEXT: &'static str = "CAST(data AS CHAR)";
-    const NEXT_VERSION: &'static str = "LAST_INSERT_ID(version + 1)";
+    /// `LAST_INSERT_ID` is unsigned: cast back for the signed column (a
+    /// version of 2^63 or more is stored negative).
+    const NEXT_VERSION: &'static str = "CAST(LAST_INSERT_ID(version + 1) AS SIGNED)";
 
     fn new_extra() {}
 
