@@ -378,8 +378,37 @@ fn successor(bytes: Option<&[u8]>) -> Result<IdHash, StoreError> {
         .ok_or_else(|| corrupt("a stored placeholder has no valid successor"))
 }
 
+/// JSON text for the database, floats written so that every backend reads
+/// them back as floats (see [`FloatsStayFloats`]).
 pub(super) fn encode_json(value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|err| StoreError::Backend(Box::new(err)))
+    let mut text = Vec::with_capacity(64);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut text, FloatsStayFloats);
+    value
+        .serialize(&mut serializer)
+        .map_err(|err| StoreError::Backend(Box::new(err)))?;
+    String::from_utf8(text).map_err(|err| StoreError::Backend(Box::new(err)))
+}
+
+/// serde_json's compact output, except that a whole float of 10^16 or
+/// more (which it writes in exponent form, `1e16`) is written in full with
+/// a fraction, `10000000000000000.0`. PostgreSQL's `jsonb` keeps a number's
+/// digits and scale, not its type: `1e16` comes back as
+/// `10000000000000000`, which reads as an integer, while the fraction keeps
+/// it a float, as it was set.
+struct FloatsStayFloats;
+
+impl serde_json::ser::Formatter for FloatsStayFloats {
+    fn write_f64<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: f64,
+    ) -> std::io::Result<()> {
+        if value.fract() == 0.0 && value.abs() >= 1e16 {
+            write!(writer, "{value:.1}")
+        } else {
+            serde_json::ser::CompactFormatter.write_f64(writer, value)
+        }
+    }
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -426,6 +455,25 @@ mod tests {
         Stored::from(Columns::of(entry).unwrap())
             .into_entry(id)
             .unwrap()
+    }
+
+    #[test]
+    fn whole_floats_are_written_with_a_fraction() {
+        for (value, text) in [
+            (1e16_f64, "10000000000000000.0"),
+            (-2.5e17, "-250000000000000000.0"),
+            (1e15, "1000000000000000.0"),
+            (1.5, "1.5"),
+            (5e-324, "5e-324"),
+        ] {
+            assert_eq!(encode_json(&value).unwrap(), text);
+            let back: f64 = serde_json::from_str(text).unwrap();
+            assert_eq!(back.to_bits(), value.to_bits());
+        }
+        assert_eq!(
+            encode_json(&serde_json::json!(10_000_000_000_000_000_u64)).unwrap(),
+            "10000000000000000"
+        );
     }
 
     #[test]
