@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Writes `benches/sql_results.json` and the chart `benches/sql_results.svg`
-//! shown in BENCHMARKS.md, and prints the table of ratios.
+//! shown in BENCHMARKS.md, and prints the table of ratios (`RENDER_ONLY=1`
+//! draws the chart and prints the table again from the JSON).
 //!
 //! Every subject gets its own pool with the same settings (10 connections,
 //! `test_before_acquire(false)`, so that no subject pays sqlx's extra ping
@@ -261,6 +262,15 @@ async fn main() {
     let rounds: usize = env_number("ROUNDS", 5);
     let requests: usize = env_number("REQUESTS", 1_000);
     let run = format!("{}", std::process::id());
+    let benches = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
+    if std::env::var("RENDER_ONLY").is_ok() {
+        // The chart again, from the results of the last run.
+        let results = std::fs::read_to_string(benches.join("sql_results.json")).unwrap();
+        let summary: serde_json::Value = serde_json::from_str(&results).unwrap();
+        std::fs::write(benches.join("sql_results.svg"), render(&summary)).unwrap();
+        println!("{}", table(&summary));
+        return;
+    }
     let admin = pool(&url).await;
     if std::env::var("LOADS_ONLY").is_ok() {
         loads_only(&url, &run, requests).await;
@@ -331,7 +341,6 @@ async fn main() {
     drop_tables(&admin, &run).await;
 
     let summary = summarize(&times, &rows, rounds, requests);
-    let benches = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
     std::fs::write(benches.join("sql_results.json"), format!("{summary:#}\n")).unwrap();
     std::fs::write(benches.join("sql_results.svg"), render(&summary)).unwrap();
     println!("{}", table(&summary));
@@ -498,7 +507,10 @@ fn table(summary: &serde_json::Value) -> String {
 
 /// A grouped bar chart: time per request for each scenario and subject.
 fn render(summary: &serde_json::Value) -> String {
-    let (width, height, left, top, bottom) = (760.0, 360.0, 60.0, 40.0, 70.0);
+    // Room below the plot for the scenario names and two legend entries a row.
+    let legend_rows = Subject::ALL.len().div_ceil(2) as f64;
+    let (width, left, top, bottom) = (760.0, 60.0, 40.0, 40.0 + legend_rows * 16.0);
+    let height = 250.0 + top + bottom;
     let plot_h = height - top - bottom;
     let max = SCENARIOS
         .iter()
@@ -553,7 +565,7 @@ fn render(summary: &serde_json::Value) -> String {
     }
     for (n, subject) in Subject::ALL.iter().enumerate() {
         let x = left + (n % 2) as f64 * 330.0;
-        let y = height - 34.0 + (n / 2) as f64 * 16.0;
+        let y = top + plot_h + 38.0 + (n / 2) as f64 * 16.0;
         let _ = write!(
             svg,
             r#"<rect x="{x}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{}" y="{y:.1}">{}</text>"#,
