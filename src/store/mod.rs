@@ -22,7 +22,7 @@
 //! |---|---|
 //! | [`create`](SessionStore::create) | store a session unless the key holds anything |
 //! | [`load`](SessionStore::load) | read the entry |
-//! | [`update`](SessionStore::update) | apply a [`Change`] to a session ([`SessionRecord::apply`] does it in memory) |
+//! | [`update`](SessionStore::update) | apply a [`Change`] to a session ([`SessionRecord::apply`] does it in memory) and return its new version |
 //! | [`replace`](SessionStore::replace) | swap or remove a session, only at the version the caller read |
 //! | [`delete`](SessionStore::delete) | remove and return the entry |
 //! | [`index_add`](SessionStore::index_add), [`index_remove`](SessionStore::index_remove), [`index_members`](SessionStore::index_members) | the user's index of session ids (the index key alone) |
@@ -302,6 +302,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// on this store's backend (other instances sharing one Redis, say), so
     /// that a cache in front of the store, such as [`CachedStore`], can drop
     /// its copies. Returns whether the store will call `listener`.
+    ///
+    /// An update should be reported as [`StoreChange::Updated`] with the
+    /// version it left, so that a cache that applied it itself keeps its
+    /// copy; anything else as [`StoreChange::Changed`].
     ///
     /// The default returns `false`: right for stores that only this
     /// process changes, like [`MemoryStore`].
