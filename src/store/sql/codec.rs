@@ -394,7 +394,8 @@ pub(super) fn encode_json(value: &impl serde::Serialize) -> Result<String, Store
 /// a fraction, `10000000000000000.0`. PostgreSQL's `jsonb` keeps a number's
 /// digits and scale, not its type: `1e16` comes back as
 /// `10000000000000000`, which reads as an integer, while the fraction keeps
-/// it a float, as it was set.
+/// it a float, as it was set. (No text keeps the sign of `-0.0` in
+/// `jsonb`: `numeric` has no negative zero.)
 struct FloatsStayFloats;
 
 impl serde_json::ser::Formatter for FloatsStayFloats {

@@ -84,6 +84,14 @@
 //! transaction instead (read, apply, write: SQLite lets one writer at a
 //! time in, so it is just as atomic).
 //!
+//! Numbers in session data read back as they were set on every backend,
+//! integers as integers and floats as floats with every bit, with one
+//! exception: PostgreSQL's `jsonb` holds numbers as `numeric`, which has no
+//! negative zero, so a `-0.0` reads back from a `PostgresStore` as `0.0`
+//! (equal under `==`, without its sign). A
+//! [`CachedStore`](super::CachedStore) in front keeps the `-0.0` its own
+//! update set in its copy until the copy goes.
+//!
 //! # Durability
 //!
 //! Every write commits synchronously (it returns once the database has it
