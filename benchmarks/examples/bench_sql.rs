@@ -489,6 +489,11 @@ fn table(summary: &serde_json::Value) -> String {
             Subject::TowerSessionsCached,
             "CachedStore<PostgresStore> ÷ tower-sessions CachingSessionStore",
         ),
+        (
+            Subject::GuardCachedDurable,
+            Subject::TowerSessionsCached,
+            "CachedStore<PostgresStore>, synchronous ÷ tower-sessions CachingSessionStore",
+        ),
     ] {
         let ratio = |scenario: &str| {
             median_us(summary, ours.index(), scenario)
