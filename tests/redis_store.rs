@@ -692,10 +692,9 @@ async fn a_refused_login_leaves_no_lock_behind() {
     assert!(!redis.keys().iter().any(|k| k.ends_with(":lock")));
 }
 
-/// The update script reads the new version as a Lua number, a double:
-/// from 10^14 on it is announced in exponent form ("1e+14", which no cache
-/// reads, so the announcement is lost) and past 2^53 it comes back
-/// rounded. The version returned and announced must be the one stored.
+/// Versions of 10^14 and more, and past 2^53, are returned and announced
+/// exactly as stored (read as a Lua number, a double, they would print as
+/// "1e+14", which no cache reads, and round past 2^53).
 #[tokio::test]
 async fn large_versions_are_returned_and_announced_exactly() {
     let Some(redis) = SharedRedis::connect("large_versions").await else {
