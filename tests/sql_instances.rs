@@ -384,14 +384,9 @@ async fn the_tables_hold_no_raw_token_or_id() {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use async_trait::async_trait;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
-    use tower_session_guard::clock::UnixMillis;
-    use tower_session_guard::store::{
-        CachedStore, Change, ChangeListener, Entry, IdHash, PostgresStore, SessionRecord, UserLock,
-    };
-    use tower_session_guard::StoreError;
+    use tower_session_guard::store::{CachedStore, Change, PostgresStore};
 
     #[tokio::test]
     async fn cached_instances_drop_copies_through_listen_notify_within_100_ms() {
@@ -434,73 +429,15 @@ mod postgres {
         common::logout_reaches_the_other_instance(&b.app, &a.app, &token).await;
     }
 
-    /// A `PostgresStore` that counts the loads reaching the database.
-    #[derive(Clone)]
-    struct CountedLoads {
-        inner: PostgresStore,
-        loads: Arc<AtomicUsize>,
-    }
-
-    #[async_trait]
-    impl SessionStore for CountedLoads {
-        async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
-            self.inner.create(record).await
-        }
-        async fn load(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            self.inner.load(id).await
-        }
-        async fn update(&self, id: &IdHash, change: &Change) -> Result<Option<u64>, StoreError> {
-            self.inner.update(id, change).await
-        }
-        async fn replace(
-            &self,
-            id: &IdHash,
-            version: u64,
-            with: Option<&Entry>,
-        ) -> Result<bool, StoreError> {
-            self.inner.replace(id, version, with).await
-        }
-        async fn delete(&self, id: &IdHash) -> Result<Option<Entry>, StoreError> {
-            self.inner.delete(id).await
-        }
-        async fn index_add(
-            &self,
-            user_id: &str,
-            id: &IdHash,
-            until: UnixMillis,
-        ) -> Result<(), StoreError> {
-            self.inner.index_add(user_id, id, until).await
-        }
-        async fn index_remove(&self, user_id: &str, ids: &[IdHash]) -> Result<(), StoreError> {
-            self.inner.index_remove(user_id, ids).await
-        }
-        async fn index_members(
-            &self,
-            user_id: &str,
-            now: UnixMillis,
-        ) -> Result<Vec<IdHash>, StoreError> {
-            self.inner.index_members(user_id, now).await
-        }
-        async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
-            self.inner.lock_user(user_id).await
-        }
-        fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
-            self.inner.watch_changes(listener)
-        }
-    }
-
     #[tokio::test]
     async fn a_cached_instance_answers_after_its_own_writes_from_its_copy() {
         let test = "sql_cached_own";
         let Some((store, _tables)) = sql_common::postgres_store(test).await else {
             return;
         };
-        let loads = Arc::new(AtomicUsize::new(0));
-        let counted = CountedLoads {
-            inner: store.clone(),
-            loads: Arc::clone(&loads),
-        };
+        // Counts the loads reaching the database.
+        let counted = common::FlakyStore::around(store.clone());
+        let loads = Arc::clone(&counted.loads);
         let cache = CachedStore::new(counted, 10_000);
         let connected = eventually(Duration::from_secs(5), || async { cache.is_caching() }).await;
         assert!(connected.is_some(), "the LISTEN feed connects");

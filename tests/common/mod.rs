@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use tower_session_guard::clock::UnixMillis;
 use tower_session_guard::store::IdHash;
 use tower_session_guard::store::UserLock;
-use tower_session_guard::store::{Change, Entry, SessionRecord};
+use tower_session_guard::store::{Change, ChangeListener, Entry, SessionRecord};
 use tower_session_guard::{
     MemoryStore, Session, SessionError, SessionLayer, SessionStore, StoreError,
 };
@@ -236,10 +236,11 @@ pub fn forbidden_forms(token: &str) -> Vec<String> {
     ]
 }
 
-/// A store around `MemoryStore` that fails on demand and counts writes.
-#[derive(Clone, Default)]
-pub struct FlakyStore {
-    pub inner: MemoryStore,
+/// A store around another (a `MemoryStore` unless said) that fails on
+/// demand and counts loads and writes.
+#[derive(Clone)]
+pub struct FlakyStore<S = MemoryStore> {
+    pub inner: S,
     pub fail_reads: Arc<AtomicBool>,
     pub fail_writes: Arc<AtomicBool>,
     pub creates: Arc<AtomicUsize>,
@@ -247,7 +248,19 @@ pub struct FlakyStore {
     pub loads: Arc<AtomicUsize>,
 }
 
-impl FlakyStore {
+impl<S> FlakyStore<S> {
+    /// Counts what reaches `inner`, failing nothing until told to.
+    pub fn around(inner: S) -> Self {
+        Self {
+            inner,
+            fail_reads: Arc::default(),
+            fail_writes: Arc::default(),
+            creates: Arc::default(),
+            updates: Arc::default(),
+            loads: Arc::default(),
+        }
+    }
+
     fn check(&self, flag: &AtomicBool) -> Result<(), StoreError> {
         if flag.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable(
@@ -263,8 +276,14 @@ impl FlakyStore {
     }
 }
 
+impl Default for FlakyStore {
+    fn default() -> Self {
+        Self::around(MemoryStore::default())
+    }
+}
+
 #[async_trait]
-impl SessionStore for FlakyStore {
+impl<S: SessionStore> SessionStore for FlakyStore<S> {
     async fn create(&self, record: &SessionRecord) -> Result<bool, StoreError> {
         self.check(&self.fail_writes)?;
         self.creates.fetch_add(1, Ordering::SeqCst);
@@ -325,6 +344,10 @@ impl SessionStore for FlakyStore {
     async fn lock_user(&self, user_id: &str) -> Result<UserLock, StoreError> {
         self.check(&self.fail_writes)?;
         self.inner.lock_user(user_id).await
+    }
+
+    fn watch_changes(&self, listener: Arc<dyn ChangeListener>) -> bool {
+        self.inner.watch_changes(listener)
     }
 }
 
