@@ -399,6 +399,13 @@ impl Shared {
     /// Tokio runtime when there is one, otherwise with every other copy.
     fn forget_soon(self: &Arc<Self>, id: IdHash) {
         self.stripe(&id).fetch_add(1, Ordering::SeqCst);
+        // Not served from now on; unmarked once the copy is gone.
+        self.condemn(id, true);
+        let condemned = Condemned {
+            shared: Arc::clone(self),
+            id,
+            dropped: false,
+        };
         #[cfg(any(
             feature = "redis",
             feature = "postgres",
@@ -408,13 +415,6 @@ impl Shared {
             feature = "fuzzing"
         ))]
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // Not served from now on, gone once the task has run.
-            self.condemn(id, true);
-            let condemned = Condemned {
-                shared: Arc::clone(self),
-                id,
-                dropped: false,
-            };
             runtime.spawn(async move {
                 let mut condemned = condemned;
                 condemned.shared.records.invalidate(&condemned.id).await;
@@ -422,7 +422,8 @@ impl Shared {
             });
             return;
         }
-        self.forget_all();
+        // Off a runtime: every copy goes now.
+        drop(condemned);
     }
 
     fn uncached_ids(&self) -> MutexGuard<'_, Vec<(IdHash, Instant)>> {
@@ -457,17 +458,6 @@ impl Shared {
     }
 
     /// Marks (or, once its copy is gone, unmarks) `id` as not to be served.
-    #[cfg_attr(
-        not(any(
-            feature = "redis",
-            feature = "postgres",
-            feature = "sqlite",
-            feature = "mysql",
-            feature = "test-util",
-            feature = "fuzzing"
-        )),
-        allow(dead_code)
-    )]
     fn condemn(&self, id: IdHash, condemned: bool) {
         let mut ids = self.condemned_ids();
         if condemned {
@@ -490,31 +480,16 @@ impl Shared {
 }
 
 /// An id condemned by [`Shared::forget_soon`], held by the task that drops
-/// its copy: unmarked when the task ends. A task dropped before it could
-/// drop the copy (its runtime shut down) drops every copy instead, so
-/// that the id does not stay condemned for good.
-#[cfg(any(
-    feature = "redis",
-    feature = "postgres",
-    feature = "sqlite",
-    feature = "mysql",
-    feature = "test-util",
-    feature = "fuzzing"
-))]
+/// its copy: unmarked when the task ends. Dropped before the copy was
+/// dropped (no runtime, or the task's runtime shut down before it ran), it
+/// drops every copy instead, so that the id does not stay condemned for
+/// good.
 struct Condemned {
     shared: Arc<Shared>,
     id: IdHash,
     dropped: bool,
 }
 
-#[cfg(any(
-    feature = "redis",
-    feature = "postgres",
-    feature = "sqlite",
-    feature = "mysql",
-    feature = "test-util",
-    feature = "fuzzing"
-))]
 impl Drop for Condemned {
     fn drop(&mut self) {
         if !self.dropped {
