@@ -314,17 +314,24 @@ async fn the_user_index_is_scored_by_absolute_deadline_and_trimmed() {
     assert_eq!(index_size(&mut connection, &index).await, 0);
 }
 
-#[tokio::test]
-async fn every_change_is_announced_on_the_change_channel() {
-    let Some(redis) = SharedRedis::connect("announcements").await else {
-        return;
-    };
+/// The messages on the store's change channel, from now on.
+async fn change_messages(
+    redis: &SharedRedis,
+) -> impl futures_util::Stream<Item = redis::Msg> + Unpin {
     let mut pubsub = redis.client().get_async_pubsub().await.unwrap();
     pubsub
         .subscribe(format!("{}changes", redis.prefix))
         .await
         .unwrap();
-    let mut messages = pubsub.into_on_message();
+    pubsub.into_on_message()
+}
+
+#[tokio::test]
+async fn every_change_is_announced_on_the_change_channel() {
+    let Some(redis) = SharedRedis::connect("announcements").await else {
+        return;
+    };
+    let mut messages = change_messages(&redis).await;
     let change = Change {
         set: vec![("k".into(), json!(1))],
         ..Change::default()
@@ -700,12 +707,7 @@ async fn large_versions_are_returned_and_announced_exactly() {
     let Some(redis) = SharedRedis::connect("large_versions").await else {
         return;
     };
-    let mut pubsub = redis.client().get_async_pubsub().await.unwrap();
-    pubsub
-        .subscribe(format!("{}changes", redis.prefix))
-        .await
-        .unwrap();
-    let mut messages = pubsub.into_on_message();
+    let mut messages = change_messages(&redis).await;
     let change = Change {
         set: vec![("k".into(), json!(1))],
         ..Change::default()
